@@ -1,0 +1,159 @@
+"""Any image -> RGB uint8 -> normalised 32x32 tensor, remembering the original size.
+
+Accepted inputs: a path, a PIL image, an ``HxW`` or ``HxWxC`` uint8/uint16 array, or a
+``CxHxW`` tensor (uint8, or float in [0, 1]). Every path goes through :func:`open_image`,
+which turns unreadable files into :class:`ImageError` with a one-line reason.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from .model import CIFAR10_MEAN, CIFAR10_STD
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
+
+INPUT_SIZE = 32
+DEFAULT_MAX_PIXELS = 100_000_000  # larger images are refused (decompression-bomb guard)
+
+
+class ImageError(ValueError):
+    """An input cannot be turned into an image; the message is a one-line reason."""
+
+
+def _flatten_alpha(im: Image.Image) -> Image.Image:
+    """Composite transparent images onto white, as a viewer shows them."""
+    rgba = im.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def pil_to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB: grey, palette, alpha, CMYK, 16-bit and float."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        # 16-bit data scales by 257; 32-bit int/float data by its own range.
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        if im.mode == "I" and arr.max() <= 65535 and arr.min() >= 0:
+            top = 65535.0 if arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        return _flatten_alpha(im)
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image file to RGB, upright (EXIF orientation applied).
+
+    Raises
+    ------
+    ImageError
+        With a short reason: not a file, empty, not an image, truncated or corrupt,
+        or more than ``max_pixels`` pixels (checked from the header, before decoding).
+    """
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise ImageError("not a file" if path.exists() else "file not found")
+        if path.stat().st_size == 0:
+            raise ImageError("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns on odd metadata; errors still raise
+            with Image.open(path) as im:
+                w, h = im.size
+                if w < 1 or h < 1:
+                    raise ImageError(f"image has no pixels ({w}x{h})")
+                if w * h > max_pixels:
+                    raise ImageError(f"image too large: {w}x{h} = {w * h:,} pixels "
+                                     f"(limit {max_pixels:,}; see --max-pixels)")
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return pil_to_rgb(im)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image too large (decompression-bomb guard): {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image file (unrecognised format)") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageError(f"corrupt or truncated image: {msg}") from None
+
+
+def to_rgb_tensor(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
+    """Any accepted input -> ``uint8`` tensor ``[3, H, W]`` (RGB)."""
+    if isinstance(image, (str, Path)):
+        image = open_image(image, max_pixels)
+    if isinstance(image, Image.Image):
+        image = np.asarray(pil_to_rgb(image))
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+            raise ImageError(f"expected an HxW or HxWxC array with C in 1, 3, 4; got {arr.shape}")
+        if arr.dtype == np.uint16:
+            arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+        elif arr.dtype != np.uint8:
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise ImageError(f"unsupported array dtype {arr.dtype}")
+            arr = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+        if arr.shape[2] == 1:
+            arr = np.repeat(arr, 3, axis=2)
+        elif arr.shape[2] == 4:
+            arr = np.asarray(_flatten_alpha(Image.fromarray(arr, "RGBA")))
+        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    if isinstance(image, Tensor):
+        t = image.detach().cpu()
+        if t.ndim != 3 or t.shape[0] not in (1, 3):
+            raise ImageError(f"expected a CxHxW tensor with C in 1, 3; got {tuple(t.shape)}")
+        if t.dtype != torch.uint8:
+            if not t.is_floating_point():
+                raise ImageError(f"unsupported tensor dtype {t.dtype}")
+            t = (t.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        return t.expand(3, -1, -1).contiguous()
+    raise ImageError(f"unsupported input type {type(image).__name__}")
+
+
+def resize_to_input(rgb: Tensor, size: int = INPUT_SIZE) -> Tensor:
+    """Resize ``uint8 [3, H, W]`` (or a batch) to ``[.., 3, size, size]`` with antialiasing.
+
+    The aspect ratio is not kept: the whole image is squeezed into the square, as the
+    network saw CIFAR images, so the box mapping back is a per-axis scale.
+    """
+    batched = rgb.ndim == 4
+    x = rgb if batched else rgb[None]
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+    return x if batched else x[0]
+
+
+def normalize(x_uint8: Tensor) -> Tensor:
+    """``uint8 [B, 3, H, W]`` -> float, CIFAR-10 mean/std normalised."""
+    mean = torch.tensor(CIFAR10_MEAN, device=x_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD, device=x_uint8.device).view(1, 3, 1, 1)
+    return (x_uint8.float() / 255.0 - mean) / std
+
+
+def denormalize(x: Tensor) -> Tensor:
+    """Inverse of :func:`normalize`, float in [0, 1]."""
+    mean = torch.tensor(CIFAR10_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD, device=x.device).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1)
+
+
+def prepare(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Tensor, tuple[int, int]]:
+    """One input -> (``uint8 [3, 32, 32]`` model-sized image, original ``(height, width)``)."""
+    rgb = to_rgb_tensor(image, max_pixels)
+    return resize_to_input(rgb), (int(rgb.shape[1]), int(rgb.shape[2]))

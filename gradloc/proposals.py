@@ -1,0 +1,119 @@
+"""Mask -> connected components -> scored boxes, mapped back to the original image.
+
+Boxes are float ``(x0, y0, x1, y1)`` in pixel-edge coordinates: a component covering
+grid columns 3..5 spans ``x0 = 3`` to ``x1 = 6``. On the working grid (32x32) they are
+in grid units; :func:`scale_boxes` maps them to the original image by a per-axis scale.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import clip_boxes_to_image, nms
+
+MORPH_OPS = {"close": cv2.MORPH_CLOSE, "open": cv2.MORPH_OPEN, "dilate": cv2.MORPH_DILATE,
+             "erode": cv2.MORPH_ERODE, "none": None}
+KERNEL_SHAPES = {"ellipse": cv2.MORPH_ELLIPSE, "rect": cv2.MORPH_RECT, "cross": cv2.MORPH_CROSS}
+COMPONENT_SCORES = ("mass", "area", "mean")
+
+
+def morphology(mask: np.ndarray, op: str = "close", kernel: int = 3,
+               shape: str = "ellipse") -> np.ndarray:
+    """Apply an OpenCV morphological operation to a ``uint8 [H, W]`` mask (0/1)."""
+    if op not in MORPH_OPS:
+        raise ValueError(f"unknown morphology {op!r}; choose from {', '.join(MORPH_OPS)}")
+    if MORPH_OPS[op] is None or kernel <= 1:
+        return mask
+    k = cv2.getStructuringElement(KERNEL_SHAPES[shape], (kernel, kernel))
+    # Border value 0 keeps closing from gluing components to the image edge.
+    return cv2.morphologyEx(mask, MORPH_OPS[op], k, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def component_boxes(mask: np.ndarray, saliency: np.ndarray,
+                    score: str = "mass") -> tuple[np.ndarray, np.ndarray]:
+    """One box per 8-connected component of ``mask``.
+
+    Parameters
+    ----------
+    mask : ndarray, uint8, shape [H, W]
+    saliency : ndarray, float, shape [H, W]
+    score : {"mass", "area", "mean"}
+        ``mass``: the component's share of the map's total saliency; ``area``: its share
+        of the image's pixels; ``mean``: its mean saliency over the map's maximum.
+
+    Returns
+    -------
+    boxes : ndarray, float32, shape [K, 4], xyxy on the grid
+    scores : ndarray, float32, shape [K]
+    """
+    if score not in COMPONENT_SCORES:
+        raise ValueError(f"unknown component score {score!r}; choose from {COMPONENT_SCORES}")
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    stats = stats[1:]  # label 0 is the background
+    boxes = np.stack([stats[:, 0], stats[:, 1], stats[:, 0] + stats[:, 2],
+                      stats[:, 1] + stats[:, 3]], 1).astype(np.float32)
+    sums = np.bincount(labels.ravel(), weights=saliency.ravel(), minlength=n)[1:]
+    if score == "mass":
+        scores = sums / max(float(saliency.sum()), 1e-12)
+    elif score == "area":
+        scores = stats[:, 4] / float(mask.size)
+    else:
+        scores = sums / stats[:, 4] / max(float(saliency.max()), 1e-12)
+    return boxes, scores.astype(np.float32)
+
+
+def union_box(mask: np.ndarray) -> np.ndarray | None:
+    """The box around all set pixels of ``mask`` ``[H, W]``, xyxy; None if empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+
+
+def pad_boxes(boxes: Tensor, fraction: float) -> Tensor:
+    """Grow boxes ``[K, 4]`` by ``fraction`` of their width/height on each side."""
+    if fraction == 0 or boxes.numel() == 0:
+        return boxes
+    wh = (boxes[:, 2:] - boxes[:, :2]) * fraction
+    return torch.cat([boxes[:, :2] - wh, boxes[:, 2:] + wh], 1)
+
+
+def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
+    """Map xyxy boxes ``[K, 4]`` from an image of ``(h, w)`` = ``from_size`` to ``to_size``,
+    scaling each axis on its own, then clip to the target image."""
+    sy = to_size[0] / from_size[0]
+    sx = to_size[1] / from_size[1]
+    scale = torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype, device=boxes.device)
+    return clip_boxes_to_image(boxes * scale, to_size)
+
+
+def propose(saliency: np.ndarray, mask: np.ndarray, *, morph: str = "close", kernel: int = 3,
+            score: str = "mass", include_union: bool = False, nms_iou: float = 0.5,
+            top_k: int | None = 5) -> tuple[Tensor, Tensor]:
+    """Saliency ``[H, W]`` and its kept-pixel mask ``[H, W]`` -> grid boxes and scores.
+
+    Morphology cleans the mask, each 8-connected component gives a box, the union box is
+    optionally added (scored by the mass of all components), then NMS at ``nms_iou``
+    and the ``top_k`` best are kept, best first.
+
+    Returns
+    -------
+    boxes : Tensor, float32, [K, 4], xyxy on the grid
+    scores : Tensor, float32, [K]
+    """
+    cleaned = morphology(mask.astype(np.uint8), morph, kernel)
+    boxes, scores = component_boxes(cleaned, saliency, score)
+    if include_union and len(boxes) > 1:
+        ub = union_box(cleaned)
+        boxes = np.concatenate([boxes, ub[None]])
+        scores = np.concatenate([scores, [min(1.0, float(scores.sum()))]]).astype(np.float32)
+    boxes_t, scores_t = torch.from_numpy(boxes), torch.from_numpy(scores)
+    if len(boxes_t) > 1:
+        keep = nms(boxes_t, scores_t, nms_iou)  # sorted by decreasing score
+        boxes_t, scores_t = boxes_t[keep], scores_t[keep]
+    if top_k is not None:
+        boxes_t, scores_t = boxes_t[:top_k], scores_t[:top_k]
+    return boxes_t, scores_t
