@@ -112,7 +112,7 @@ def to_rgb_tensor(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Te
             arr = np.repeat(arr, 3, axis=2)
         elif arr.shape[2] == 4:
             arr = np.asarray(_flatten_alpha(Image.fromarray(arr, "RGBA")))
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).contiguous()
     if isinstance(image, Tensor):
         t = image.detach().cpu()
         if t.ndim != 3 or t.shape[0] not in (1, 3):

@@ -268,8 +268,9 @@ class GradCAM(SaliencyMethod):
         self.layer = get_layer(model, layer)
 
     def attribute(self, x, targets):
+        # Parameters are frozen, so the input must carry the graph; the backward stops at act.
         with torch.enable_grad(), capture_output(self.layer) as store:
-            logits = self.model(x.detach())
+            logits = self.model(x.detach().requires_grad_(True))
             act = store["out"]
             mask = resolve_mask(targets, logits)
             (g_act,) = torch.autograd.grad(self.score(logits, mask), act)

@@ -1,0 +1,137 @@
+"""Command line: ``gradloc localize | evaluate | make-synthetic``. Argument parsing only."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from . import __version__
+from .model import CIFAR10_CLASSES, WeightsError
+from .preprocess import DEFAULT_MAX_PIXELS, ImageError
+
+_CHOICES = {
+    "method": None,  # filled from saliency.METHODS
+    "model_output": ("probs", "logits", "log_probs"),
+    "reduce": ("max", "l2", "sum"),
+    "threshold": ("top-n", "fraction", "otsu", "percentile"),
+    "morph": ("close", "open", "dilate", "erode", "none"),
+    "component_score": ("mass", "area", "mean"),
+}
+_HELP = {
+    "method": "saliency method (default: gradient)",
+    "model_output": "model output the class mask multiplies (default: probs)",
+    "reduce": "channel reduction of the gradient (default: max of |g|)",
+    "positive": "positive evidence only: keep the positive part of the gradient",
+    "layer": "intermediate block for --method layer (default block2) or gradcam (block3)",
+    "samples": "noisy samples for smoothgrad / smoothgrad-sq / vargrad",
+    "noise": "noise level for the smoothgrad family, fraction of the input range",
+    "steps": "integration steps for integrated-gradients",
+    "smooth_sigma": "Gaussian smoothing of the saliency map, in 32x32-grid pixels (0: off)",
+    "threshold": "how pixels are kept (default: top-n)",
+    "top_n": "pixels kept by the top-n threshold, of 32x32 (default: 100)",
+    "threshold_value": "value for --threshold fraction (of max) or percentile",
+    "morph": "morphological operation on the mask (default: close)",
+    "kernel": "morphology kernel size in grid pixels (default: 3)",
+    "component_score": "component score: share of saliency mass, area, or mean",
+    "union_box": "also propose the box around all kept pixels",
+    "box_padding": "grow each box by this fraction of its size per side",
+    "nms_iou": "IoU of torchvision NMS between proposals of one class map",
+    "top_k": "proposals kept per class map (default: 5)",
+}
+
+
+def add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """Model, device and every :class:`gradloc.Options` field as a flag."""
+    from .pipeline import Options
+    from .saliency import METHODS
+
+    g = p.add_argument_group("pipeline")
+    for f in fields(Options):
+        flag = "--" + f.name.replace("_", "-")
+        choices = tuple(METHODS) if f.name == "method" else _CHOICES.get(f.name)
+        if f.type in ("bool | None", "bool"):
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=_HELP.get(f.name))
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            g.add_argument(flag, type=kind, default=f.default, choices=choices, help=_HELP.get(f.name))
+    m = p.add_argument_group("model")
+    m.add_argument("--weights", default="default",
+                   help="state-dict file (default: the shipped WRN-16-4 weights)")
+    m.add_argument("--depth", type=int, default=16)
+    m.add_argument("--width", type=int, default=4)
+    m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    m.add_argument("--batch-size", type=int, default=64)
+    m.add_argument("--workers", type=int, default=1,
+                   help="data-loader processes decoding images beside the compute (0: none)")
+    m.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse larger images (decompression-bomb guard)")
+
+
+def options_from_args(args: argparse.Namespace) -> dict:
+    from .pipeline import Options
+    return {f.name: getattr(args, f.name) for f in fields(Options)}
+
+
+def build_generator(args: argparse.Namespace):
+    from .pipeline import ProposalGenerator
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit("gradloc: error: --device cuda but no CUDA device is available")
+    return ProposalGenerator.pretrained(weights=args.weights, depth=args.depth, width=args.width,
+                                        device=args.device, batch_size=args.batch_size,
+                                        max_pixels=args.max_pixels, **options_from_args(args))
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    from .localize import localize
+    classes = None
+    if args.classes:
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        classes = classes[0] if len(classes) == 1 else classes
+    gen = build_generator(args)
+    summary = localize(gen, args.paths, Path(args.output), classes=classes, resume=args.resume,
+                       workers=args.workers, vis_limit=args.vis_limit, verbose=args.verbose,
+                       settings={"weights": str(args.weights), **options_from_args(args)})
+    return 0 if summary["images"] > 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gradloc", description="Object discovery from classifier gradients.")
+    parser.add_argument("--version", action="version", version=f"gradloc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    loc = sub.add_parser("localize", help="proposals for images and folders (recursive)",
+                         description="Write OUT/predictions.json, OUT/predictions.jsonl and OUT/vis/ panels.")
+    loc.add_argument("paths", nargs="+", help="image files and folders")
+    loc.add_argument("-o", "--output", required=True, help="output folder")
+    loc.add_argument("--classes", default=None,
+                     help="classes to localise in every image: names or indices, comma-separated, "
+                          "or 'all' or 'top3' (default: each image's predicted class). "
+                          f"Classes: {', '.join(CIFAR10_CLASSES)}")
+    loc.add_argument("--resume", action="store_true",
+                     help="continue a killed run in OUT, skipping images already finished")
+    loc.add_argument("--vis-limit", type=int, default=200,
+                     help="write panels for at most this many images (0: none)")
+    loc.add_argument("-v", "--verbose", action="store_true",
+                     help="print each image's class-probability distribution")
+    add_pipeline_options(loc)
+    loc.set_defaults(func=cmd_localize)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (WeightsError, ImageError, ValueError, FileNotFoundError) as exc:
+        print(f"gradloc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gradloc: interrupted; finished results are kept (rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

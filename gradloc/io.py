@@ -1,0 +1,191 @@
+"""Finding images, decoding them in worker processes, and streaming results to disk.
+
+Results go to ``predictions.jsonl`` one line per image as soon as its batch is done, so a
+killed run loses at most the batch in flight; ``--resume`` reads that file and skips what
+is finished. ``predictions.json`` is assembled from it at the end, written to a temporary
+file and renamed, so it is either complete or absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .preprocess import DEFAULT_MAX_PIXELS, ImageError, prepare
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
+                              ".webp", ".ppm", ".pgm", ".pbm", ".jfif"})
+
+
+def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
+    """Files named directly, and image files found recursively in folders.
+
+    Folders are walked following links, each real folder once (a symlink loop ends).
+    A file given by name is taken whatever its extension; inside folders only files
+    with an image extension are taken.
+
+    Returns
+    -------
+    files : list of Path, in sorted order per argument, without duplicates
+    skipped : list of {"file", "reason"} for paths that cannot be walked
+    """
+    files: list[Path] = []
+    skipped: list[dict] = []
+    seen_files: set[str] = set()
+
+    def add(p: Path) -> None:
+        key = os.path.abspath(p)
+        if key not in seen_files:
+            seen_files.add(key)
+            files.append(p)
+
+    for raw in paths:
+        root = Path(raw)
+        if root.is_dir():
+            seen_dirs: set[str] = set()
+            errors: list[OSError] = []
+            found: list[Path] = []
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=errors.append):
+                real = os.path.realpath(dirpath)
+                if real in seen_dirs:
+                    dirnames[:] = []  # a link back to a folder already walked
+                    continue
+                seen_dirs.add(real)
+                dirnames.sort()
+                found += [Path(dirpath) / f for f in filenames
+                          if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+            for e in errors:
+                skipped.append({"file": str(e.filename), "reason": f"cannot read folder: {e.strerror}"})
+            for p in sorted(found):
+                add(p)
+        elif root.exists() or root.is_symlink():
+            add(root)
+        else:
+            skipped.append({"file": str(root), "reason": "file not found"})
+    return files, skipped
+
+
+class ImageFiles(Dataset):
+    """Decodes and resizes files; a bad file yields its reason instead of raising."""
+
+    def __init__(self, files: list[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.files, self.max_pixels = files, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        try:
+            x, size = prepare(self.files[i], self.max_pixels)
+            return i, x, size, None
+        except ImageError as exc:
+            return i, None, None, str(exc)
+        except Exception as exc:  # a decoder bug must not end a long run
+            return i, None, None, f"cannot decode: {type(exc).__name__}: {exc}"
+
+
+def _keep_list(batch):
+    return batch
+
+
+def iter_batches(files: list[Path], batch_size: int, workers: int = 0,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[list[tuple]]:
+    """Yield lists of ``(index, uint8 [3,32,32] | None, (h, w) | None, reason | None)``.
+
+    With ``workers > 0`` decoding runs in worker processes, overlapping with compute.
+    """
+    loader = DataLoader(ImageFiles(files, max_pixels), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=_keep_list,
+                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    yield from loader
+
+
+class ResultStream:
+    """Append-only JSON-lines log of finished images and skips, with resume.
+
+    Each line is ``{"file": ..., ...}`` for an image or ``{"file": ..., "skipped": reason}``.
+    """
+
+    def __init__(self, path: Path, resume: bool = False) -> None:
+        self.path = Path(path)
+        self.done: set[str] = set()
+        if resume and self.path.is_file():
+            good = []
+            with open(self.path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                        self.done.add(rec["file"])
+                        good.append(line if line.endswith("\n") else line + "\n")
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        break  # a line cut by the crash: it and anything after are redone
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(good), encoding="utf-8")
+            os.replace(tmp, self.path)
+            self._f = open(self.path, "a", encoding="utf-8")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "w", encoding="utf-8")
+
+    def write(self, records: list[dict]) -> None:
+        for rec in records:
+            self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def write_predictions_json(jsonl: Path, out: Path, header: dict) -> tuple[int, int]:
+    """Stream ``jsonl`` into the documented ``predictions.json`` layout, atomically.
+
+    Memory stays flat: records are copied one at a time. Returns (images, skipped).
+    """
+    tmp = out.with_name(out.name + ".tmp")
+    n_img = n_skip = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("{\n")
+        for k, v in header.items():
+            f.write(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)},\n")
+        f.write('"images": [')
+        for rec in read_jsonl(jsonl):
+            if "skipped" not in rec:
+                f.write(("," if n_img else "") + "\n  " + json.dumps(rec, ensure_ascii=False))
+                n_img += 1
+        f.write('\n],\n"skipped": [')
+        for rec in read_jsonl(jsonl):
+            if "skipped" in rec:
+                entry = {"file": rec["file"], "reason": rec["skipped"]}
+                f.write(("," if n_skip else "") + "\n  " + json.dumps(entry, ensure_ascii=False))
+                n_skip += 1
+        f.write("\n]\n}\n")
+    os.replace(tmp, out)
+    return n_img, n_skip
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def to_jsonable_box(box: torch.Tensor) -> list[float]:
+    return [round(float(v), 2) for v in box]

@@ -1,0 +1,253 @@
+"""ProposalGenerator: image -> tensor -> saliency map -> mask -> components -> boxes.
+
+    >>> gen = gradloc.ProposalGenerator.pretrained(top_n=100)
+    >>> out = gen(["cat.jpg", "two_objects.png"], classes=[None, ["cat", "dog"]])
+    >>> out[0]["boxes"], out[0]["scores"], out[0]["labels"], out[0]["probs"]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterable, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from torchvision.transforms.v2.functional import gaussian_blur
+
+from . import proposals as P
+from .model import CIFAR10_CLASSES, wide_resnet
+from .preprocess import DEFAULT_MAX_PIXELS, INPUT_SIZE, ImageInput, normalize, prepare
+from .saliency import make_method
+from .threshold import threshold
+
+ClassSpec = Union[None, int, str, Sequence[Union[int, str]]]
+
+
+@dataclass
+class Options:
+    """Every knob of the pipeline; the CLI exposes each as ``--name-with-dashes``."""
+
+    method: str = "gradient"
+    model_output: str = "probs"    # what the class mask multiplies: probs, logits, log_probs
+    reduce: str = "max"            # channel reduction of the gradient: max, l2, sum
+    positive: bool | None = None   # positive evidence only (None: the method's default)
+    layer: str | None = None       # intermediate block for layer / gradcam
+    samples: int = 16              # smoothgrad family
+    noise: float = 0.15            # smoothgrad family, fraction of the input range
+    steps: int = 16                # integrated gradients
+    smooth_sigma: float = 0.0      # Gaussian smoothing of the map, in grid pixels
+    threshold: str = "top-n"       # top-n, fraction, otsu, percentile
+    top_n: int = 100               # pixels kept by top-n (of 32x32)
+    threshold_value: float | None = None  # fraction / percentile value
+    morph: str = "close"
+    kernel: int = 3
+    component_score: str = "mass"  # mass, area, mean
+    union_box: bool = False
+    box_padding: float = 0.0
+    nms_iou: float = 0.5
+    top_k: int = 5                 # proposals kept per class map
+
+    def method_kwargs(self) -> dict:
+        kw: dict = {"output": self.model_output}
+        if self.method not in ("gradcam",):
+            kw["reduce"] = self.reduce
+        if self.positive is not None:
+            kw["positive"] = self.positive
+        if self.method in ("smoothgrad", "smoothgrad-sq", "vargrad"):
+            kw.update(samples=self.samples, noise=self.noise)
+        if self.method == "integrated-gradients":
+            kw["steps"] = self.steps
+        if self.method in ("layer", "gradcam") and self.layer:
+            kw["layer"] = self.layer
+        if self.method == "gradcam" and self.model_output == "probs":
+            kw["output"] = "logits"  # Grad-CAM is defined on the class score
+        return kw
+
+    def threshold_setting(self) -> tuple[str, float | None]:
+        if self.method == "gradcam" and self.threshold == "top-n":
+            return "fraction", 0.2  # the CAM paper's recipe
+        return self.threshold, (self.top_n if self.threshold == "top-n" else self.threshold_value)
+
+
+def class_index(c: int | str) -> int:
+    """A CIFAR-10 class name or index -> index, with a clear error."""
+    if isinstance(c, str) and not c.strip().lstrip("-").isdigit():
+        name = c.strip().lower()
+        if name not in CIFAR10_CLASSES:
+            raise ValueError(f"unknown class {c!r}; classes are {', '.join(CIFAR10_CLASSES)}")
+        return CIFAR10_CLASSES.index(name)
+    i = int(c)
+    if not 0 <= i < len(CIFAR10_CLASSES):
+        raise ValueError(f"class index {i} out of range 0..{len(CIFAR10_CLASSES) - 1}")
+    return i
+
+
+def parse_class_spec(spec: ClassSpec) -> tuple[str, list[int] | int | None]:
+    """One image's class request -> ("predicted", None) | ("top", k) | ("list", [idx...]).
+
+    Accepts None (the predicted class), "all", "top3"/"top-3", a name, an index, or a list.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "predicted", "pred")):
+        return "predicted", None
+    if isinstance(spec, str):
+        s = spec.strip().lower()
+        if s == "all":
+            return "list", list(range(len(CIFAR10_CLASSES)))
+        if s.startswith("top"):
+            k = int(s[3:].lstrip("-:") or 1)
+            return "top", max(1, min(k, len(CIFAR10_CLASSES)))
+        if "," in s:
+            return "list", [class_index(p) for p in s.split(",") if p.strip()]
+        return "list", [class_index(s)]
+    if isinstance(spec, int):
+        return "list", [class_index(spec)]
+    return "list", [class_index(c) for c in spec]
+
+
+class ProposalGenerator:
+    """Bounding-box proposals from class-masked gradients of a CIFAR-10 classifier.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Classifier on normalised 32x32 input; put in eval mode with frozen parameters.
+    device : str
+        "auto" (CUDA when available), "cpu" or "cuda".
+    batch_size : int
+        Images per forward/backward pass.
+    max_pixels : int
+        Larger images are refused (decompression-bomb guard).
+    **options
+        Fields of :class:`Options` (``method``, ``top_n``, ``threshold``, ...).
+    """
+
+    def __init__(self, model: nn.Module, device: str = "auto", batch_size: int = 64,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, **options) -> None:
+        unknown = set(options) - {f.name for f in fields(Options)}
+        if unknown:
+            raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
+        self.options = Options(**options)
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        model.eval().requires_grad_(False)
+        self.model = model.to(self.device).to(memory_format=torch.channels_last)
+        self.batch_size, self.max_pixels = batch_size, max_pixels
+        self.method = make_method(self.options.method, self.model, **self.options.method_kwargs())
+
+    @classmethod
+    def pretrained(cls, weights: str | Path = "default", depth: int = 16, width: int = 4,
+                   **kwargs) -> "ProposalGenerator":
+        """The shipped WRN-16-4 (or ``weights``, a state-dict file) with the given options."""
+        return cls(wide_resnet(depth, width, weights=weights), **kwargs)
+
+    # -- the stages on a ready batch ------------------------------------------------------
+
+    def _rows(self, x: Tensor, specs: list[tuple[str, object]]) -> tuple[Tensor, Tensor | None]:
+        """Expand images into (image, class) rows: image index per row and class per row.
+
+        Returns ``(row_image, row_class)``; ``row_class`` is None when every image wants
+        its predicted class, which the method then picks from its own forward pass.
+        """
+        if all(kind == "predicted" for kind, _ in specs):
+            return torch.arange(len(specs)), None
+        probe = None
+        if any(kind in ("predicted", "top") for kind, _ in specs):
+            with torch.no_grad():
+                probe = self.model(x).float()
+        row_image, row_class = [], []
+        for i, (kind, arg) in enumerate(specs):
+            if kind == "list":
+                chosen = list(dict.fromkeys(arg))
+            else:
+                k = 1 if kind == "predicted" else int(arg)
+                chosen = probe[i].topk(k).indices.tolist()
+            row_image += [i] * len(chosen)
+            row_class += chosen
+        return torch.tensor(row_image), torch.tensor(row_class)
+
+    def saliency(self, x_uint8: Tensor, specs: list[tuple[str, object]]):
+        """``uint8 [B, 3, 32, 32]`` -> maps ``[M, 32, 32]``, row image ``[M]``, row class ``[M]``,
+        probabilities ``[B, 10]``."""
+        x = normalize(x_uint8.to(self.device)).contiguous(memory_format=torch.channels_last)
+        row_image, row_class = self._rows(x, specs)
+        rows = x[row_image.to(self.device)] if row_class is not None else x
+        targets = row_class.to(self.device) if row_class is not None else (lambda z: z.argmax(1))
+        maps, logits = self.method(rows, targets)
+        if row_class is None:
+            row_class = logits.argmax(1).cpu()
+        probs = torch.zeros(len(specs), logits.shape[1])
+        probs[row_image] = logits.softmax(1).cpu()  # rows of one image share its logits
+        if self.options.smooth_sigma > 0:
+            s = self.options.smooth_sigma
+            k = 2 * int(round(3 * s)) + 1
+            maps = gaussian_blur(maps[:, None], [k, k], [s, s])[:, 0]
+        return maps.detach().cpu(), row_image, row_class, probs
+
+    def run_batch(self, x_uint8: Tensor, sizes: Sequence[tuple[int, int]],
+                  classes: Sequence[ClassSpec] | None = None) -> list[dict]:
+        """Proposals for a prepared batch. ``sizes``: each image's original ``(h, w)``.
+
+        Returns one dict per image with ``boxes`` ``[K, 4]`` (xyxy, original pixels),
+        ``scores`` ``[K]``, ``labels`` ``[K]``, ``probs`` ``[10]``, and the intermediate
+        products ``maps`` ``[R, 32, 32]``, ``masks`` ``[R, 32, 32]`` and ``map_classes``
+        ``[R]`` (one row per class asked for).
+        """
+        specs = [parse_class_spec(c) for c in (classes or [None] * len(sizes))]
+        maps, row_image, row_class, probs = self.saliency(x_uint8, specs)
+        name, value = self.options.threshold_setting()
+        masks = threshold(maps, name, value)
+        o = self.options
+        top_k = 1 if o.method == "gradcam" else o.top_k  # CAM recipe: the largest component
+        score = "area" if o.method == "gradcam" else o.component_score
+        results = [{"boxes": [], "scores": [], "labels": [], "map_rows": []} for _ in specs]
+        for r in range(len(maps)):
+            i, c = int(row_image[r]), int(row_class[r])
+            boxes, scores = P.propose(maps[r].numpy(), masks[r].numpy(), morph=o.morph,
+                                      kernel=o.kernel, score=score, include_union=o.union_box,
+                                      nms_iou=o.nms_iou, top_k=top_k)
+            boxes = P.scale_boxes(P.pad_boxes(boxes, o.box_padding), maps.shape[-2:], sizes[i])
+            res = results[i]
+            res["boxes"].append(boxes)
+            # Across classes of one image, rank by the class probability times the share.
+            res["scores"].append(scores * probs[i, c])
+            res["labels"].append(torch.full((len(boxes),), c, dtype=torch.int64))
+            res["map_rows"].append(r)
+        out = []
+        for i, res in enumerate(results):
+            boxes, scores, labels = (torch.cat(res[k]) for k in ("boxes", "scores", "labels"))
+            order = torch.argsort(scores, descending=True, stable=True)
+            rows = torch.tensor(res["map_rows"], dtype=torch.long)
+            out.append({"boxes": boxes[order], "scores": scores[order], "labels": labels[order],
+                        "probs": probs[i], "maps": maps[rows], "masks": masks[rows],
+                        "map_classes": row_class[rows]})
+        return out
+
+    # -- the public entry point --------------------------------------------------------
+
+    def __call__(self, images: ImageInput | Iterable[ImageInput],
+                 classes: ClassSpec | Sequence[ClassSpec] = None) -> list[dict]:
+        """Proposals for one image or a list of images.
+
+        ``classes``: None (each image's predicted class), one spec for all images (a name,
+        index, "all", "top3"), or a sequence with one spec per image (a name, index, list).
+        Returns a list of dicts (see :meth:`run_batch`), one per image, best box first.
+        """
+        ndim = getattr(images, "ndim", None)
+        if ndim == 4:  # a batch tensor or array
+            items = list(images)
+        elif isinstance(images, (str, Path)) or ndim in (2, 3) or not isinstance(images, Iterable):
+            items = [images]
+        else:
+            items = list(images)
+        if classes is None or isinstance(classes, (str, int)):
+            per_image = [classes] * len(items)
+        else:
+            per_image = list(classes)
+            if len(per_image) != len(items):
+                raise ValueError(f"got {len(per_image)} class specs for {len(items)} images")
+        out: list[dict] = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = [prepare(im, self.max_pixels) for im in items[start:start + self.batch_size]]
+            x = torch.stack([t for t, _ in chunk])
+            out += self.run_batch(x, [s for _, s in chunk], per_image[start:start + self.batch_size])
+        return out

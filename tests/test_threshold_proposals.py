@@ -1,0 +1,91 @@
+"""Thresholds and proposals on hand-made maps with known answers."""
+import numpy as np
+import pytest
+import torch
+
+from gradloc.proposals import component_boxes, morphology, propose, scale_boxes, union_box
+from gradloc.threshold import fraction_of_max, otsu, percentile, threshold, top_n
+
+
+def two_blobs():
+    """A 32x32 map with a strong 4x5 blob and a weaker 3x3 blob."""
+    m = np.zeros((32, 32), np.float32)
+    m[2:6, 3:8] = 2.0     # rows 2..5, cols 3..7: 20 pixels, mass 40
+    m[20:23, 25:28] = 1.0  # rows 20..22, cols 25..27: 9 pixels, mass 9
+    return m
+
+
+def test_two_blobs_give_exactly_their_boxes():
+    m = two_blobs()
+    mask = top_n(torch.from_numpy(m)[None], 29)[0].numpy()
+    assert mask.sum() == 29
+    boxes, scores = propose(m, mask, morph="close", kernel=3, top_k=5)
+    assert boxes.tolist() == [[3.0, 2.0, 8.0, 6.0], [25.0, 20.0, 28.0, 23.0]]
+    assert scores.tolist() == pytest.approx([40 / 49, 9 / 49])
+
+
+def test_union_box_and_top_k():
+    m = two_blobs()
+    mask = m > 0
+    boxes, scores = propose(m, mask, include_union=True, top_k=None, nms_iou=0.9)
+    assert [3.0, 2.0, 28.0, 23.0] in boxes.tolist()
+    assert scores[0] == pytest.approx(1.0)  # the union holds all the mass
+    boxes1, _ = propose(m, mask, top_k=1)
+    assert boxes1.tolist() == [[3.0, 2.0, 8.0, 6.0]]
+
+
+def test_closing_joins_a_one_pixel_gap_and_eight_connectivity():
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2, 2:4] = 1
+    mask[2, 5:7] = 1          # gap at column 4
+    assert len(component_boxes(mask, mask.astype(float))[0]) == 2
+    closed = morphology(mask, "close", 3, "rect")
+    assert len(component_boxes(closed, closed.astype(float))[0]) == 1
+    diag = np.zeros((5, 5), np.uint8)
+    diag[1, 1] = diag[2, 2] = 1  # diagonal neighbours: one 8-connected component
+    assert component_boxes(diag, diag.astype(float))[0].tolist() == [[1, 1, 3, 3]]
+
+
+def test_empty_mask_gives_no_boxes():
+    boxes, scores = propose(np.zeros((32, 32), np.float32), np.zeros((32, 32), bool))
+    assert boxes.shape == (0, 4) and scores.shape == (0,)
+    assert union_box(np.zeros((4, 4))) is None
+
+
+@pytest.mark.parametrize("size", [(45, 77), (1, 1), (1001, 3), (32, 32)])
+def test_scale_boxes_to_odd_sizes(size):
+    grid = torch.tensor([[0.0, 0.0, 32.0, 32.0], [8.0, 16.0, 24.0, 20.0]])
+    out = scale_boxes(grid, (32, 32), size)
+    h, w = size
+    torch.testing.assert_close(out[0], torch.tensor([0.0, 0.0, w, h]))
+    torch.testing.assert_close(out[1], torch.tensor([w / 4, h / 2, w * 3 / 4, h * 20 / 32]))
+
+
+def test_scale_boxes_clips():
+    out = scale_boxes(torch.tensor([[-2.0, -1.0, 40.0, 33.0]]), (32, 32), (64, 64))
+    assert out.tolist() == [[0.0, 0.0, 64.0, 64.0]]
+
+
+def test_top_n_ties_break_in_raster_order():
+    m = torch.ones(1, 4, 4)
+    mask = top_n(m, 5)[0]
+    assert mask.flatten().tolist() == [True] * 5 + [False] * 11
+
+
+def test_top_n_never_keeps_zero_saliency():
+    m = torch.zeros(1, 4, 4)
+    m[0, 1, 1] = 1
+    assert top_n(m, 5).sum() == 1
+
+
+def test_fraction_percentile_otsu():
+    m = torch.tensor([[[0.0, 0.1, 0.5], [0.9, 1.0, 0.2], [0.0, 0.0, 0.0]]])
+    assert fraction_of_max(m, 0.5).sum() == 3
+    assert percentile(m, 50).sum() == 4
+    bimodal = torch.zeros(1, 10, 10)
+    bimodal[0, :3] = 1.0
+    bimodal[0, 3:] = 0.05
+    assert otsu(bimodal).sum() == 30
+    assert otsu(torch.ones(1, 5, 5)).sum() == 0  # a flat map has no foreground
+    with pytest.raises(ValueError):
+        threshold(m, "magic")
