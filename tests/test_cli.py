@@ -1,0 +1,169 @@
+"""The command line on the bundled samples, on a folder of bad inputs, and killed mid-run."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gradloc.cli import main
+from gradloc.model import CIFAR10_CLASSES
+
+from .conftest import SAMPLES
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def test_localize_samples_writes_valid_json_and_panels(tmp_path, random_weights_file, capsys):
+    out = tmp_path / "out"
+    rc = run_cli("localize", SAMPLES, "-o", out, "--weights", random_weights_file, "-v")
+    assert rc == 0
+    data = json.loads((out / "predictions.json").read_text())
+    n = len(list(SAMPLES.rglob("*.png")))
+    assert len(data["images"]) == n and data["skipped"] == []
+    for rec in data["images"]:
+        assert set(rec) >= {"file", "width", "height", "probs", "proposals"}
+        assert Path(rec["file"]).is_file()
+        assert set(rec["probs"]) == set(CIFAR10_CLASSES)
+        assert sum(rec["probs"].values()) == pytest.approx(1, abs=1e-3)
+        scores = [p["score"] for p in rec["proposals"]]
+        assert scores == sorted(scores, reverse=True) and len(scores) >= 1
+        for p in rec["proposals"]:
+            x0, y0, x1, y1 = p["box"]
+            assert 0 <= x0 < x1 <= rec["width"] and 0 <= y0 < y1 <= rec["height"]
+            assert p["label"] in CIFAR10_CLASSES
+    panels = sorted((out / "vis").glob("*.png"))
+    assert len(panels) == n
+    assert Image.open(panels[0]).size[0] >= 4 * 150
+    err = capsys.readouterr()
+    assert "composite_cat_dog" in err.out  # -v prints the class distribution
+
+
+def test_classes_flag_applies_to_every_image(tmp_path, random_weights_file):
+    out = tmp_path / "o"
+    assert run_cli("localize", SAMPLES / "composite_cat_dog.png", "-o", out, "--classes", "cat,dog",
+                   "--weights", random_weights_file, "--vis-limit", "0") == 0
+    rec = json.loads((out / "predictions.json").read_text())["images"][0]
+    assert {p["label"] for p in rec["proposals"]} <= {"cat", "dog"}
+    assert not (out / "vis").exists()
+
+
+def make_bad_corpus(d: Path) -> dict:
+    """Every kind of messy input; returns {name: expected outcome ('ok' or a reason part)}."""
+    d.mkdir()
+    rgb = np.random.RandomState(0).randint(0, 255, (40, 60, 3)).astype(np.uint8)
+    good = io.BytesIO()
+    Image.fromarray(rgb).save(good, "JPEG")
+    (d / "zero.jpg").write_bytes(b"")
+    (d / "truncated.jpg").write_bytes(good.getvalue()[:300])
+    Image.fromarray(rgb).save(d / "png_named.jpg", "PNG")
+    (d / "text.png").write_text("not an image")
+    Image.fromarray(rgb[..., 0]).save(d / "grey.png")
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(d / "rgba.png")
+    Image.fromarray(rgb).convert("P").save(d / "palette.png")
+    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(d / "deep16.png")
+    Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(rgb).save(d / "rotated.jpg", exif=exif)
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(d / "one_pixel.png")
+    Image.new("RGB", (3000, 2000)).save(d / "huge.png")
+    Image.new("RGB", (2000, 2)).save(d / "wide_strip.png")
+    Image.new("RGB", (3, 900)).save(d / "tall_strip.png")
+    Image.fromarray(rgb).save(d / "unicode ñame 猫.png")
+    (d / "empty_folder").mkdir()
+    (d / "sub").mkdir()
+    Image.fromarray(rgb).save(d / "sub" / "nested.jpg")
+    os.symlink("..", d / "sub" / "loop")
+    locked = d / "locked.png"
+    Image.fromarray(rgb).save(locked)
+    locked.chmod(0)
+    expected = {
+        "zero.jpg": "empty", "truncated.jpg": "corrupt", "text.png": "not an image",
+        "huge.png": "too large", "png_named.jpg": "ok", "grey.png": "ok", "rgba.png": "ok",
+        "palette.png": "ok", "deep16.png": "ok", "cmyk.jpg": "ok", "rotated.jpg": "ok",
+        "one_pixel.png": "ok", "wide_strip.png": "ok", "tall_strip.png": "ok",
+        "unicode ñame 猫.png": "ok", "nested.jpg": "ok",
+        # root can read a chmod-0 file; anyone else gets a clean skip
+        "locked.png": "ok" if os.geteuid() == 0 else "permission",
+    }
+    return expected
+
+
+def test_bad_inputs_are_skipped_with_reasons(tmp_path, random_weights_file, capsys):
+    expected = make_bad_corpus(tmp_path / "messy")
+    out = tmp_path / "out"
+    rc = run_cli("localize", tmp_path / "messy", "-o", out, "--weights", random_weights_file,
+                 "--max-pixels", "5000000", "--workers", "0")
+    assert rc == 0
+    data = json.loads((out / "predictions.json").read_text())
+    done = {Path(r["file"]).name: r for r in data["images"]}
+    skipped = {Path(s["file"]).name: s["reason"] for s in data["skipped"]}
+    for name, outcome in expected.items():
+        if outcome == "ok":
+            assert name in done, f"{name} should be processed, skipped: {skipped.get(name)}"
+        else:
+            assert outcome in skipped[name], (name, skipped.get(name))
+    assert done["rotated.jpg"]["width"] == 40 and done["rotated.jpg"]["height"] == 60
+    assert len(done) + len(skipped) == len(expected)  # the symlink loop added nothing
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "skipped" in err
+
+
+def test_nothing_to_do_exits_nonzero(tmp_path, random_weights_file, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run_cli("localize", tmp_path / "empty", "-o", tmp_path / "o", "--weights", random_weights_file) == 1
+    assert run_cli("localize", tmp_path / "missing", "-o", tmp_path / "o2", "--weights", random_weights_file) == 1
+    assert "file not found" in capsys.readouterr().err
+
+
+def test_bad_weights_and_bad_class_are_clean_errors(tmp_path, capsys):
+    bad = tmp_path / "w.pt"
+    bad.write_bytes(b"junk")
+    assert run_cli("localize", SAMPLES, "-o", tmp_path / "o", "--weights", bad) == 2
+    assert run_cli("localize", SAMPLES, "-o", tmp_path / "o", "--weights", tmp_path / "none.pt") == 2
+    err = capsys.readouterr().err
+    assert "cannot read weights" in err and "not found" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        run_cli("localize", SAMPLES, "-o", tmp_path / "o", "--method", "magic")
+    assert e.value.code == 2
+
+
+def test_killed_run_resumes_without_losing_or_redoing(tmp_path, random_weights_file):
+    src = tmp_path / "many"
+    src.mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(400):
+        Image.fromarray(rng.randint(0, 255, (32, 32, 3)).astype(np.uint8)).save(src / f"{i:04d}.png")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "gradloc.cli", "localize", str(src), "-o", str(out), "--weights",
+           str(random_weights_file), "--batch-size", "4", "--workers", "0", "--vis-limit", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    jsonl = out / "predictions.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if jsonl.is_file() and jsonl.read_text().count("\n") >= 20:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
+    assert 20 <= len(before) < 400, "the run should have been killed part-way"
+    assert not (out / "predictions.json").exists()  # written only at the end
+    rc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert rc.returncode == 0, rc.stderr
+    data = json.loads((out / "predictions.json").read_text())
+    files = [r["file"] for r in data["images"]]
+    assert len(files) == len(set(files)) == 400
+    by_file = {r["file"]: r for r in data["images"]}
+    for rec in before:  # finished results are kept as they were
+        assert by_file[rec["file"]] == rec
+    assert f"{len(before)} from a previous run" in rc.stderr

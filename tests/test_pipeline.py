@@ -1,0 +1,76 @@
+"""The Python API: one object from images to detection-style dicts."""
+import numpy as np
+import pytest
+import torch
+
+from gradloc import ProposalGenerator
+from gradloc.pipeline import parse_class_spec
+
+
+@pytest.fixture(scope="module")
+def gen(random_wrn):
+    return ProposalGenerator(random_wrn, device="cpu", batch_size=3)
+
+
+def test_outputs_like_torchvision_detection(gen):
+    imgs = [np.random.randint(0, 255, (h, w, 3), np.uint8) for h, w in [(45, 77), (32, 32), (100, 7), (9, 300)]]
+    out = gen(imgs)
+    assert len(out) == 4
+    for o, im in zip(out, imgs):
+        h, w = im.shape[:2]
+        assert o["boxes"].dtype == torch.float32 and o["boxes"].shape[1] == 4
+        assert len(o["boxes"]) == len(o["scores"]) == len(o["labels"]) >= 1
+        assert (o["boxes"][:, 0] >= 0).all() and (o["boxes"][:, 2] <= w).all()
+        assert (o["boxes"][:, 1] >= 0).all() and (o["boxes"][:, 3] <= h).all()
+        assert (o["boxes"][:, 2] > o["boxes"][:, 0]).all()
+        assert torch.all(o["scores"][:-1] >= o["scores"][1:])
+        assert o["probs"].shape == (10,) and o["probs"].sum().item() == pytest.approx(1, abs=1e-5)
+        assert (o["labels"] == o["probs"].argmax()).all()  # default: the predicted class
+        assert o["maps"].shape == (1, 32, 32) and o["masks"].sum() <= 100
+
+
+def test_classes_per_image(gen):
+    imgs = [np.random.randint(0, 255, (40, 40, 3), np.uint8) for _ in range(3)]
+    out = gen(imgs, classes=["cat", 5, ["dog", "ship"]])
+    assert set(out[0]["labels"].tolist()) == {3}
+    assert set(out[1]["labels"].tolist()) == {5}
+    assert set(out[2]["labels"].tolist()) <= {5, 8} and out[2]["maps"].shape[0] == 2
+    allc = gen(imgs[:1], classes="all")[0]
+    assert allc["maps"].shape[0] == 10
+    top = gen(imgs[:1], classes="top3")[0]
+    assert top["map_classes"].tolist() == top["probs"].topk(3).indices.tolist()
+
+
+def test_result_of_an_image_does_not_depend_on_its_batch(random_wrn):
+    imgs = [np.random.RandomState(i).randint(0, 255, (50, 60, 3)).astype(np.uint8) for i in range(5)]
+    a = ProposalGenerator(random_wrn, device="cpu", batch_size=5)(imgs)[3]
+    b = ProposalGenerator(random_wrn, device="cpu", batch_size=1)(imgs[3])[0]
+    torch.testing.assert_close(a["maps"], b["maps"])
+    torch.testing.assert_close(a["boxes"], b["boxes"])
+
+
+def test_inputs_of_every_kind(gen, tmp_path):
+    from PIL import Image
+    arr = np.random.randint(0, 255, (30, 40, 3), np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    outs = [gen(tmp_path / "a.png"), gen(str(tmp_path / "a.png")), gen(arr),
+            gen(torch.from_numpy(arr).permute(2, 0, 1)), gen(Image.fromarray(arr))]
+    for o in outs:
+        torch.testing.assert_close(o[0]["boxes"], outs[0][0]["boxes"])
+    assert len(gen(torch.randint(0, 255, (2, 3, 20, 20), dtype=torch.uint8))) == 2
+
+
+def test_class_specs():
+    assert parse_class_spec(None) == ("predicted", None)
+    assert parse_class_spec("Cat") == ("list", [3])
+    assert parse_class_spec("top-2") == ("top", 2)
+    assert parse_class_spec(["dog", 1]) == ("list", [5, 1])
+    with pytest.raises(ValueError, match="unknown class"):
+        parse_class_spec("unicorn")
+    with pytest.raises(ValueError, match="out of range"):
+        parse_class_spec(12)
+
+
+def test_unknown_option_is_an_error(random_wrn):
+    with pytest.raises(TypeError, match="unknown options"):
+        ProposalGenerator(random_wrn, topn=3)
