@@ -99,6 +99,35 @@ def cmd_localize(args: argparse.Namespace) -> int:
     return 0 if summary["images"] > 0 else 1
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .annotations import load_aliases
+    from .evaluate import run_evaluation
+    from .report import results_table
+
+    aliases = load_aliases(args.aliases)
+    gen = None
+    if args.predictions is None:
+        if args.images is None:
+            raise ValueError("give --images DIR (run the pipeline) or --predictions FILE (score a run)")
+        gen = build_generator(args)
+    results = run_evaluation(args.annotations, Path(args.output), images_dir=args.images, gen=gen,
+                             predictions_json=args.predictions, aliases=aliases, workers=args.workers,
+                             baselines=not args.no_baselines, gradcam=not args.no_gradcam,
+                             limit=args.limit)
+    print(results_table(results))
+    print(f"report: {Path(args.output) / 'report.md'}", file=sys.stderr)
+    return 0
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from .synthetic import make_synthetic
+    path = make_synthetic(args.cifar, args.output, n=args.n, canvas=(args.size, args.size),
+                          max_objects=args.max_objects, scale=(args.min_scale, args.max_scale),
+                          seed=args.seed)
+    print(f"wrote {args.n} images and {path}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="gradloc", description="Object discovery from classifier gradients.")
@@ -122,10 +151,37 @@ def main(argv: list[str] | None = None) -> int:
     add_pipeline_options(loc)
     loc.set_defaults(func=cmd_localize)
 
+    ev = sub.add_parser("evaluate", help="score proposals and baselines on annotated images",
+                        description="Annotations: COCO JSON, or a Pascal VOC folder (Annotations/*.xml). "
+                                    "Writes OUT/metrics.json, OUT/report.md and plots.")
+    ev.add_argument("annotations", help="COCO .json file, VOC folder, or one VOC .xml")
+    ev.add_argument("--images", default=None, help="folder the annotations' file names are relative to")
+    ev.add_argument("--predictions", default=None,
+                    help="score this predictions.json from `gradloc localize` instead of running the model")
+    ev.add_argument("-o", "--output", default="gradloc-eval", help="report folder")
+    ev.add_argument("--aliases", default=None,
+                    help='JSON file {"category name": "cifar class" or null} extending the default alias table')
+    ev.add_argument("--limit", type=int, default=None, help="score only the first N annotated images")
+    ev.add_argument("--no-baselines", action="store_true", help="skip the box baselines")
+    ev.add_argument("--no-gradcam", action="store_true", help="skip the same-network Grad-CAM baseline")
+    add_pipeline_options(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    sy = sub.add_parser("make-synthetic", help="paste CIFAR-10 test images onto textured canvases (COCO JSON)")
+    sy.add_argument("--cifar", required=True, help="CIFAR-10 JPEG folder or its .tar.gz (test split is used)")
+    sy.add_argument("-o", "--output", required=True)
+    sy.add_argument("-n", type=int, default=1000, help="number of canvases")
+    sy.add_argument("--size", type=int, default=128, help="canvas side in pixels")
+    sy.add_argument("--max-objects", type=int, default=3)
+    sy.add_argument("--min-scale", type=int, default=32, help="smallest pasted object side")
+    sy.add_argument("--max-scale", type=int, default=80, help="largest pasted object side")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.set_defaults(func=cmd_make_synthetic)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (WeightsError, ImageError, ValueError, FileNotFoundError) as exc:
+    except (WeightsError, ImageError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"gradloc: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -30,6 +30,8 @@ def image_record(file: str, size: tuple[int, int], result: dict) -> dict:
         "proposals": [{"box": to_jsonable_box(b), "score": round(float(s), 5),
                        "label": CIFAR10_CLASSES[int(lab)]}
                       for b, s, lab in zip(result["boxes"], result["scores"], result["labels"])],
+        "peaks": {CIFAR10_CLASSES[int(c)]: [round(float(v), 2) for v in pt]
+                  for c, pt in zip(result["map_classes"], result["peaks"])},
     }
 
 

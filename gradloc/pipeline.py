@@ -104,6 +104,14 @@ def parse_class_spec(spec: ClassSpec) -> tuple[str, list[int] | int | None]:
     return "list", [class_index(c) for c in spec]
 
 
+def map_peaks(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Location of each map's maximum ``[R, 2]`` as (x, y) in original pixels (cell centre)."""
+    r, h, w = maps.shape
+    flat = maps.reshape(r, -1).argmax(1)
+    gy, gx = flat // w, flat % w
+    return torch.stack([(gx + 0.5) * size[1] / w, (gy + 0.5) * size[0] / h], 1)
+
+
 class ProposalGenerator:
     """Bounding-box proposals from class-masked gradients of a CIFAR-10 classifier.
 
@@ -189,8 +197,9 @@ class ProposalGenerator:
 
         Returns one dict per image with ``boxes`` ``[K, 4]`` (xyxy, original pixels),
         ``scores`` ``[K]``, ``labels`` ``[K]``, ``probs`` ``[10]``, and the intermediate
-        products ``maps`` ``[R, 32, 32]``, ``masks`` ``[R, 32, 32]`` and ``map_classes``
-        ``[R]`` (one row per class asked for).
+        products ``maps`` ``[R, 32, 32]``, ``masks`` ``[R, 32, 32]``, ``map_classes``
+        ``[R]`` (one row per class asked for) and ``peaks`` ``[R, 2]`` (each map's maximum,
+        x, y in original pixels).
         """
         specs = [parse_class_spec(c) for c in (classes or [None] * len(sizes))]
         maps, row_image, row_class, probs = self.saliency(x_uint8, specs)
@@ -219,7 +228,7 @@ class ProposalGenerator:
             rows = torch.tensor(res["map_rows"], dtype=torch.long)
             out.append({"boxes": boxes[order], "scores": scores[order], "labels": labels[order],
                         "probs": probs[i], "maps": maps[rows], "masks": masks[rows],
-                        "map_classes": row_class[rows]})
+                        "map_classes": row_class[rows], "peaks": map_peaks(maps[rows], sizes[i])})
         return out
 
     # -- the public entry point --------------------------------------------------------

@@ -1,0 +1,159 @@
+"""metrics.json, report.md and plots for an evaluation: the method beside the baselines."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .evaluate import top1_ious  # noqa: E402
+from .io import atomic_write_text  # noqa: E402
+from .model import CIFAR10_CLASSES  # noqa: E402
+
+COLUMNS = [
+    ("CorLoc@0.3", lambda m: m["corloc"]["0.3"]),
+    ("CorLoc@0.5", lambda m: m["corloc"]["0.5"]),
+    ("CorLoc@0.7", lambda m: m["corloc"]["0.7"]),
+    ("Top-1 loc", lambda m: m["top1_loc"]),
+    ("MaxBoxAccV2", lambda m: m["maxboxacc"] and m["maxboxacc"]["v2"]),
+    ("Pointing", lambda m: m["pointing"]),
+    ("Recall@1", lambda m: m["proposals"]["recall@1"]),
+    ("Recall@5", lambda m: m["proposals"]["recall@5"]),
+    ("Recall@10", lambda m: m["proposals"]["recall@10"]),
+    ("MBO@1", lambda m: m["proposals"]["mbo@1"]),
+    ("Cls acc", lambda m: m["accuracy"]),
+]
+
+
+def _fmt(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """Markdown table, one row per method or baseline, values in percent."""
+    lines = ["| method | " + " | ".join(c for c, _ in COLUMNS) + " |",
+             "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |"]
+    for name, m in results.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(f(m)) for _, f in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def per_class_table(results: dict[str, dict], delta: str = "0.5") -> str:
+    classes = sorted({c for m in results.values() for c in m["corloc"][f"per_class@{delta}"]},
+                     key=CIFAR10_CLASSES.index)
+    lines = [f"| method | " + " | ".join(classes) + " |", "| --- | " + " | ".join("---:" for _ in classes) + " |"]
+    for name, m in results.items():
+        pc = m["corloc"][f"per_class@{delta}"]
+        lines.append(f"| {name} | " + " | ".join(_fmt(pc.get(c)) for c in classes) + " |")
+    return "\n".join(lines)
+
+
+def plot_corloc_curve(ds, preds_by_name: dict, path: Path) -> None:
+    deltas = np.linspace(0.05, 0.95, 19)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, preds in preds_by_name.items():
+        ious, _, _ = top1_ious(ds, preds)
+        ax.plot(deltas, [(ious >= d).mean() * 100 for d in deltas], label=name, marker=".")
+    ax.set_xlabel("IoU threshold δ")
+    ax.set_ylabel("GT-known CorLoc (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_iou_histogram(ds, preds_by_name: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, preds in preds_by_name.items():
+        ious, _, _ = top1_ious(ds, preds)
+        ax.hist(ious, bins=20, range=(0, 1), histtype="step", label=name, linewidth=1.5)
+    ax.set_xlabel("IoU of the top-1 box")
+    ax.set_ylabel("(image, class) pairs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_per_class(results: dict[str, dict], path: Path) -> None:
+    classes = sorted({c for m in results.values() for c in m["corloc"]["per_class@0.5"]},
+                     key=CIFAR10_CLASSES.index)
+    x = np.arange(len(classes))
+    width = 0.8 / max(1, len(results))
+    fig, ax = plt.subplots(figsize=(max(6, len(classes) * 0.9), 4))
+    for k, (name, m) in enumerate(results.items()):
+        pc = m["corloc"]["per_class@0.5"]
+        ax.bar(x + k * width, [100 * pc.get(c, 0) for c in classes], width, label=name)
+    ax.set_xticks(x + width * (len(results) - 1) / 2, classes, rotation=30)
+    ax.set_ylabel("CorLoc@0.5 (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_examples(ds, preds: list, images_dir: Path, path: Path, n: int = 8) -> None:
+    """Best and worst (image, class) pairs by top-1 IoU: ground truth green, top-1 red."""
+    from .preprocess import ImageError, open_image
+
+    ious, idx, cls = top1_ious(ds, preds)
+    if not len(ious):
+        return
+    order = np.argsort(-ious, kind="stable")
+    picks = [("best", j) for j in order[:n]] + [("worst", j) for j in order[::-1][:n]]
+    cols = n
+    fig, axes = plt.subplots(2, cols, figsize=(cols * 1.8, 4.2))
+    for ax, (kind, j) in zip(axes.ravel(), picks):
+        im, c = ds.images[idx[j]], cls[j]
+        ax.axis("off")
+        try:
+            ax.imshow(np.asarray(open_image(Path(images_dir) / im.file)))
+        except ImageError:
+            continue
+        for b in im.boxes_of(c).tolist():
+            ax.add_patch(plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, color="lime", lw=1.5))
+        top = preds[idx[j]]["boxes"].get(c)
+        if top is not None and len(top):
+            b = top[0].tolist()
+            ax.add_patch(plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, color="red", lw=1.5))
+        ax.set_title(f"{kind} {CIFAR10_CLASSES[c]} {ious[j]:.2f}", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: Path, title: str, results: dict[str, dict], ds, preds_by_name: dict,
+                 images_dir: Path | None, method_name: str, info: dict) -> None:
+    """Write metrics.json, report.md and the plots into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps({"info": info, "results": results}, indent=1))
+    plots = []
+    if preds_by_name:
+        plot_corloc_curve(ds, preds_by_name, out / "corloc_vs_iou.png")
+        plot_iou_histogram(ds, preds_by_name, out / "iou_histogram.png")
+        plots += ["corloc_vs_iou.png", "iou_histogram.png"]
+    plot_per_class(results, out / "per_class.png")
+    plots.append("per_class.png")
+    if images_dir is not None and method_name in preds_by_name:
+        plot_examples(ds, preds_by_name[method_name], images_dir, out / "examples.png")
+        plots.append("examples.png")
+    lines = [f"# {title}", ""]
+    lines += [f"- {k}: {v}" for k, v in info.items() if not isinstance(v, (list, dict))]
+    lines += ["", "All values in percent. Units: (image, class) pairs for CorLoc, MaxBoxAccV2 and "
+              "pointing; ground-truth boxes for recall and MBO; images for top-1 loc and accuracy. "
+              "Definitions: `gradloc/evaluate.py`.", "", results_table(results), "",
+              "## GT-known CorLoc@0.5 per class", "", per_class_table(results), ""]
+    lines += [f"![{p}]({p})" for p in plots]
+    for key in ("skipped", "annotation_problems"):
+        items = info.get(key) or []
+        if items:
+            lines += ["", f"## {key.replace('_', ' ')} ({len(items)})", ""]
+            lines += [f"- {s['file']}: {s['reason']}" for s in items[:50]]
+            if len(items) > 50:
+                lines.append(f"- ... and {len(items) - 50} more (metrics.json has them all)")
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
