@@ -1,0 +1,226 @@
+"""Metrics on hand-computed cases, annotation readers on small fixtures, unsafe XML refused."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.ops import box_iou
+
+from gradloc.annotations import (AnnotatedImage, AnnotatedSet, AnnotationError, load_aliases,
+                                 load_annotations, load_coco, load_voc)
+from gradloc.cli import main
+from gradloc.evaluate import (baseline_centred, baseline_whole_image, centred_box, corloc,
+                              max_box_acc_v2, pointing_game, recall_and_mbo, score, top1_localization)
+
+
+def img(file, w, h, boxes, labels, difficult=None):
+    return AnnotatedImage(file, w, h, torch.tensor(boxes, dtype=torch.float32).view(-1, 4),
+                          torch.tensor(labels), torch.tensor(difficult or [False] * len(labels)))
+
+
+def test_known_iou():
+    # 10x10 boxes overlapping in a 5x10 strip: IoU = 50 / 150.
+    assert box_iou(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([[5.0, 0, 15, 10]])).item() == pytest.approx(1 / 3)
+
+
+def test_corloc_exactly_two_thirds():
+    ds = AnnotatedSet([img("a", 100, 100, [[0, 0, 50, 50]], [3]),
+                       img("b", 100, 100, [[10, 10, 60, 60], [50, 50, 100, 100]], [5, 3]),
+                       ])
+    preds = [
+        {"boxes": {3: torch.tensor([[0.0, 0, 50, 50]])}},                      # hit (IoU 1)
+        {"boxes": {5: torch.tensor([[10.0, 10, 60, 60]]),                      # hit
+                   3: torch.tensor([[0.0, 0, 10, 10], [50.0, 50, 100, 100]])}},  # top-1 misses
+    ]
+    res = corloc(ds, preds)
+    assert res["n"] == 3
+    assert res["0.5"] == pytest.approx(2 / 3)
+    assert res["per_class@0.5"] == {"cat": 0.5, "dog": 1.0}
+    rec = recall_and_mbo(ds, preds, ks=(1, 2))
+    assert rec["recall@1"] == pytest.approx(2 / 3) and rec["recall@2"] == 1.0
+
+
+def test_difficult_boxes_are_not_scored():
+    ds = AnnotatedSet([img("a", 10, 10, [[0, 0, 5, 5], [5, 5, 10, 10]], [1, 2], [False, True])])
+    assert ds.images[0].classes() == [1]
+    assert corloc(ds, [{"boxes": {1: torch.tensor([[0.0, 0, 5, 5]])}}])["n"] == 1
+
+
+def test_top1_localization_needs_the_right_class():
+    ds = AnnotatedSet([img("a", 10, 10, [[0, 0, 10, 10]], [1]), img("b", 10, 10, [[0, 0, 10, 10]], [2])])
+    full = torch.tensor([[0.0, 0, 10, 10]])
+    preds = [{"boxes": {1: full}, "probs": torch.eye(10)[1]},
+             {"boxes": {2: full}, "probs": torch.eye(10)[7]}]  # wrong class: a miss
+    assert top1_localization(ds, preds) == 0.5
+
+
+def test_max_box_acc_v2_on_a_tiny_map():
+    # 4x4 map on a 4x4 image; the object is the top-left 2x2 square.
+    m = torch.tensor([[0.9, 0.8, 0.0, 0.0],
+                      [0.7, 0.6, 0.0, 0.0],
+                      [0.0, 0.0, 0.0, 0.3],
+                      [0.0, 0.0, 0.0, 0.0]])
+    ds = AnnotatedSet([img("a", 4, 4, [[0, 0, 2, 2]], [0])])
+    res = max_box_acc_v2(ds, [{"boxes": {}, "maps": {0: m}}], thresholds=np.array([0.0, 0.5, 0.95]))
+    # tau=0: one 4x4 box (IoU 0.25); tau=0.5: the 2x2 square (IoU 1); tau=0.95: the 1x1 peak (0.25).
+    assert res["0.3"] == 1.0 and res["0.5"] == 1.0 and res["0.7"] == 1.0 and res["v2"] == 1.0
+    assert res["best_threshold@0.7"] == 0.5
+    ds2 = AnnotatedSet([img("a", 4, 4, [[0, 0, 4, 4]], [0])])
+    res2 = max_box_acc_v2(ds2, [{"boxes": {}, "maps": {0: m}}], thresholds=np.array([0.5, 0.95]))
+    # Best is the 2x2 square: IoU 0.25 < 0.3 at every delta.
+    assert res2["v2"] == 0.0
+
+
+def test_pointing_game_tolerance():
+    ds = AnnotatedSet([img("a", 224, 224, [[100, 100, 150, 150]], [4])])
+    inside = [{"boxes": {}, "peaks": {4: (120.0, 120.0)}}]
+    near = [{"boxes": {}, "peaks": {4: (160.0, 120.0)}}]   # 10 px away, tolerance 15 px
+    far = [{"boxes": {}, "peaks": {4: (170.0, 120.0)}}]    # 20 px away
+    assert pointing_game(ds, inside) == 1.0 and pointing_game(ds, near) == 1.0
+    assert pointing_game(ds, far) == 0.0
+
+
+def test_baselines_boxes():
+    assert centred_box(100, 50, 0.25).tolist() == [[25.0, 12.5, 75.0, 37.5]]
+    ds = AnnotatedSet([img("a", 100, 100, [[0, 0, 100, 100]], [0])])
+    assert score(ds, baseline_whole_image(ds))["corloc"]["0.5"] == 1.0
+    assert score(ds, baseline_centred(ds, 0.25))["corloc"]["0.5"] == 0.0
+
+
+def write_coco(path, **override):
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+                       {"id": 2, "file_name": "b.png", "width": 40, "height": 30}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 5, 10, 10]},
+                            {"id": 2, "image_id": 1, "category_id": 99, "bbox": [0, 0, 3, 3]},
+                            {"id": 3, "image_id": 2, "category_id": 3, "bbox": [30, 20, 20, 20]},
+                            {"id": 4, "image_id": 2, "category_id": 3, "bbox": [1, 1, 0, 5]},
+                            {"id": 5, "image_id": 2}],
+            "categories": [{"id": 7, "name": "car"}, {"id": 3, "name": "cat"}, {"id": 99, "name": "person"}]}
+    coco.update(override)
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_coco_reader_reports_every_problem(tmp_path):
+    ds = load_coco(write_coco(tmp_path / "a.json"))
+    assert [im.file for im in ds.images] == ["a.png", "b.png"]
+    assert ds.images[0].labels.tolist() == [1]  # car -> automobile
+    assert ds.images[1].boxes.tolist() == [[30.0, 20.0, 40.0, 30.0]]  # clipped
+    reasons = " ".join(p["reason"] for p in ds.problems)
+    assert "'person' has no CIFAR-10 counterpart" in reasons
+    assert "clipped" in reasons and "zero area" in reasons and "malformed" in reasons
+    assert ds.unmapped == {"person": 1}
+
+
+def test_coco_malformed_files(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(AnnotationError, match="not valid JSON"):
+        load_coco(bad)
+    bad.write_text(json.dumps({"images": []}))
+    with pytest.raises(AnnotationError, match="needs 'images' and 'annotations'"):
+        load_coco(bad)
+
+
+def test_alias_override(tmp_path):
+    f = tmp_path / "aliases.json"
+    f.write_text(json.dumps({"person": "horse", "car": None}))
+    ds = load_coco(write_coco(tmp_path / "a.json"), load_aliases(f))
+    assert ds.images[0].labels.tolist() == [7]  # person -> horse; car now unmapped
+    assert ds.unmapped == {"car": 1}
+    f.write_text(json.dumps({"person": "unicorn"}))
+    with pytest.raises(AnnotationError, match="not a CIFAR-10 class"):
+        load_aliases(f)
+
+
+VOC = """<annotation><filename>{name}</filename><size><width>50</width><height>40</height></size>
+<object><name>{cls}</name><difficult>{diff}</difficult>
+<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>20</xmax><ymax>10</ymax></bndbox></object>
+<object><name>person</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object>
+</annotation>"""
+
+
+def test_voc_reader(tmp_path):
+    ann = tmp_path / "voc" / "Annotations"
+    ann.mkdir(parents=True)
+    (ann / "1.xml").write_text(VOC.format(name="1.jpg", cls="aeroplane", diff=0))
+    (ann / "2.xml").write_text(VOC.format(name="2.jpg", cls="boat", diff=1))
+    (ann / "3.xml").write_text("<annotation><unclosed>")
+    ds = load_voc(tmp_path / "voc")
+    assert [im.file for im in ds.images] == ["1.jpg", "2.jpg"]
+    assert ds.images[0].boxes.tolist() == [[0.0, 0.0, 20.0, 10.0]]  # 1-based inclusive -> edges
+    assert ds.images[0].labels.tolist() == [0] and ds.images[1].labels.tolist() == [8]
+    assert ds.images[1].difficult.tolist() == [True] and ds.images[1].classes() == []
+    assert any("malformed XML" in p["reason"] for p in ds.problems)
+    assert ds.unmapped["person"] == 2
+
+
+BOMB = """<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
+<annotation><filename>&lol3;</filename><size><width>5</width><height>5</height></size></annotation>"""
+EXTERNAL = """<?xml version="1.0"?>
+<!DOCTYPE foo [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<annotation><filename>&xxe;</filename><size><width>5</width><height>5</height></size></annotation>"""
+
+
+@pytest.mark.parametrize("text", [BOMB, EXTERNAL])
+def test_unsafe_xml_is_refused(tmp_path, text):
+    f = tmp_path / "evil.xml"
+    f.write_text(text)
+    with pytest.raises(AnnotationError, match="refused unsafe XML"):
+        load_annotations(f)
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations" / "evil.xml").write_text(text)
+    ds = load_voc(tmp_path)
+    assert ds.images == [] and "refused unsafe XML" in ds.problems[0]["reason"]
+
+
+def test_evaluate_cli_runs_and_scores_predictions(tmp_path, random_weights_file):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.RandomState(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.randint(0, 255, (30, 40, 3)).astype(np.uint8)).save(images / name)
+    ann = write_coco(tmp_path / "ann.json", images=[
+        {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+        {"id": 2, "file_name": "b.png", "width": 40, "height": 30},
+        {"id": 3, "file_name": "missing.png", "width": 40, "height": 30}],
+        annotations=[{"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 5, 10, 10]},
+                     {"id": 2, "image_id": 2, "category_id": 3, "bbox": [0, 0, 20, 20]},
+                     {"id": 3, "image_id": 3, "category_id": 3, "bbox": [0, 0, 20, 20]}])
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(ann), "--images", str(images), "-o", str(out),
+                 "--weights", str(random_weights_file), "--workers", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = set(metrics["results"])
+    assert {"gradloc (gradient)", "Grad-CAM (CAM box)", "best centred box", "whole image", "random boxes"} <= names
+    assert metrics["info"]["skipped"][0]["reason"] == "file not found"
+    assert metrics["results"]["whole image"]["corloc"]["n"] == 2  # scored on the readable images
+    for f in ("report.md", "corloc_vs_iou.png", "iou_histogram.png", "per_class.png", "examples.png"):
+        assert (out / f).is_file(), f
+    # The same images through `localize`, then scored from predictions.json without the model.
+    loc = tmp_path / "loc"
+    assert main(["localize", str(images), "-o", str(loc), "--weights", str(random_weights_file),
+                 "--classes", "all", "--top-k", "10", "--vis-limit", "0"]) == 0
+    out2 = tmp_path / "ev2"
+    assert main(["evaluate", str(ann), "--predictions", str(loc / "predictions.json"), "-o", str(out2)]) == 0
+    m2 = json.loads((out2 / "metrics.json").read_text())["results"]
+    (name,) = [n for n in m2 if n.startswith("gradloc")]
+    assert m2[name]["corloc"]["0.5"] == metrics["results"]["gradloc (gradient)"]["corloc"]["0.5"]
+    assert m2[name]["pointing"] == metrics["results"]["gradloc (gradient)"]["pointing"]
+
+
+def test_make_synthetic_boxes_are_exact(tmp_path):
+    from .conftest import shared_file
+    from gradloc.synthetic import make_synthetic
+    cifar = shared_file("cifar10-jpeg.tar.gz")
+    path = make_synthetic(cifar, tmp_path / "syn", n=6, canvas=(96, 96), seed=3)
+    ds = load_coco(path)
+    assert len(ds.images) == 6 and ds.problems == []
+    for im in ds.images:
+        assert len(set(im.labels.tolist())) == len(im.labels)  # different classes per canvas
+        b = im.boxes
+        assert ((b[:, 2] - b[:, 0]) == (b[:, 3] - b[:, 1])).all()  # square pasted tiles
+        assert box_iou(b, b).fill_diagonal_(0).max() == 0 if len(b) > 1 else True
