@@ -64,6 +64,8 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--width", type=int, default=4)
     m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     m.add_argument("--batch-size", type=int, default=64)
+    m.add_argument("--amp", action="store_true",
+                   help="bf16 autocast (fast on GPUs / CPUs with native bf16; slow on AVX2-only CPUs)")
     m.add_argument("--workers", type=int, default=1,
                    help="data-loader processes decoding images beside the compute (0: none)")
     m.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
@@ -83,7 +85,8 @@ def build_generator(args: argparse.Namespace):
             raise SystemExit("gradloc: error: --device cuda but no CUDA device is available")
     return ProposalGenerator.pretrained(weights=args.weights, depth=args.depth, width=args.width,
                                         device=args.device, batch_size=args.batch_size,
-                                        max_pixels=args.max_pixels, **options_from_args(args))
+                                        max_pixels=args.max_pixels, amp=args.amp,
+                                        **options_from_args(args))
 
 
 def cmd_localize(args: argparse.Namespace) -> int:

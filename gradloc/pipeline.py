@@ -125,12 +125,15 @@ class ProposalGenerator:
         Images per forward/backward pass.
     max_pixels : int
         Larger images are refused (decompression-bomb guard).
+    amp : bool
+        Run the network under bf16 autocast. Pays on GPUs and CPUs with native bf16;
+        on AVX2-only CPUs it is many times slower than fp32 (see BENCHMARKS.md).
     **options
         Fields of :class:`Options` (``method``, ``top_n``, ``threshold``, ...).
     """
 
     def __init__(self, model: nn.Module, device: str = "auto", batch_size: int = 64,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, **options) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, amp: bool = False, **options) -> None:
         unknown = set(options) - {f.name for f in fields(Options)}
         if unknown:
             raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
@@ -139,7 +142,7 @@ class ProposalGenerator:
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         model.eval().requires_grad_(False)
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
-        self.batch_size, self.max_pixels = batch_size, max_pixels
+        self.batch_size, self.max_pixels, self.amp = batch_size, max_pixels, amp
         self.method = make_method(self.options.method, self.model, **self.options.method_kwargs())
 
     @classmethod
@@ -180,7 +183,8 @@ class ProposalGenerator:
         row_image, row_class = self._rows(x, specs)
         rows = x[row_image.to(self.device)] if row_class is not None else x
         targets = row_class.to(self.device) if row_class is not None else (lambda z: z.argmax(1))
-        maps, logits = self.method(rows, targets)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            maps, logits = self.method(rows, targets)
         if row_class is None:
             row_class = logits.argmax(1).cpu()
         probs = torch.zeros(len(specs), logits.shape[1])

@@ -1,0 +1,322 @@
+#!/usr/bin/env python
+"""Throughput side by side, in one run, on the same images: gradloc against the network's limit
+and against what a user would write with Captum or pytorch-grad-cam.
+
+Measured (images per second, peak resident memory), each in a fresh subprocess, repeated
+``--repeats`` times, median reported:
+
+1. limit: the network's forward plus input-gradient backward alone, on ready-made normalised
+   tensors at the same batch size (no decoding, no post-processing);
+2. gradloc: ``localize`` end to end (decode, resize, gradients, threshold, morphology,
+   components, boxes, JSON lines and predictions.json written);
+3. captum: a Captum pipeline as a user writes it (PIL + torchvision transforms in a DataLoader,
+   a forward for the predicted class, ``captum.attr.Saliency`` on the softmax output, max |g|
+   over channels), then gradloc's same threshold and proposal functions and JSON output;
+4. grad-cam: pytorch-grad-cam's ``GradCAM`` on the last block plus the CAM-paper box
+   (threshold at 20% of the maximum, largest connected component), JSON output.
+
+Images: the dev benchmark's photographs when ../shared is there, generated JPEGs otherwise.
+Weights don't change the cost; the shipped ones are used when present.
+
+    pip install -e ".[bench]"
+    python scripts/bench_throughput.py --n 1000 --write BENCHMARKS.md
+    python scripts/bench_throughput.py --scaling 1000,10000 --write BENCHMARKS.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
+
+
+def peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + kids) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def load_model(weights: str):
+    from gradloc.model import default_weights_path, wide_resnet
+    if weights == "default" and not default_weights_path().is_file():
+        weights = None  # cost does not depend on the values
+    return wide_resnet(weights=weights)
+
+
+def image_list(folder: Path, n: int) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    if len(files) < n:
+        raise SystemExit(f"need {n} images in {folder}, found {len(files)}")
+    return files[:n]
+
+
+# -- the four workloads, each run in its own process -----------------------------------------
+
+def run_limit(args) -> int:
+    import torch
+    model = load_model(args.weights).to(memory_format=torch.channels_last)
+    x = torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    done = 0
+    while done < args.n:
+        b = min(args.batch_size, args.n - done)
+        xb = x[:b].detach().requires_grad_(True)
+        out = model(xb)
+        p = out.softmax(1)
+        torch.autograd.grad(p.gather(1, p.argmax(1, keepdim=True)).sum(), xb)
+        done += b
+    return done
+
+
+def run_gradloc(args, files) -> int:
+    from gradloc import ProposalGenerator
+    from gradloc.localize import localize
+    gen = ProposalGenerator(load_model(args.weights), device="cpu", batch_size=args.batch_size)
+    with tempfile.TemporaryDirectory() as out:
+        listing = Path(out) / "in"
+        listing.mkdir()
+        for i, f in enumerate(files):  # a folder holding exactly these images
+            os.symlink(f.resolve(), listing / f"{i:06d}{f.suffix}")
+        summary = localize(gen, [str(listing)], Path(out) / "run", workers=args.workers, vis_limit=0)
+    return summary["images"]
+
+
+class _PilFolder:
+    """What a Captum user writes: PIL decode + torchvision transforms per image."""
+
+    def __init__(self, files):
+        from torchvision import transforms as T
+        from gradloc.model import CIFAR10_MEAN, CIFAR10_STD
+        self.files = files
+        self.tf = T.Compose([T.Resize((32, 32), antialias=True), T.ToTensor(),
+                             T.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        with Image.open(self.files[i]) as im:
+            w, h = im.size
+            return self.tf(im.convert("RGB")), h, w, i
+
+
+def _write_records(f, files, idx, boxes_scores, hs, ws, labels):
+    from gradloc.model import CIFAR10_CLASSES
+    for (boxes, scores), i, h, w, c in zip(boxes_scores, idx, hs, ws, labels):
+        f.write(json.dumps({"file": str(files[i]), "width": w, "height": h, "proposals": [
+            {"box": [round(v, 2) for v in b], "score": round(s, 5), "label": CIFAR10_CLASSES[c]}
+            for b, s in zip(boxes.tolist(), scores.tolist())]}) + "\n")
+
+
+def run_captum(args, files) -> int:
+    import torch
+    from captum.attr import Saliency
+    from torch.utils.data import DataLoader
+
+    from gradloc.proposals import propose, scale_boxes
+    from gradloc.threshold import top_n
+    model = load_model(args.weights).requires_grad_(True)  # as a user's model comes
+    sal = Saliency(lambda x: model(x).softmax(1))
+    loader = DataLoader(_PilFolder(files), batch_size=args.batch_size, num_workers=args.workers)
+    n = 0
+    with tempfile.TemporaryDirectory() as out, open(Path(out) / "captum.jsonl", "w") as f:
+        for x, hs, ws, idx in loader:
+            with torch.no_grad():
+                pred = model(x).argmax(1)
+            grads = sal.attribute(x, target=pred, abs=True)
+            maps = grads.amax(1)
+            masks = top_n(maps, 100)
+            results = []
+            for m, k, h, w in zip(maps, masks, hs.tolist(), ws.tolist()):
+                boxes, scores = propose(m.numpy(), k.numpy())
+                results.append((scale_boxes(boxes, (32, 32), (h, w)), scores))
+            _write_records(f, files, idx.tolist(), results, hs.tolist(), ws.tolist(), pred.tolist())
+            n += len(x)
+    return n
+
+
+def run_gradcam(args, files) -> int:
+    import cv2
+    import numpy as np
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from torch.utils.data import DataLoader
+    model = load_model(args.weights).requires_grad_(True)  # as a user's model comes
+    cam = GradCAM(model=model, target_layers=[model.block3])
+    loader = DataLoader(_PilFolder(files), batch_size=args.batch_size, num_workers=args.workers)
+    n = 0
+    with tempfile.TemporaryDirectory() as out, open(Path(out) / "gradcam.jsonl", "w") as f:
+        for x, hs, ws, idx in loader:
+            with torch.no_grad():
+                pred = model(x).argmax(1)
+            maps = cam(input_tensor=x, targets=None)  # [B, 32, 32]; None: the predicted class
+            results = []
+            for m, h, w in zip(maps, hs.tolist(), ws.tolist()):
+                mask = (m >= 0.2 * m.max()).astype(np.uint8)
+                k, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+                if k > 1:
+                    j = 1 + int(np.argmax(stats[1:, 4]))  # the largest component
+                    x0, y0, bw, bh = stats[j, :4]
+                    box = torch.tensor([[x0 * w / 32, y0 * h / 32, (x0 + bw) * w / 32, (y0 + bh) * h / 32]])
+                    results.append((box, torch.ones(1)))
+                else:
+                    results.append((torch.zeros(0, 4), torch.zeros(0)))
+            _write_records(f, files, idx.tolist(), results, hs.tolist(), ws.tolist(), pred.tolist())
+            n += len(x)
+    return n
+
+
+def amp_agreement(args, n: int) -> dict:
+    """Share of fp32's top-N pixels that bf16 autocast also keeps, and both speeds."""
+    import torch
+    from gradloc import ProposalGenerator
+    from gradloc.preprocess import prepare
+    files = image_list(Path(args.images), n)
+    x = torch.stack([prepare(f)[0] for f in files])
+    out = {}
+    for amp in (False, True):
+        gen = ProposalGenerator(load_model(args.weights), device="cpu", batch_size=args.batch_size, amp=amp)
+        t0 = time.perf_counter()
+        masks = torch.cat([gen.run_batch(x[i:i + args.batch_size], [(32, 32)] * len(x[i:i + args.batch_size]))[j]["masks"]
+                           for i in range(0, n, args.batch_size) for j in range(len(x[i:i + args.batch_size]))])
+        out["bf16" if amp else "fp32"] = (masks, n / (time.perf_counter() - t0))
+    m32, mbf = out["fp32"][0], out["bf16"][0]
+    agree = ((m32 & mbf).flatten(1).sum(1).float() / m32.flatten(1).sum(1).clamp(min=1)).mean().item()
+    return {"agreement": agree, "fp32_img_per_s": out["fp32"][1], "bf16_img_per_s": out["bf16"][1]}
+
+
+WORKLOADS = {"limit": run_limit, "gradloc": run_gradloc, "captum": run_captum, "grad-cam": run_gradcam}
+
+
+def worker_main(args) -> None:
+    import torch
+    torch.manual_seed(0)
+    files = image_list(Path(args.images), args.n) if args.workload != "limit" else None
+    t0 = time.perf_counter()
+    n = WORKLOADS[args.workload](args) if files is None else WORKLOADS[args.workload](args, files)
+    secs = time.perf_counter() - t0
+    print(json.dumps({"images": n, "seconds": secs, "peak_rss_mb": peak_rss_mb()}))
+
+
+# -- the driver --------------------------------------------------------------------------------
+
+def measure(workload: str, args, n: int) -> dict:
+    runs = []
+    for _ in range(args.repeats):
+        cmd = [sys.executable, __file__, "--worker", workload, "--images", str(args.images), "--n", str(n),
+               "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--weights", args.weights]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{workload} failed:\n{proc.stderr[-2000:]}")
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    ips = [r["images"] / r["seconds"] for r in runs]
+    return {"img_per_s": statistics.median(ips), "runs_img_per_s": [round(v, 1) for v in ips],
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs), "images": runs[0]["images"]}
+
+
+def prepare_images(args) -> Path:
+    shared = ROOT.parent / "shared" / "data" / "tinyimagenet-cifar8-dev.tar.gz"
+    cache = Path.home() / ".cache" / "gradloc-bench"
+    dev = cache / "tinyimagenet-cifar8-dev" / "images"
+    if dev.is_dir() or shared.is_file():
+        if not dev.is_dir():
+            cache.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(shared) as tar:
+                tar.extractall(cache, filter="data")
+        return dev
+    gen_dir = cache / "generated"
+    need = max([args.n] + [int(v) for v in (args.scaling or "0").split(",")])
+    if len(list(gen_dir.glob("*.jpg"))) < need:
+        import numpy as np
+        from PIL import Image
+        gen_dir.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        for i in range(need):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(gen_dir / f"{i:06d}.jpg")
+    return gen_dir
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--images", default=None, help="folder of images (default: dev benchmark or generated)")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=1, help="data-loader workers for the pipelines")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--weights", default="default")
+    p.add_argument("--only", default="limit,gradloc,captum,grad-cam")
+    p.add_argument("--scaling", default=None, help="e.g. 1000,10000: gradloc time and memory at these sizes")
+    p.add_argument("--amp-images", type=int, default=0,
+                   help="measure bf16-autocast top-N agreement with fp32 on this many images (0: skip)")
+    p.add_argument("--write", type=Path, default=None, help="BENCHMARKS.md to update")
+    args = p.parse_args()
+    if args.worker:
+        args.workload = args.worker
+        worker_main(args)
+        return 0
+    args.images = Path(args.images) if args.images else prepare_images(args)
+    import torch
+    lines = [BEGIN, "", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU only, fp32. Images: "
+             f"`{args.images}` ({args.n} per run), batch size {args.batch_size}, {args.workers} decoding "
+             f"worker(s); median of {args.repeats} runs, each in a fresh process. Regenerate: "
+             f"`python scripts/bench_throughput.py --write BENCHMARKS.md`.", ""]
+    results = {}
+    for w in args.only.split(","):
+        results[w] = measure(w, args, args.n)
+        print(w, results[w], file=sys.stderr)
+    if "limit" in results:
+        lim = results["limit"]["img_per_s"]
+        lines += ["| pipeline | images/s | × limit | runs (images/s) | peak memory (MB) |",
+                  "| --- | ---: | ---: | --- | ---: |"]
+        for w, r in results.items():
+            lines.append(f"| {w} | {r['img_per_s']:.1f} | {r['img_per_s'] / lim:.2f} | "
+                         f"{', '.join(map(str, r['runs_img_per_s']))} | {r['peak_rss_mb']:.0f} |")
+        if "gradloc" in results and "captum" in results:
+            lines += ["", f"gradloc / Captum pipeline: **{results['gradloc']['img_per_s'] / results['captum']['img_per_s']:.2f}x**."]
+    if args.scaling:
+        lines += ["", "Scaling of `gradloc localize` (one run each):", "",
+                  "| images | seconds | ms / image | peak memory (MB) |", "| ---: | ---: | ---: | ---: |"]
+        saved = args.repeats
+        args.repeats = 1
+        for n in [int(v) for v in args.scaling.split(",")]:
+            r = measure("gradloc", args, n)
+            lines.append(f"| {n} | {n / r['img_per_s']:.1f} | {1000 / r['img_per_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+            print("scaling", n, r, file=sys.stderr)
+        args.repeats = saved
+    if args.amp_images:
+        a = amp_agreement(args, args.amp_images)
+        lines += ["", f"bf16 autocast on this CPU ({args.amp_images} images): {100 * a['agreement']:.1f}% of fp32's "
+                  f"top-100 pixels kept; {a['bf16_img_per_s']:.1f} vs {a['fp32_img_per_s']:.1f} images/s for fp32 "
+                  f"({a['fp32_img_per_s'] / a['bf16_img_per_s']:.1f}x slower). It stays off by default: this "
+                  "processor (AVX2, no AVX-512 BF16/AMX) has no native bf16 arithmetic."]
+        print("amp", a, file=sys.stderr)
+    lines += ["", END]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        old = args.write.read_text() if args.write.is_file() else "# Benchmarks\n"
+        if BEGIN in old:
+            new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: text, old, flags=re.S)
+        else:
+            new = old.rstrip() + "\n\n## Throughput\n\n" + text + "\n"
+        args.write.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
