@@ -39,6 +39,8 @@ _HELP = {
     "box_padding": "grow each box by this fraction of its size per side",
     "nms_iou": "IoU of torchvision NMS between proposals of one class map",
     "top_k": "proposals kept per class map (default: 5)",
+    "scales": "multi-scale windows: auto (on when the shorter side >= 160 px), off, or e.g. 1,2,3",
+    "max_windows": "at most this many windows per image in multi-scale mode (finest dropped first)",
 }
 
 
@@ -126,7 +128,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     from .synthetic import make_synthetic
     path = make_synthetic(args.cifar, args.output, n=args.n, canvas=(args.size, args.size),
                           max_objects=args.max_objects, scale=(args.min_scale, args.max_scale),
-                          seed=args.seed)
+                          seed=args.seed, distractors=args.distractors)
     print(f"wrote {args.n} images and {path}", file=sys.stderr)
     return 0
 
@@ -179,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     sy.add_argument("--min-scale", type=int, default=32, help="smallest pasted object side")
     sy.add_argument("--max-scale", type=int, default=80, help="largest pasted object side")
     sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--distractors", type=int, default=0,
+                    help="block-shuffled CIFAR patches per canvas (clutter without an object, not annotated)")
     sy.set_defaults(func=cmd_make_synthetic)
 
     args = parser.parse_args(argv)

@@ -257,16 +257,17 @@ def predict(gen, ds: AnnotatedSet, images_dir: str | Path, workers: int = 1, top
     gen.options.top_k = max(saved_top_k, top_k)  # truncation only: the ranking is unchanged
     try:
         with tqdm(total=len(files), unit="img", desc=desc, disable=None if progress else True) as bar:
-            for batch in iter_batches(files, gen.batch_size, workers, gen.max_pixels):
+            for batch in iter_batches(files, gen.batch_size, workers, gen.max_pixels, gen.options.scales):
                 good = [b for b in batch if b[1] is not None]
-                for i, _, _, reason in batch:
+                for i, _, _, reason, _ in batch:
                     if reason is not None:
                         skipped.append({"file": str(files[i]), "reason": reason})
                 if good:
                     x = torch.stack([b[1] for b in good])
                     sizes = [b[2] for b in good]
                     specs = [ds.images[b[0]].classes() for b in good]
-                    for (i, _, size, _), res in zip(good, gen.run_batch(x, sizes, specs)):
+                    work = [b[4] for b in good]
+                    for (i, _, size, _, _), res in zip(good, gen.run_batch(x, sizes, specs, work)):
                         preds[i] = prediction_from_result(res, size)
                 bar.update(len(batch))
     finally:

@@ -72,20 +72,20 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
 class ImageFiles(Dataset):
     """Decodes and resizes files; a bad file yields its reason instead of raising."""
 
-    def __init__(self, files: list[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.files, self.max_pixels = files, max_pixels
+    def __init__(self, files: list[Path], max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off") -> None:
+        self.files, self.max_pixels, self.scales = files, max_pixels, scales
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
         try:
-            x, size = prepare(self.files[i], self.max_pixels)
-            return i, x, size, None
+            x, size, work = prepare(self.files[i], self.max_pixels, self.scales)
+            return i, x, size, None, work
         except ImageError as exc:
-            return i, None, None, str(exc)
+            return i, None, None, str(exc), None
         except Exception as exc:  # a decoder bug must not end a long run
-            return i, None, None, f"cannot decode: {type(exc).__name__}: {exc}"
+            return i, None, None, f"cannot decode: {type(exc).__name__}: {exc}", None
 
 
 def _keep_list(batch):
@@ -93,12 +93,13 @@ def _keep_list(batch):
 
 
 def iter_batches(files: list[Path], batch_size: int, workers: int = 0,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[list[tuple]]:
-    """Yield lists of ``(index, uint8 [3,32,32] | None, (h, w) | None, reason | None)``.
+                 max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off") -> Iterator[list[tuple]]:
+    """Yield lists of ``(index, uint8 [3,32,32] | None, (h, w) | None, reason | None,
+    working-resolution image | None)``; the last is kept for multi-scale images only.
 
     With ``workers > 0`` decoding runs in worker processes, overlapping with compute.
     """
-    loader = DataLoader(ImageFiles(files, max_pixels), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(ImageFiles(files, max_pixels, scales), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_keep_list,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     yield from loader

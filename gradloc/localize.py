@@ -74,13 +74,13 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
     n_ok = n_skip = 0
     vis_dir = out / "vis"
     with stream, tqdm(total=len(todo), unit="img", disable=None, desc="localize") as bar:
-        for batch in iter_batches(todo, gen.batch_size, workers, gen.max_pixels):
+        for batch in iter_batches(todo, gen.batch_size, workers, gen.max_pixels, gen.options.scales):
             good = [b for b in batch if b[1] is not None]
             records = []
             if good:
                 x = torch.stack([b[1] for b in good])
-                results = gen.run_batch(x, [b[2] for b in good], [classes] * len(good))
-                for (i, x32, size, _), res in zip(good, results):
+                results = gen.run_batch(x, [b[2] for b in good], [classes] * len(good), [b[4] for b in good])
+                for (i, x32, size, _, _), res in zip(good, results):
                     rec = image_record(str(todo[i]), size, res)
                     records.append(rec)
                     if verbose:
@@ -90,7 +90,7 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
                             _write_panel(vis_dir, already + n_ok + len(records) - 1, todo[i], x32, res)
                         except Exception as exc:  # a panel is a nicety; never lose the result
                             tqdm.write(f"warning: no panel for {todo[i]}: {exc}", file=sys.stderr)
-            for i, _, _, reason in batch:
+            for i, _, _, reason, _ in batch:
                 if reason is not None:
                     records.append({"file": str(todo[i]), "skipped": reason})
                     tqdm.write(f"skipped {todo[i]}: {reason}", file=sys.stderr)

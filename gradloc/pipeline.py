@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
+from . import multiscale as M
 from . import proposals as P
 from .model import CIFAR10_CLASSES, wide_resnet
 from .preprocess import DEFAULT_MAX_PIXELS, INPUT_SIZE, ImageInput, normalize, prepare
@@ -46,6 +47,19 @@ class Options:
     box_padding: float = 0.0
     nms_iou: float = 0.5
     top_k: int = 5                 # proposals kept per class map
+    scales: str = "auto"           # multi-scale windows: auto (large images), off, or e.g. "1,2,3"
+    max_windows: int = 64          # cap on windows per image (finest dropped first)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scales, (list, tuple)):
+            self.scales = ",".join(str(int(v)) for v in self.scales)
+        if self.scales not in ("auto", "off"):
+            try:
+                vals = [int(v) for v in str(self.scales).split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"scales must be auto, off or integers like 1,2,3; got {self.scales!r}") from None
+            if not vals or min(vals) < 1:
+                raise ValueError(f"scales must be integers >= 1, got {self.scales!r}")
 
     def method_kwargs(self) -> dict:
         kw: dict = {"output": self.model_output}
@@ -189,14 +203,11 @@ class ProposalGenerator:
             row_class = logits.argmax(1).cpu()
         probs = torch.zeros(len(specs), logits.shape[1])
         probs[row_image] = logits.softmax(1).cpu()  # rows of one image share its logits
-        if self.options.smooth_sigma > 0:
-            s = self.options.smooth_sigma
-            k = 2 * int(round(3 * s)) + 1
-            maps = gaussian_blur(maps[:, None], [k, k], [s, s])[:, 0]
         return maps.detach().cpu(), row_image, row_class, probs
 
     def run_batch(self, x_uint8: Tensor, sizes: Sequence[tuple[int, int]],
-                  classes: Sequence[ClassSpec] | None = None) -> list[dict]:
+                  classes: Sequence[ClassSpec] | None = None,
+                  work: Sequence[Tensor | None] | None = None) -> list[dict]:
         """Proposals for a prepared batch. ``sizes``: each image's original ``(h, w)``.
 
         Returns one dict per image with ``boxes`` ``[K, 4]`` (xyxy, original pixels),
@@ -204,36 +215,122 @@ class ProposalGenerator:
         products ``maps`` ``[R, 32, 32]``, ``masks`` ``[R, 32, 32]``, ``map_classes``
         ``[R]`` (one row per class asked for) and ``peaks`` ``[R, 2]`` (each map's maximum,
         x, y in original pixels).
+
+        ``work``: each image at working resolution (or None); images that qualify for
+        multi-scale (``Options.scales``) take the multi-scale path, the rest one window.
         """
         specs = [parse_class_spec(c) for c in (classes or [None] * len(sizes))]
-        maps, row_image, row_class, probs = self.saliency(x_uint8, specs)
-        name, value = self.options.threshold_setting()
-        masks = threshold(maps, name, value)
+        multi = [i for i in range(len(sizes)) if work is not None and work[i] is not None
+                 and M.wants_multiscale(sizes[i], self.options.scales)]
+        single = [i for i in range(len(sizes)) if i not in multi]
+        out: list = [None] * len(sizes)
+        if single:
+            sub = [sizes[i] for i in single]
+            res = self.proposals_from_maps(*self.saliency(x_uint8[single], [specs[i] for i in single]), sub)
+            for i, r in zip(single, res):
+                out[i] = r
+        if multi:
+            res = self.multiscale(x_uint8[multi], [sizes[i] for i in multi], [specs[i] for i in multi],
+                                  [work[i] for i in multi])
+            for i, r in zip(multi, res):
+                out[i] = r
+        return out
+
+    def post_process(self, m: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One map ``[h, w]`` -> (map after smoothing, kept mask, grid boxes ``[K, 4]``, scores).
+
+        Sizes are stated for the 32x32 grid and scale with larger (multi-scale) grids:
+        top-N is a share of 1024 pixels, kernel and sigma are in 32x32-grid pixels.
+        """
         o = self.options
-        top_k = 1 if o.method == "gradcam" else o.top_k  # CAM recipe: the largest component
-        score = "area" if o.method == "gradcam" else o.component_score
-        results = [{"boxes": [], "scores": [], "labels": [], "map_rows": []} for _ in specs]
+        f = max(m.shape) / INPUT_SIZE
+        if o.smooth_sigma > 0:
+            s = o.smooth_sigma * f
+            k = 2 * int(round(3 * s)) + 1
+            m = gaussian_blur(m[None, None], [k, k], [s, s])[0, 0]
+        name, value = o.threshold_setting()
+        if name == "top-n":
+            value = value * m.numel() / INPUT_SIZE ** 2
+        mask = threshold(m[None], name, value)[0]
+        kernel = o.kernel if f == 1 else (int(round(o.kernel * f)) | 1)
+        boxes, scores = P.propose(
+            m.numpy(), mask.numpy(), morph=o.morph, kernel=kernel,
+            score="area" if o.method == "gradcam" else o.component_score,
+            include_union=o.union_box, nms_iou=o.nms_iou,
+            top_k=1 if o.method == "gradcam" else o.top_k)  # CAM recipe: the largest component
+        return m, mask, boxes, scores
+
+    def proposals_from_maps(self, maps, row_image: Tensor, row_class: Tensor, probs: Tensor,
+                            sizes: Sequence[tuple[int, int]], evidence: Tensor | None = None) -> list[dict]:
+        """The post-processing half of :meth:`run_batch`: smoothing, threshold, morphology,
+        components, boxes in original pixels. Cheap, so a sweep can rerun it on cached maps.
+
+        ``maps``: one map per row (a tensor ``[R, h, w]`` or a list); ``evidence`` ``[R]``: how
+        strongly each row's class is supported (default: the image's class probability),
+        which ranks proposals across the classes of one image.
+        """
+        results = [{"boxes": [], "scores": [], "labels": [], "maps": [], "masks": [], "rows": []} for _ in sizes]
         for r in range(len(maps)):
             i, c = int(row_image[r]), int(row_class[r])
-            boxes, scores = P.propose(maps[r].numpy(), masks[r].numpy(), morph=o.morph,
-                                      kernel=o.kernel, score=score, include_union=o.union_box,
-                                      nms_iou=o.nms_iou, top_k=top_k)
-            boxes = P.scale_boxes(P.pad_boxes(boxes, o.box_padding), maps.shape[-2:], sizes[i])
+            m, mask, boxes, scores = self.post_process(maps[r])
+            boxes = P.scale_boxes(P.pad_boxes(boxes, self.options.box_padding), m.shape, sizes[i])
             res = results[i]
             res["boxes"].append(boxes)
-            # Across classes of one image, rank by the class probability times the share.
-            res["scores"].append(scores * probs[i, c])
+            res["scores"].append(scores * (probs[i, c] if evidence is None else evidence[r]))
             res["labels"].append(torch.full((len(boxes),), c, dtype=torch.int64))
-            res["map_rows"].append(r)
+            res["maps"].append(m)
+            res["masks"].append(mask)
+            res["rows"].append(r)
         out = []
         for i, res in enumerate(results):
             boxes, scores, labels = (torch.cat(res[k]) for k in ("boxes", "scores", "labels"))
             order = torch.argsort(scores, descending=True, stable=True)
-            rows = torch.tensor(res["map_rows"], dtype=torch.long)
+            maps_i = torch.stack(res["maps"])
             out.append({"boxes": boxes[order], "scores": scores[order], "labels": labels[order],
-                        "probs": probs[i], "maps": maps[rows], "masks": masks[rows],
-                        "map_classes": row_class[rows], "peaks": map_peaks(maps[rows], sizes[i])})
+                        "probs": probs[i], "maps": maps_i, "masks": torch.stack(res["masks"]),
+                        "map_classes": row_class[torch.tensor(res["rows"], dtype=torch.long)],
+                        "peaks": map_peaks(maps_i, sizes[i])})
         return out
+
+    def multiscale(self, x_uint8: Tensor, sizes: Sequence[tuple[int, int]], specs: list,
+                   work: Sequence[Tensor]) -> list[dict]:
+        """Multi-scale proposals. ``work``: each image as ``uint8 [3, h, w]`` at working
+        resolution (see :func:`gradloc.preprocess.prepare`); ``x_uint8`` its 32x32 view."""
+        x = normalize(x_uint8.to(self.device)).contiguous(memory_format=torch.channels_last)
+        row_image, row_class = self._rows(x, specs)
+        with torch.no_grad():
+            probs = self.model(x).float().softmax(1).cpu()
+        if row_class is None:
+            row_class = probs.argmax(1)
+        windows, crops = [], []
+        for i, img in enumerate(work):
+            h, w = img.shape[-2:]
+            scales = M.resolve_scales(self.options.scales, sizes[i])
+            windows.append(M.window_boxes(h, w, scales, self.options.max_windows))
+            crops.append(M.crop_windows(img, windows[-1]))
+        # All windows of all (image, class) rows, through the method in chunks of batch_size.
+        row_of = torch.cat([torch.full((len(windows[int(i)]),), r) for r, i in enumerate(row_image)])
+        all_crops = torch.cat([crops[int(i)] for i in row_image])
+        all_classes = row_class[row_of]
+        win_maps, win_probs = [], []
+        for s in range(0, len(all_crops), self.batch_size):
+            xb = normalize(all_crops[s:s + self.batch_size].to(self.device)).contiguous(
+                memory_format=torch.channels_last)
+            cb = all_classes[s:s + self.batch_size].to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                m, logits = self.method(xb, cb)
+            win_maps.append(m.detach().cpu())
+            win_probs.append(logits.softmax(1).gather(1, cb[:, None])[:, 0].cpu())
+        win_maps, win_probs = torch.cat(win_maps), torch.cat(win_probs)
+        maps, evidence = [], []
+        for r in range(len(row_image)):
+            i = int(row_image[r])
+            sel = row_of == r
+            h, w = work[i].shape[-2:]
+            grid = M.work_size(h, w)
+            maps.append(M.accumulate(win_maps[sel], win_probs[sel], windows[i], (h, w), grid))
+            evidence.append(win_probs[sel].max())
+        return self.proposals_from_maps(maps, row_image, row_class, probs, sizes, torch.stack(evidence))
 
     # -- the public entry point --------------------------------------------------------
 
@@ -260,7 +357,9 @@ class ProposalGenerator:
                 raise ValueError(f"got {len(per_image)} class specs for {len(items)} images")
         out: list[dict] = []
         for start in range(0, len(items), self.batch_size):
-            chunk = [prepare(im, self.max_pixels) for im in items[start:start + self.batch_size]]
-            x = torch.stack([t for t, _ in chunk])
-            out += self.run_batch(x, [s for _, s in chunk], per_image[start:start + self.batch_size])
+            chunk = [prepare(im, self.max_pixels, self.options.scales)
+                     for im in items[start:start + self.batch_size]]
+            x = torch.stack([c[0] for c in chunk])
+            out += self.run_batch(x, [c[1] for c in chunk], per_image[start:start + self.batch_size],
+                                  [c[2] for c in chunk])
         return out

@@ -153,7 +153,14 @@ def denormalize(x: Tensor) -> Tensor:
     return (x * std + mean).clamp(0, 1)
 
 
-def prepare(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Tensor, tuple[int, int]]:
-    """One input -> (``uint8 [3, 32, 32]`` model-sized image, original ``(height, width)``)."""
+def prepare(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off"):
+    """One input -> (``uint8 [3, 32, 32]`` model-sized image, original ``(height, width)``,
+    working-resolution ``uint8 [3, h, w]`` for multi-scale or None).
+
+    The working copy is kept only when ``scales`` sends this image down the multi-scale path.
+    """
+    from .multiscale import wants_multiscale, working_image
     rgb = to_rgb_tensor(image, max_pixels)
-    return resize_to_input(rgb), (int(rgb.shape[1]), int(rgb.shape[2]))
+    size = (int(rgb.shape[1]), int(rgb.shape[2]))
+    work = working_image(rgb) if wants_multiscale(size, scales) else None
+    return resize_to_input(rgb), size, work

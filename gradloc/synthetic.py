@@ -31,6 +31,14 @@ def textured_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(base + low + fine + stripes, 0, 255).astype(np.uint8)
 
 
+def block_shuffled(rng: np.random.Generator, img: np.ndarray, block: int = 8) -> np.ndarray:
+    """A CIFAR image with its ``block`` x ``block`` tiles shuffled: natural colours and edges, no object."""
+    h, w = img.shape[:2]
+    tiles = img.reshape(h // block, block, w // block, block, 3).swapaxes(1, 2).reshape(-1, block, block, 3)
+    tiles = tiles[rng.permutation(len(tiles))]
+    return tiles.reshape(h // block, w // block, block, block, 3).swapaxes(1, 2).reshape(h, w, 3)
+
+
 def _place(rng, size_hw, side, placed, tries=50):
     h, w = size_hw
     for _ in range(tries):
@@ -41,10 +49,13 @@ def _place(rng, size_hw, side, placed, tries=50):
 
 
 def make_synthetic(cifar: str | Path, out: str | Path, n: int = 1000, canvas: tuple[int, int] = (128, 128),
-                   max_objects: int = 3, scale: tuple[int, int] = (32, 80), seed: int = 0) -> Path:
+                   max_objects: int = 3, scale: tuple[int, int] = (32, 80), seed: int = 0,
+                   distractors: int = 0) -> Path:
     """Write ``out/images/*.png`` and ``out/annotations.json``; returns the JSON path.
 
     ``scale``: the side in pixels of a pasted object, drawn uniformly in that range.
+    ``distractors``: per canvas, this many block-shuffled CIFAR images (clutter without an
+    object, not annotated) pasted at the same scales where they fit.
     """
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -70,11 +81,20 @@ def make_synthetic(cifar: str | Path, out: str | Path, n: int = 1000, canvas: tu
             placed.append((spot[0], spot[1], spot[0] + side, spot[1] + side))
             anns.append({"id": len(anns), "image_id": i, "category_id": int(c),
                          "bbox": [spot[0], spot[1], side, side], "area": side * side, "iscrowd": 0})
+        for _ in range(distractors):
+            side = int(rng.integers(lo, hi + 1))
+            spot = _place(rng, (h, w), side, placed)
+            if spot is None:
+                continue
+            clutter = block_shuffled(rng, x[rng.integers(len(x))])
+            img[spot[1]:spot[1] + side, spot[0]:spot[0] + side] = np.asarray(
+                Image.fromarray(clutter).resize((side, side), Image.BICUBIC))
+            placed.append((spot[0], spot[1], spot[0] + side, spot[1] + side))
         name = f"synth_{i:05d}.png"
         Image.fromarray(img).save(out / "images" / name)
         images.append({"id": i, "file_name": name, "width": w, "height": h})
     coco = {"info": {"description": "gradloc synthetic multi-object benchmark", "seed": seed,
-                     "canvas": [h, w], "scale": [lo, hi], "max_objects": max_objects,
+                     "canvas": [h, w], "scale": [lo, hi], "max_objects": max_objects, "distractors": distractors,
                      "source": "CIFAR-10 test split"},
             "images": images, "annotations": anns,
             "categories": [{"id": i, "name": c} for i, c in enumerate(CIFAR10_CLASSES)]}

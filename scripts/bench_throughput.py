@@ -185,7 +185,7 @@ def amp_agreement(args, n: int) -> dict:
     from gradloc import ProposalGenerator
     from gradloc.preprocess import prepare
     files = image_list(Path(args.images), n)
-    x = torch.stack([prepare(f)[0] for f in files])
+    x = torch.stack([prepare(f)[0] for f in files])  # 64x64 dev photos: single window
     out = {}
     for amp in (False, True):
         gen = ProposalGenerator(load_model(args.weights), device="cpu", batch_size=args.batch_size, amp=amp)

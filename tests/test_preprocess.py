@@ -97,6 +97,7 @@ def test_array_and_tensor_inputs():
 def test_prepare_resizes_with_antialias_and_keeps_size():
     # A fine checkerboard averages to grey with antialiasing (aliasing would keep 0/255).
     board = (np.indices((320, 320)).sum(0) % 2 * 255).astype(np.uint8)
-    x, size = prepare(np.dstack([board] * 3))
+    x, size, work = prepare(np.dstack([board] * 3))
+    assert work is None  # no multi-scale copy unless asked for
     assert x.shape == (3, 32, 32) and size == (320, 320)
     assert 100 < x.float().mean() < 155 and x.float().std() < 20

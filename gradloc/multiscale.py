@@ -1,0 +1,140 @@
+"""Multi-scale discovery: saliency from overlapping windows, accumulated at full resolution.
+
+Squeezing a large photograph into 32x32 loses small objects. Instead the image is cut into
+overlapping windows at several scales (the whole image, halves, thirds, ... with half-window
+strides); each window is resized to 32x32 and all windows of all images of a batch go through
+the class-masked saliency method together. Each window's map, normalised to its maximum, is
+pasted back into a working-resolution map weighted by how strongly that window supports the
+class (its class probability), and averaged over the windows covering each pixel.
+
+Boxes here are float xyxy in working-grid pixels unless stated.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DEFAULT_SCALES = (1, 2, 3)
+AUTO_MIN_SIDE = 160     # multi-scale turns on by itself when the shorter side is at least this
+WORK_MAX_SIDE = 256     # working-grid resolution of the accumulated map (longer side)
+
+
+def window_boxes(height: int, width: int, scales=DEFAULT_SCALES, max_windows: int | None = None) -> Tensor:
+    """Windows ``[W, 4]`` (float xyxy) covering an image of ``height`` x ``width``.
+
+    Scale ``s`` uses windows of ``1/s`` of each side at half-window strides, i.e. a
+    ``(2s - 1) x (2s - 1)`` grid. Coarse scales come first; ``max_windows`` keeps the first
+    that many (so a cap drops the finest windows first).
+    """
+    out = []
+    for s in sorted(set(int(v) for v in scales)):
+        if s < 1:
+            raise ValueError(f"scales must be >= 1, got {s}")
+        wh, ww = height / s, width / s
+        n = 2 * s - 1
+        for i in range(n):
+            for j in range(n):
+                y0 = (height - wh) * i / max(n - 1, 1)
+                x0 = (width - ww) * j / max(n - 1, 1)
+                out.append([x0, y0, x0 + ww, y0 + wh])
+    boxes = torch.tensor(out, dtype=torch.float32)
+    return boxes[:max_windows] if max_windows else boxes
+
+
+def crop_windows(image: Tensor, boxes: Tensor, size: int = 32) -> Tensor:
+    """Crop windows from ``uint8 [3, H, W]`` and resize each to ``size`` (antialiased).
+
+    Returns ``uint8 [W, 3, size, size]``.
+    """
+    crops = []
+    for x0, y0, x1, y1 in boxes.tolist():
+        r0, r1 = int(math.floor(y0)), max(int(math.floor(y0)) + 1, int(math.ceil(y1)))
+        c0, c1 = int(math.floor(x0)), max(int(math.floor(x0)) + 1, int(math.ceil(x1)))
+        crop = image[:, r0:r1, c0:c1].float()[None]
+        crops.append(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
+                                   align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[0])
+    return torch.stack(crops)
+
+
+def work_size(height: int, width: int, max_side: int = WORK_MAX_SIDE) -> tuple[int, int]:
+    """Working-grid size: the image's own, shrunk so the longer side is at most ``max_side``."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def accumulate(maps: Tensor, weights: Tensor, boxes: Tensor, image_size: tuple[int, int],
+               grid_size: tuple[int, int]) -> Tensor:
+    """Paste window maps into one map on the working grid.
+
+    Parameters
+    ----------
+    maps : Tensor [W, h, w]
+        One saliency map per window (any non-negative scale).
+    weights : Tensor [W]
+        The window's support for the class (its class probability).
+    boxes : Tensor [W, 4]
+        Windows in original-image pixels, xyxy.
+    image_size, grid_size : (height, width)
+        Original image size and the working grid's.
+
+    Returns
+    -------
+    Tensor [gh, gw]: the mean over covering windows of weight x map / max(map).
+    """
+    gh, gw = grid_size
+    sy, sx = gh / image_size[0], gw / image_size[1]
+    acc = torch.zeros(gh, gw)
+    cover = torch.zeros(gh, gw)
+    peak = maps.flatten(1).amax(1).clamp(min=1e-12)
+    for m, wgt, pk, (x0, y0, x1, y1) in zip(maps, weights.tolist(), peak, boxes.tolist()):
+        r0, c0 = int(round(y0 * sy)), int(round(x0 * sx))
+        r1, c1 = max(r0 + 1, int(round(y1 * sy))), max(c0 + 1, int(round(x1 * sx)))
+        r1, c1 = min(r1, gh), min(c1, gw)
+        patch = F.interpolate(m[None, None], size=(r1 - r0, c1 - c0), mode="bilinear", align_corners=False)[0, 0]
+        acc[r0:r1, c0:c1] += wgt * patch / pk
+        cover[r0:r1, c0:c1] += 1
+    return acc / cover.clamp(min=1)
+
+
+WORK_INPUT_MAX_SIDE = 768  # windows are cut from the image shrunk to at most this side
+
+
+def parse_scales(scales) -> tuple[int, ...] | str:
+    """"auto" / "off" / "1,2,3" (or a tuple) -> "auto", "off" or a tuple of ints."""
+    if scales is None or scales in ("auto", "off"):
+        return scales or "auto"
+    if isinstance(scales, str):
+        scales = [v for v in scales.split(",") if v.strip()]
+    return tuple(int(v) for v in scales)
+
+
+def wants_multiscale(size: tuple[int, int], scales) -> bool:
+    """Whether an image of ``size`` (h, w) takes the multi-scale path: "auto" turns it on
+    when the shorter side is at least AUTO_MIN_SIDE; explicit scales other than (1,) always."""
+    s = parse_scales(scales)
+    if s == "off":
+        return False
+    if s == "auto":
+        return min(size) >= AUTO_MIN_SIDE
+    return s != (1,)
+
+
+def resolve_scales(scales, size: tuple[int, int]) -> tuple[int, ...]:
+    """Explicit scales, or for "auto" the defaults plus a finer scale for very large images."""
+    s = parse_scales(scales)
+    if s in ("auto", "off"):
+        return DEFAULT_SCALES + ((4,) if min(size) >= 2 * AUTO_MIN_SIDE else ())
+    return s
+
+
+def working_image(rgb: Tensor, max_side: int = WORK_INPUT_MAX_SIDE) -> Tensor:
+    """``uint8 [3, H, W]`` shrunk (antialiased) so its longer side is at most ``max_side``."""
+    h, w = rgb.shape[-2:]
+    if max(h, w) <= max_side:
+        return rgb
+    nh, nw = work_size(h, w, max_side)
+    return F.interpolate(rgb[None].float(), size=(nh, nw), mode="bilinear", antialias=True,
+                         align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[0]

@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""Sweep saliency methods x post-processing on the dev and synthetic benchmarks.
+
+Each method's maps are computed once per benchmark (the expensive part, timed: ms/image);
+every post-processing variant then reruns only the cheap half of the pipeline on the cached
+maps. Scores: GT-known CorLoc@0.5 (the issue's bar), MaxBoxAccV2 and the pointing game,
+beside the best centred box and Grad-CAM. The table goes between ``<!-- sweep:begin -->``
+and ``<!-- sweep:end -->`` in BENCHMARKS.md.
+
+    python scripts/sweep.py --dev-n 2000 --synthetic-n 500 --write BENCHMARKS.md
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gradloc import ProposalGenerator  # noqa: E402
+from gradloc.annotations import load_annotations  # noqa: E402
+from gradloc.evaluate import (CENTRED_AREAS, baseline_centred, corloc, max_box_acc_v2,  # noqa: E402
+                              pointing_game, prediction_from_result)
+from gradloc.io import iter_batches  # noqa: E402
+from gradloc.model import wide_resnet  # noqa: E402
+from gradloc.pipeline import Options  # noqa: E402
+
+BEGIN, END = "<!-- sweep:begin -->", "<!-- sweep:end -->"
+
+METHODS = {
+    "gradient": {},
+    "gradient (l2)": {"method": "gradient", "reduce": "l2"},
+    "gradient (logits)": {"method": "gradient", "model_output": "logits"},
+    "gradient-positive": {"method": "gradient-positive"},
+    "grad-x-input": {"method": "grad-x-input"},
+    "smoothgrad": {"method": "smoothgrad", "samples": 16},
+    "smoothgrad-sq": {"method": "smoothgrad-sq", "samples": 16},
+    "vargrad": {"method": "vargrad", "samples": 16},
+    "integrated-gradients": {"method": "integrated-gradients", "steps": 16},
+    "layer block1": {"method": "layer", "layer": "block1"},
+    "layer block2": {"method": "layer", "layer": "block2"},
+    "gradcam": {"method": "gradcam"},
+    "occlusion": {"method": "occlusion"},
+}
+POST = {
+    "smooth_sigma": (0.0, 1.5),
+    "top_n": (100, 250, 400),
+    "morph": ("close", "dilate"),
+    "union_box": (False, True),
+}
+
+
+def post_grid(method: str):
+    if method == "gradcam":
+        yield {}  # the CAM paper's own recipe
+        return
+    keys = list(POST)
+    for values in itertools.product(*(POST[k] for k in keys)):
+        yield dict(zip(keys, values))
+    for value in (0.2, 0.5):
+        yield {"smooth_sigma": 1.5, "threshold": "fraction", "threshold_value": value, "union_box": True}
+    yield {"smooth_sigma": 1.5, "threshold": "otsu", "union_box": True}
+
+
+def cached_maps(gen, ds, images_dir: Path, workers: int):
+    """Run the saliency half once over a benchmark: per batch (maps, rows, classes, probs, sizes, idx)."""
+    files = [images_dir / im.file for im in ds.images]
+    cache, n = [], 0
+    t0 = time.perf_counter()
+    for batch in iter_batches(files, gen.batch_size, workers, gen.max_pixels):
+        good = [b for b in batch if b[1] is not None]
+        if not good:
+            continue
+        x = torch.stack([b[1] for b in good])
+        specs = [("list", ds.images[b[0]].classes()) for b in good]
+        cache.append((*gen.saliency(x, specs), [b[2] for b in good], [b[0] for b in good]))  # single window
+        n += len(good)
+    return cache, 1000 * (time.perf_counter() - t0) / max(n, 1)
+
+
+def score_post(gen, ds, cache, post: dict) -> dict:
+    saved = {k: getattr(gen.options, k) for k in post}
+    for k, v in post.items():
+        setattr(gen.options, k, v)
+    try:
+        preds = [None] * len(ds.images)
+        for maps, row_image, row_class, probs, sizes, idx in cache:
+            for i, res in zip(idx, gen.proposals_from_maps(maps, row_image, row_class, probs, sizes)):
+                preds[i] = prediction_from_result(res, sizes[idx.index(i)])
+    finally:
+        for k, v in saved.items():
+            setattr(gen.options, k, v)
+    return {"corloc": corloc(ds, preds)["0.5"], "preds": preds}
+
+
+def describe(post: dict) -> str:
+    if not post:
+        return "CAM recipe (20% of max, largest component)"
+    d = Options(**post)
+    th = f"top-{d.top_n}" if d.threshold == "top-n" else (
+        f"{d.threshold} {d.threshold_value}" if d.threshold_value is not None else d.threshold)
+    return (f"σ={d.smooth_sigma:g}, {th}, {d.morph}" + (", +union" if d.union_box else ""))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "gradloc-bench")
+    p.add_argument("--weights", default="default")
+    p.add_argument("--dev-n", type=int, default=2000, help="random dev images (seeded), 0 for all")
+    p.add_argument("--synthetic-n", type=int, default=500)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--top", type=int, default=25, help="rows of the table (best dev CorLoc first)")
+    p.add_argument("--write", type=Path, default=None)
+    args = p.parse_args()
+    dev = args.cache / "tinyimagenet-cifar8-dev"
+    synth = args.cache / f"synthetic-{args.synthetic_n}"
+    if not (dev / "annotations.json").is_file():
+        if not (args.shared / "tinyimagenet-cifar8-dev.tar.gz").is_file():
+            print(f"the dev benchmark is not in {args.shared}", file=sys.stderr)
+            return 1
+        import tarfile
+        with tarfile.open(args.shared / "tinyimagenet-cifar8-dev.tar.gz") as tar:
+            tar.extractall(args.cache, filter="data")
+    if not (synth / "annotations.json").is_file():
+        from gradloc.synthetic import make_synthetic
+        make_synthetic(args.shared / "cifar10-jpeg.tar.gz", synth, n=args.synthetic_n, seed=0)
+    benches = {}
+    ds = load_annotations(dev / "annotations.json")
+    if args.dev_n:
+        ds.images = random.Random(0).sample(ds.images, min(args.dev_n, len(ds.images)))
+    benches["dev"] = (ds, dev / "images")
+    benches["synthetic"] = (load_annotations(synth / "annotations.json"), synth / "images")
+    model = wide_resnet(weights=args.weights)
+    rows = []
+    for name in args.methods.split(","):
+        gen = ProposalGenerator(model, device="cpu", batch_size=args.batch_size,
+                                **{"method": "gradient", **METHODS[name]})
+        caches = {b: cached_maps(gen, d, img, args.workers) for b, (d, img) in benches.items()}
+        for post in post_grid(gen.options.method):
+            row = {"method": name, "post": describe(post), "ms": caches["dev"][1]}
+            for b, (d, _) in benches.items():
+                r = score_post(gen, d, caches[b][0], post)
+                row[b] = r["corloc"]
+                if b == "dev":
+                    row["pointing"] = pointing_game(d, r["preds"])
+                    row["maxbox"] = (max_box_acc_v2(d, r["preds"]) or {}).get("v2")
+            rows.append(row)
+            print(f"{name:22s} {row['post']:40s} dev {100 * row['dev']:.1f} synth "
+                  f"{100 * row['synthetic']:.1f} ({row['ms']:.1f} ms/img)", file=sys.stderr, flush=True)
+    base = {b: max(corloc(d, baseline_centred(d, a))["0.5"] for a in CENTRED_AREAS) for b, (d, _) in benches.items()}
+    rows.sort(key=lambda r: -r["dev"])
+    lines = [BEGIN, "", f"Dev: {len(benches['dev'][0].images)} random dev images (seed 0); synthetic: "
+             f"{len(benches['synthetic'][0].images)} canvases. Best centred box: dev {100 * base['dev']:.1f}, "
+             f"synthetic {100 * base['synthetic']:.1f} (CorLoc@0.5). Rows sorted by dev CorLoc@0.5; "
+             f"ms/image is the saliency cost on this CPU. Regenerate: `python scripts/sweep.py --write BENCHMARKS.md`.",
+             "", "| method | post-processing | dev CorLoc@0.5 | synthetic CorLoc@0.5 | dev MaxBoxAccV2 | dev pointing | ms/image |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    fmt = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    for r in rows[:args.top]:
+        lines.append(f"| {r['method']} | {r['post']} | {fmt(r['dev'])} | {fmt(r['synthetic'])} | "
+                     f"{fmt(r['maxbox'])} | {fmt(r['pointing'])} | {r['ms']:.1f} |")
+    best_per_method = {}
+    for r in rows:
+        best_per_method.setdefault(r["method"], r)
+    lines += ["", "Best setting per method:", "", "| method | post-processing | dev | synthetic | ms/image |",
+              "| --- | --- | ---: | ---: | ---: |"]
+    for m, r in best_per_method.items():
+        lines.append(f"| {m} | {r['post']} | {fmt(r['dev'])} | {fmt(r['synthetic'])} | {r['ms']:.1f} |")
+    lines += ["", END]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        old = args.write.read_text() if args.write.is_file() else "# Benchmarks\n"
+        new = (re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: text, old, flags=re.S)
+               if BEGIN in old else old.rstrip() + "\n\n## Method and post-processing sweep\n\n" + text + "\n")
+        args.write.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
