@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 from . import __version__

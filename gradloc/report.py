@@ -45,7 +45,7 @@ def results_table(results: dict[str, dict]) -> str:
 def per_class_table(results: dict[str, dict], delta: str = "0.5") -> str:
     classes = sorted({c for m in results.values() for c in m["corloc"][f"per_class@{delta}"]},
                      key=CIFAR10_CLASSES.index)
-    lines = [f"| method | " + " | ".join(classes) + " |", "| --- | " + " | ".join("---:" for _ in classes) + " |"]
+    lines = ["| method | " + " | ".join(classes) + " |", "| --- | " + " | ".join("---:" for _ in classes) + " |"]
     for name, m in results.items():
         pc = m["corloc"][f"per_class@{delta}"]
         lines.append(f"| {name} | " + " | ".join(_fmt(pc.get(c)) for c in classes) + " |")
@@ -157,3 +157,16 @@ def write_report(out: Path, title: str, results: dict[str, dict], ds, preds_by_n
             if len(items) > 50:
                 lines.append(f"- ... and {len(items) - 50} more (metrics.json has them all)")
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def replace_marked_block(path: Path, begin: str, end: str, text: str, heading: str) -> None:
+    """Put ``text`` (which starts with ``begin`` and ends with ``end``) into the Markdown file,
+    replacing the block between the markers, or appending it under ``heading``."""
+    import re
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
+    if begin in old and end in old:
+        new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: text, old, flags=re.S)
+    else:
+        new = old.rstrip() + f"\n\n{heading}\n\n{text}\n"
+    atomic_write_text(path, new)

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from gradloc.report import replace_marked_block  # noqa: E402
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
 
 
@@ -309,12 +309,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        old = args.write.read_text() if args.write.is_file() else "# Benchmarks\n"
-        if BEGIN in old:
-            new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: text, old, flags=re.S)
-        else:
-            new = old.rstrip() + "\n\n## Throughput\n\n" + text + "\n"
-        args.write.write_text(new)
+        replace_marked_block(args.write, BEGIN, END, text, "## Throughput")
     return 0
 
 

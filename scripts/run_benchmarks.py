@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import sys
 import tarfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gradloc.report import replace_marked_block  # noqa: E402
 from gradloc import ProposalGenerator  # noqa: E402
 from gradloc.evaluate import run_evaluation  # noqa: E402
 from gradloc.model import default_weights_path, sha256_of  # noqa: E402
@@ -135,12 +135,7 @@ def main() -> int:
     text = "\n".join(parts)
     print(text)
     if args.write:
-        old = args.write.read_text() if args.write.is_file() else "# Benchmarks\n\n## Localisation\n\n"
-        if BEGIN in old and END in old:
-            new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: text, old, flags=re.S)
-        else:
-            new = old.rstrip() + "\n\n" + text + "\n"
-        args.write.write_text(new)
+        replace_marked_block(args.write, BEGIN, END, text, "## Localisation")
     return 0
 
 

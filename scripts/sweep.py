@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gradloc.report import replace_marked_block  # noqa: E402
 from gradloc import ProposalGenerator  # noqa: E402
 from gradloc.annotations import load_annotations  # noqa: E402
 from gradloc.evaluate import (CENTRED_AREAS, baseline_centred, corloc, max_box_acc_v2,  # noqa: E402
@@ -178,10 +178,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        old = args.write.read_text() if args.write.is_file() else "# Benchmarks\n"
-        new = (re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: text, old, flags=re.S)
-               if BEGIN in old else old.rstrip() + "\n\n## Method and post-processing sweep\n\n" + text + "\n")
-        args.write.write_text(new)
+        replace_marked_block(args.write, BEGIN, END, text, "## Method and post-processing sweep")
     return 0
 
 

@@ -1,5 +1,4 @@
 """Property-based tests (hypothesis): box operations, the top-N threshold, the class mask."""
-import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
