@@ -36,8 +36,12 @@ from gradloc.cifar import load_cifar10  # noqa: E402
 from gradloc.model import CIFAR10_MEAN, CIFAR10_STD, WideResNet, sha256_of  # noqa: E402
 
 
-def cached_split(data: Path, split: str, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def cached_split(data: Path, split: str, cache: Path,
+                 limit_per_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode a split once and keep it as ``.npz`` beside the checkpoints."""
+    if limit_per_class:  # smoke tests: a small subset, never cached
+        x, y, _ = load_cifar10(data, split, limit_per_class)
+        return torch.from_numpy(x), torch.from_numpy(y)
     f = cache / f"cifar10_{split}.npz"
     if f.is_file():
         z = np.load(f)
@@ -107,6 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from <ckpt-dir>/last.pt")
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch early (smoke tests)")
+    p.add_argument("--limit-per-class", type=int, default=None, help="train on a subset (smoke tests)")
     p.add_argument("--export", type=Path, default=None,
                    help="write the eval-mode state dict of the last checkpoint here (+ .sha256) and exit")
     args = p.parse_args(argv)
@@ -131,8 +136,8 @@ def main(argv=None) -> int:
         print(f"exported epoch {ckpt['epoch']} to {args.export} (sha256 {digest})")
         return 0
 
-    x_train, y_train = cached_split(args.data, "train", args.ckpt_dir)
-    x_test, y_test = cached_split(args.data, "test", args.ckpt_dir)
+    x_train, y_train = cached_split(args.data, "train", args.ckpt_dir, args.limit_per_class)
+    x_test, y_test = cached_split(args.data, "test", args.ckpt_dir, args.limit_per_class)
     monitor = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(1))[:2000]
     test_inputs, y_test = normalise(x_test[monitor]), y_test[monitor]
     train_inputs = normalise(x_train)  # augmentation runs on normalised tensors
@@ -153,7 +158,7 @@ def main(argv=None) -> int:
     if args.resume and last.is_file():
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
         saved = json.loads(ckpt["config"])
-        changed = [k for k in ("epochs", "batch_size", "lr", "max_batches", "depth", "width")
+        changed = [k for k in ("epochs", "batch_size", "lr", "max_batches", "depth", "width", "limit_per_class")
                    if saved.get(k) != getattr(args, k)]
         if changed:
             sys.exit(f"cannot resume {last}: it was trained with different "
