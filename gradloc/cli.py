@@ -109,6 +109,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .report import results_table
 
     aliases = load_aliases(args.aliases)
+    if args.images is None and Path(args.annotations, "JPEGImages").is_dir():
+        args.images = str(Path(args.annotations, "JPEGImages"))  # the VOC layout
     gen = None
     if args.predictions is None:
         if args.images is None:

@@ -1,6 +1,7 @@
 """Run a ProposalGenerator over files and folders, streaming results to an output folder."""
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .io import (ResultStream, find_images, iter_batches, to_jsonable_box,
+from .io import (ResultStream, atomic_write_text, find_images, iter_batches, to_jsonable_box,
                  write_predictions_json)
 from .model import CIFAR10_CLASSES
 from .preprocess import open_image
@@ -61,6 +62,16 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
     """
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
+    settings = settings or {}
+    run_file = out / "run.json"
+    if resume and run_file.is_file():
+        before = json.loads(run_file.read_text(encoding="utf-8")).get("settings", {})
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise ValueError(f"cannot resume in {out}: settings differ from the earlier run "
+                             f"({', '.join(f'{k}: {before.get(k)!r} -> {settings.get(k)!r}' for k in changed)}); "
+                             "use another output folder or the same options")
+    atomic_write_text(run_file, json.dumps({"settings": settings, "classes": classes}, indent=1))
     files, walk_skips = find_images(paths)
     stream = ResultStream(out / "predictions.jsonl", resume=resume)
     already = len(stream.done)
@@ -99,7 +110,7 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
             n_skip += len(batch) - len(good)
             bar.update(len(batch))
     header = {"format": "gradloc-predictions", "version": FORMAT_VERSION,
-              "classes": list(CIFAR10_CLASSES), "settings": settings or {}}
+              "classes": list(CIFAR10_CLASSES), "settings": settings}
     n_images, n_skipped = write_predictions_json(out / "predictions.jsonl", out / "predictions.json", header)
     secs = time.time() - t0
     summary = {"images": n_images, "skipped": n_skipped, "resumed": already,

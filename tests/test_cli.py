@@ -167,3 +167,6 @@ def test_killed_run_resumes_without_losing_or_redoing(tmp_path, random_weights_f
     for rec in before:  # finished results are kept as they were
         assert by_file[rec["file"]] == rec
     assert f"{len(before)} from a previous run" in rc.stderr
+    # Resuming with other settings would mix results: refused with a reason.
+    other = subprocess.run(cmd + ["--resume", "--top-n", "50"], capture_output=True, text=True)
+    assert other.returncode == 2 and "settings differ" in other.stderr and "Traceback" not in other.stderr
