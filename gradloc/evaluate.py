@@ -315,7 +315,8 @@ def predictions_from_json(ds: AnnotatedSet, records: list[dict]) -> tuple[list, 
 def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path | None = None,
                    gen=None, predictions_json: str | Path | None = None, aliases=None,
                    workers: int = 1, baselines: bool = True, gradcam: bool = True,
-                   limit: int | None = None, method_label: str | None = None) -> dict:
+                   limit: int | None = None, method_label: str | None = None,
+                   gradcam_label: str = "Grad-CAM (CAM box)") -> dict:
     """Score the pipeline (or a finished ``localize`` run) and the baselines; write a report.
 
     Exactly one of ``gen`` (with ``images_dir``) or ``predictions_json`` must be given.
@@ -352,9 +353,10 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
         info["settings"] = {k: v for k, v in vars(gen.options).items()}
         if gradcam and gen.options.method != "gradcam":
             from .pipeline import ProposalGenerator
+            # Same windows as the method it is compared with (single window unless multi-scale).
             cam = ProposalGenerator(gen.model, device=str(gen.device), batch_size=gen.batch_size,
-                                    max_pixels=gen.max_pixels, method="gradcam")
-            preds_by_name["Grad-CAM (CAM box)"], _ = predict(cam, ds, images_dir, workers, desc="grad-cam")
+                                    max_pixels=gen.max_pixels, method="gradcam", scales=gen.options.scales)
+            preds_by_name[gradcam_label], _ = predict(cam, ds, images_dir, workers, desc="grad-cam")
     info["skipped"] = skipped
     # Baselines are scored on the same images as the method (unreadable ones left out).
     readable = [p is not None for p in next(iter(preds_by_name.values()))]

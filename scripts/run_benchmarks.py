@@ -34,6 +34,11 @@ from gradloc.report import per_class_table, results_table  # noqa: E402
 from gradloc.synthetic import make_synthetic  # noqa: E402
 
 BEGIN, END = "<!-- localisation:begin -->", "<!-- localisation:end -->"
+SECTIONS = ("dev", "synthetic", "large")
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- localisation-{name}:begin -->", f"<!-- localisation-{name}:end -->"
 
 
 def extract_dev(shared: Path, cache: Path) -> Path:
@@ -63,6 +68,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--write", type=Path, default=None, help="BENCHMARKS.md to update")
     p.add_argument("--method", default="gradient")
+    p.add_argument("--only", default=",".join(SECTIONS), help="sections to run: dev,synthetic,large")
     args, extra = p.parse_known_args()
     options = {}
     for item in extra:  # --opt=value pairs go to the pipeline, e.g. --top_n=100
@@ -76,38 +82,42 @@ def main() -> int:
     gen = ProposalGenerator.pretrained(weights=args.weights, device="cpu", batch_size=args.batch_size,
                                        method=args.method, **options)
     weights = default_weights_path() if args.weights == "default" else Path(args.weights)
-    parts = [BEGIN, "",
-             f"Weights: `{weights.name}` (sha256 `{sha256_of(weights)[:16]}...`). Settings: method "
-             f"`{gen.options.method}`, top-N {gen.options.top_n}, {gen.options.morph} {gen.options.kernel}x"
-             f"{gen.options.kernel}, component score {gen.options.component_score}, NMS "
-             f"{gen.options.nms_iou}, output {gen.options.model_output}. Machine: {platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}. Regenerate: "
-             f"`python scripts/run_benchmarks.py --write BENCHMARKS.md`.", ""]
+    header = "\n".join([
+        BEGIN, "",
+        f"Weights: `{weights.name}` (sha256 `{sha256_of(weights)[:16]}...`). Settings: method "
+        f"`{gen.options.method}`, top-N {gen.options.top_n}, {gen.options.morph} {gen.options.kernel}x"
+        f"{gen.options.kernel}, component score {gen.options.component_score}, NMS "
+        f"{gen.options.nms_iou}, output {gen.options.model_output}. Machine: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}. Regenerate: "
+        f"`python scripts/run_benchmarks.py --write BENCHMARKS.md` (`--only large` for one section).", "", END])
+    blocks = {}
+    only = set(args.only.split(","))
 
-    dev = extract_dev(args.shared, args.cache)
-    t0 = time.time()
-    res = run_evaluation(dev / "annotations.json", args.cache / "report-dev", images_dir=dev / "images",
-                         gen=gen, workers=args.workers, limit=args.dev_limit)
-    secs = time.time() - t0
-    n_dev = args.dev_limit or 12000
-    parts.append(section(
-        f"Real dev benchmark: Tiny ImageNet → CIFAR-10 ({n_dev} photographs, 64x64, human boxes)",
-        "Boxes cover ~58% of the image on average, so centred and whole-image boxes are strong here.",
-        res, {"method + Grad-CAM + baselines": secs}, n_dev))
+    if "dev" in only:
+        dev = extract_dev(args.shared, args.cache)
+        t0 = time.time()
+        res = run_evaluation(dev / "annotations.json", args.cache / "report-dev", images_dir=dev / "images",
+                             gen=gen, workers=args.workers, limit=args.dev_limit)
+        n_dev = args.dev_limit or 12000
+        blocks["dev"] = section(
+            f"Real dev benchmark: Tiny ImageNet → CIFAR-10 ({n_dev} photographs, 64x64, human boxes)",
+            "Boxes cover ~58% of the image on average, so centred and whole-image boxes are strong here.",
+            res, {"method + Grad-CAM + baselines": time.time() - t0}, n_dev)
 
-    synth = args.cache / f"synthetic-{args.synthetic_n}"
-    if not (synth / "annotations.json").is_file():
-        make_synthetic(args.shared / "cifar10-jpeg.tar.gz", synth, n=args.synthetic_n, seed=0)
-    t0 = time.time()
-    res = run_evaluation(synth / "annotations.json", args.cache / "report-synthetic",
-                         images_dir=synth / "images", gen=gen, workers=args.workers)
-    secs = time.time() - t0
-    parts.append(section(
-        f"Synthetic multi-object benchmark ({args.synthetic_n} canvases, 128x128, 1-3 CIFAR-10 test "
-        "images of different classes, 32-80 px, seed 0)",
-        "Each (image, class) pair asks for one object among up to three: what the class mask is for.",
-        res, {"method + Grad-CAM + baselines": secs}, args.synthetic_n))
-    if args.large_n:
+    if "synthetic" in only:
+        synth = args.cache / f"synthetic-{args.synthetic_n}"
+        if not (synth / "annotations.json").is_file():
+            make_synthetic(args.shared / "cifar10-jpeg.tar.gz", synth, n=args.synthetic_n, seed=0)
+        t0 = time.time()
+        res = run_evaluation(synth / "annotations.json", args.cache / "report-synthetic",
+                             images_dir=synth / "images", gen=gen, workers=args.workers)
+        blocks["synthetic"] = section(
+            f"Synthetic multi-object benchmark ({args.synthetic_n} canvases, 128x128, 1-3 CIFAR-10 test "
+            "images of different classes, 32-80 px, seed 0)",
+            "Each (image, class) pair asks for one object among up to three: what the class mask is for.",
+            res, {"method + Grad-CAM + baselines": time.time() - t0}, args.synthetic_n)
+
+    if "large" in only and args.large_n:
         large = args.cache / f"synthetic-large-{args.large_n}"
         if not (large / "annotations.json").is_file():
             make_synthetic(args.shared / "cifar10-jpeg.tar.gz", large, n=args.large_n, canvas=(384, 384),
@@ -117,25 +127,31 @@ def main() -> int:
                                    **{**vars(gen.options), "scales": "off"})
         t0 = time.time()
         res = run_evaluation(ann, args.cache / "report-large-single", images_dir=imgs, gen=single,
-                             workers=args.workers, gradcam=True, method_label="gradloc single window")
+                             workers=args.workers, method_label="gradloc single window",
+                             gradcam_label="Grad-CAM single window (CAM box)")
         t_single = time.time() - t0
         t0 = time.time()
         multi = run_evaluation(ann, args.cache / "report-large-multi", images_dir=imgs, gen=gen,
-                               workers=args.workers, baselines=False, gradcam=False,
-                               method_label="gradloc multi-scale (auto)")
+                               workers=args.workers, baselines=False, method_label="gradloc multi-scale (auto)",
+                               gradcam_label="Grad-CAM multi-scale (same windows, CAM box)")
         t_multi = time.time() - t0
-        res = {**multi, **res}
-        parts.append(section(
+        blocks["large"] = section(
             f"Large canvases, small objects ({args.large_n} canvases, 384x384, 1-3 CIFAR-10 test images "
             "of 24-96 px plus 3 block-shuffled distractor patches, seed 1)",
             f"Multi-scale `auto`: scales 1-4 at half-window strides, at most {gen.options.max_windows} windows "
-            "per image, all windows of a batch in one backward pass.",
-            res, {"single window + Grad-CAM + baselines": t_single, "multi-scale": t_multi}, args.large_n))
-    parts.append(END)
-    text = "\n".join(parts)
-    print(text)
+            "per image, all windows of a batch in one backward pass. Each Grad-CAM row uses the same "
+            "windows as the gradloc row above it.",
+            {**multi, **res}, {"single window (+ its Grad-CAM and the baselines)": t_single,
+                               "multi-scale (+ its Grad-CAM)": t_multi}, args.large_n)
+
+    print(header)
+    for name, text in blocks.items():
+        print(text)
     if args.write:
-        replace_marked_block(args.write, BEGIN, END, text, "## Localisation")
+        replace_marked_block(args.write, BEGIN, END, header, "## Localisation")
+        for name, text in blocks.items():
+            b, e = markers(name)
+            replace_marked_block(args.write, b, e, f"{b}\n{text}\n{e}", "")
     return 0
 
 
