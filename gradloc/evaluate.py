@@ -225,18 +225,6 @@ def baseline_random(ds: AnnotatedSet, seed: int = 0, k: int = 10) -> list:
 CENTRED_AREAS = (0.25, 0.5, 0.75)
 
 
-def score_baselines(ds: AnnotatedSet, seed: int = 0) -> dict:
-    """Whole image, centred boxes of several areas (and the best of them), random boxes."""
-    res = {"whole image": score(ds, baseline_whole_image(ds))}
-    centred = {a: score(ds, baseline_centred(ds, a)) for a in CENTRED_AREAS}
-    for a, r in centred.items():
-        res[f"centre {int(a * 100)}%"] = r
-    best = max(centred, key=lambda a: centred[a]["corloc"]["0.5"])
-    res["best centred box"] = dict(centred[best], area=best)
-    res["random boxes"] = score(ds, baseline_random(ds, seed))
-    return res
-
-
 # -- running the pipeline over an annotated set -------------------------------------------
 
 def predict(gen, ds: AnnotatedSet, images_dir: str | Path, workers: int = 1, top_k: int = 10,

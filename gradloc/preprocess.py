@@ -146,13 +146,6 @@ def normalize(x_uint8: Tensor) -> Tensor:
     return (x_uint8.float() / 255.0 - mean) / std
 
 
-def denormalize(x: Tensor) -> Tensor:
-    """Inverse of :func:`normalize`, float in [0, 1]."""
-    mean = torch.tensor(CIFAR10_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=x.device).view(1, 3, 1, 1)
-    return (x * std + mean).clamp(0, 1)
-
-
 def prepare(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off"):
     """One input -> (``uint8 [3, 32, 32]`` model-sized image, original ``(height, width)``,
     working-resolution ``uint8 [3, h, w]`` for multi-scale or None).

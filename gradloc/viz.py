@@ -6,7 +6,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from torch import Tensor
 
 from .model import CIFAR10_CLASSES
@@ -76,6 +75,3 @@ def save_panel(path: Path, image: np.ndarray) -> None:
         tmp.write_bytes(buf.tobytes())
         tmp.replace(path)
 
-
-def to_numpy_rgb(t: Tensor) -> np.ndarray:
-    return t.permute(1, 2, 0).contiguous().numpy() if isinstance(t, torch.Tensor) else t
