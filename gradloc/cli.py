@@ -9,12 +9,13 @@ from pathlib import Path
 from . import __version__
 from .model import CIFAR10_CLASSES, WeightsError
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError
+from .threshold import THRESHOLDS
 
 _CHOICES = {
     "method": None,  # filled from saliency.METHODS
     "model_output": ("probs", "logits", "log_probs"),
     "reduce": ("max", "l2", "sum"),
-    "threshold": ("top-n", "fraction", "otsu", "percentile"),
+    "threshold": THRESHOLDS,
     "morph": ("close", "open", "dilate", "erode", "none"),
     "component_score": ("mass", "area", "mean"),
 }
@@ -27,14 +28,14 @@ _HELP = {
     "samples": "noisy samples for smoothgrad / smoothgrad-sq / vargrad",
     "noise": "noise level for the smoothgrad family, fraction of the input range",
     "steps": "integration steps for integrated-gradients",
-    "smooth_sigma": "Gaussian smoothing of the saliency map, in 32x32-grid pixels (0: off)",
-    "threshold": "how pixels are kept (default: top-n)",
+    "smooth_sigma": "Gaussian smoothing of the saliency map, in 32x32-grid pixels (default 1; 0: off)",
+    "threshold": "how pixels are kept (default: mass, 0.6 of the total saliency)",
     "top_n": "pixels kept by the top-n threshold, of 32x32 (default: 100)",
-    "threshold_value": "value for --threshold fraction (of max) or percentile",
+    "threshold_value": "value for --threshold mass (share of total saliency), fraction (of max) or percentile",
     "morph": "morphological operation on the mask (default: close)",
-    "kernel": "morphology kernel size in grid pixels (default: 3)",
+    "kernel": "morphology kernel size in grid pixels (default: 7)",
     "component_score": "component score: share of saliency mass, area, or mean",
-    "union_box": "also propose the box around all kept pixels",
+    "union_box": "also propose the box around all kept pixels (default on; --no-union-box)",
     "box_padding": "grow each box by this fraction of its size per side",
     "nms_iou": "IoU of torchvision NMS between proposals of one class map",
     "top_k": "proposals kept per class map (default: 5)",

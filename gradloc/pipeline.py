@@ -1,6 +1,6 @@
 """ProposalGenerator: image -> tensor -> saliency map -> mask -> components -> boxes.
 
-    >>> gen = gradloc.ProposalGenerator.pretrained(top_n=100)
+    >>> gen = gradloc.ProposalGenerator.pretrained()  # or threshold="top-n", top_n=100
     >>> out = gen(["cat.jpg", "two_objects.png"], classes=[None, ["cat", "dog"]])
     >>> out[0]["boxes"], out[0]["scores"], out[0]["labels"], out[0]["probs"]
 """
@@ -36,14 +36,15 @@ class Options:
     samples: int = 16              # smoothgrad family
     noise: float = 0.15            # smoothgrad family, fraction of the input range
     steps: int = 16                # integrated gradients
-    smooth_sigma: float = 0.0      # Gaussian smoothing of the map, in grid pixels
-    threshold: str = "top-n"       # top-n, fraction, otsu, percentile
+    # Post-processing defaults chosen by scripts/sweep.py (BENCHMARKS.md, "sweep").
+    smooth_sigma: float = 1.0      # Gaussian smoothing of the map, in grid pixels
+    threshold: str = "mass"        # mass, top-n, fraction, otsu, percentile
     top_n: int = 100               # pixels kept by top-n (of 32x32)
-    threshold_value: float | None = None  # fraction / percentile value
+    threshold_value: float | None = None  # mass share (default 0.6) / fraction / percentile value
     morph: str = "close"
-    kernel: int = 3
+    kernel: int = 7
     component_score: str = "mass"  # mass, area, mean
-    union_box: bool = False
+    union_box: bool = True
     box_padding: float = 0.0
     nms_iou: float = 0.5
     top_k: int = 5                 # proposals kept per class map
@@ -78,7 +79,7 @@ class Options:
         return kw
 
     def threshold_setting(self) -> tuple[str, float | None]:
-        if self.method == "gradcam" and self.threshold == "top-n":
+        if self.method == "gradcam" and self.threshold in ("top-n", "mass") and self.threshold_value is None:
             return "fraction", 0.2  # the CAM paper's recipe
         return self.threshold, (self.top_n if self.threshold == "top-n" else self.threshold_value)
 
@@ -236,43 +237,57 @@ class ProposalGenerator:
                 out[i] = r
         return out
 
-    def post_process(self, m: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """One map ``[h, w]`` -> (map after smoothing, kept mask, grid boxes ``[K, 4]``, scores).
+    def smooth_and_threshold(self, maps: Tensor) -> tuple[Tensor, Tensor]:
+        """Maps ``[R, h, w]`` of one grid size -> (smoothed maps, kept-pixel masks), batched.
 
         Sizes are stated for the 32x32 grid and scale with larger (multi-scale) grids:
-        top-N is a share of 1024 pixels, kernel and sigma are in 32x32-grid pixels.
+        top-N is a share of 1024 pixels, sigma is in 32x32-grid pixels.
         """
         o = self.options
-        f = max(m.shape) / INPUT_SIZE
-        if o.smooth_sigma > 0:
+        f = max(maps.shape[-2:]) / INPUT_SIZE
+        if o.smooth_sigma > 0 and o.method != "gradcam":  # the CAM recipe boxes the raw map
             s = o.smooth_sigma * f
             k = 2 * int(round(3 * s)) + 1
-            m = gaussian_blur(m[None, None], [k, k], [s, s])[0, 0]
+            maps = gaussian_blur(maps[:, None], [k, k], [s, s])[:, 0]
         name, value = o.threshold_setting()
         if name == "top-n":
-            value = value * m.numel() / INPUT_SIZE ** 2
-        mask = threshold(m[None], name, value)[0]
-        kernel = o.kernel if f == 1 else (int(round(o.kernel * f)) | 1)
-        boxes, scores = P.propose(
+            value = value * maps[0].numel() / INPUT_SIZE ** 2
+        return maps, threshold(maps, name, value)
+
+    def boxes_from_mask(self, m: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """One map and its mask ``[h, w]`` -> grid boxes ``[K, 4]`` (xyxy) and scores ``[K]``:
+        morphology, connected components, NMS. The kernel is in 32x32-grid pixels."""
+        o = self.options
+        f = max(m.shape) / INPUT_SIZE
+        cam = o.method == "gradcam"
+        kernel = 3 if cam else o.kernel
+        kernel = kernel if f == 1 else (int(round(kernel * f)) | 1)
+        return P.propose(
             m.numpy(), mask.numpy(), morph=o.morph, kernel=kernel,
-            score="area" if o.method == "gradcam" else o.component_score,
-            include_union=o.union_box, nms_iou=o.nms_iou,
+            score="area" if cam else o.component_score,
+            include_union=o.union_box and not cam, nms_iou=o.nms_iou,
             top_k=1 if o.method == "gradcam" else o.top_k)  # CAM recipe: the largest component
-        return m, mask, boxes, scores
 
     def proposals_from_maps(self, maps, row_image: Tensor, row_class: Tensor, probs: Tensor,
                             sizes: Sequence[tuple[int, int]], evidence: Tensor | None = None) -> list[dict]:
         """The post-processing half of :meth:`run_batch`: smoothing, threshold, morphology,
         components, boxes in original pixels. Cheap, so a sweep can rerun it on cached maps.
 
-        ``maps``: one map per row (a tensor ``[R, h, w]`` or a list); ``evidence`` ``[R]``: how
-        strongly each row's class is supported (default: the image's class probability),
-        which ranks proposals across the classes of one image.
+        ``maps``: one map per row (a tensor ``[R, h, w]``, or a list of ``[h, w]`` maps of
+        different sizes); ``evidence`` ``[R]``: how strongly each row's class is supported
+        (default: the image's class probability), which ranks proposals across the classes
+        of one image.
         """
+        if isinstance(maps, Tensor):
+            smoothed, masks = self.smooth_and_threshold(maps)
+        else:
+            pairs = [self.smooth_and_threshold(m[None]) for m in maps]
+            smoothed, masks = [p[0][0] for p in pairs], [p[1][0] for p in pairs]
         results = [{"boxes": [], "scores": [], "labels": [], "maps": [], "masks": [], "rows": []} for _ in sizes]
-        for r in range(len(maps)):
+        for r in range(len(smoothed)):
             i, c = int(row_image[r]), int(row_class[r])
-            m, mask, boxes, scores = self.post_process(maps[r])
+            m, mask = smoothed[r], masks[r]
+            boxes, scores = self.boxes_from_mask(m, mask)
             boxes = P.scale_boxes(P.pad_boxes(boxes, self.options.box_padding), m.shape, sizes[i])
             res = results[i]
             res["boxes"].append(boxes)

@@ -10,7 +10,7 @@ import torch
 from skimage.filters import threshold_otsu
 from torch import Tensor
 
-THRESHOLDS = ("top-n", "fraction", "otsu", "percentile")
+THRESHOLDS = ("top-n", "mass", "fraction", "otsu", "percentile")
 
 
 def top_n(maps: Tensor, n: int = 100) -> Tensor:
@@ -24,6 +24,21 @@ def top_n(maps: Tensor, n: int = 100) -> Tensor:
     flat = maps.reshape(b, -1)
     order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :n]
     mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
+    return (mask & (flat > 0)).view(b, h, w)
+
+
+def mass(maps: Tensor, share: float = 0.6) -> Tensor:
+    """Keep the fewest, largest pixels that together carry ``share`` of each map's total saliency.
+
+    Unlike top-N this adapts to the object: a map concentrated on a small object keeps few
+    pixels, a map spread over a frame-filling object keeps many. Ties by raster order.
+    """
+    b, h, w = maps.shape
+    flat = maps.reshape(b, -1).float()
+    values, order = torch.sort(flat, dim=1, descending=True, stable=True)
+    before = values.cumsum(1) - values  # saliency of the pixels ranked above each one
+    needed = before < share * flat.sum(1, keepdim=True)
+    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, needed)
     return (mask & (flat > 0)).view(b, h, w)
 
 
@@ -49,10 +64,13 @@ def otsu(maps: Tensor) -> Tensor:
 
 
 def threshold(maps: Tensor, method: str = "top-n", value: float | None = None) -> Tensor:
-    """Dispatch by name: ``top-n`` (value N, default 100), ``fraction`` (of the max, default
-    0.5), ``percentile`` (default 90) or ``otsu`` (no value)."""
+    """Dispatch by name: ``top-n`` (value N, default 100), ``mass`` (share of the total
+    saliency, default 0.6), ``fraction`` (of the max, default 0.5), ``percentile`` (default 90)
+    or ``otsu`` (no value)."""
     if method == "top-n":
         return top_n(maps, int(100 if value is None else value))
+    if method == "mass":
+        return mass(maps, 0.6 if value is None else value)
     if method == "fraction":
         return fraction_of_max(maps, 0.5 if value is None else value)
     if method == "percentile":

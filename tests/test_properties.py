@@ -6,7 +6,7 @@ from torchvision.ops import box_iou, clip_boxes_to_image
 
 from gradloc.proposals import scale_boxes
 from gradloc.saliency import make_method
-from gradloc.threshold import top_n
+from gradloc.threshold import mass, top_n
 
 coord = st.floats(0, 500, allow_nan=False, width=32)
 
@@ -54,6 +54,19 @@ def test_top_n_keeps_exactly_n_without_ties(seed, n):
     assert mask.sum() == n
     if 0 < n < 1024:
         assert maps[mask].min() > maps[~mask].max()
+
+
+@given(st.integers(0, 2**31 - 1), st.floats(0.01, 1.0))
+def test_mass_share_is_reached_by_the_largest_pixels(seed, share):
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.rand(2, 16, 16, generator=g) ** 3
+    mask = mass(maps, share)
+    for m, k in zip(maps, mask):
+        kept, total = m[k].sum(), m.sum()
+        assert kept >= share * total * (1 - 1e-5)
+        # minimal: dropping the smallest kept pixel falls below the share
+        assert kept - m[k].min() < share * total
+        assert m[k].min() >= m[~k].max()
 
 
 @settings(max_examples=15, deadline=None)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gradloc.proposals import component_boxes, morphology, propose, scale_boxes, union_box
-from gradloc.threshold import fraction_of_max, otsu, percentile, threshold, top_n
+from gradloc.threshold import fraction_of_max, mass, otsu, percentile, threshold, top_n
 
 
 def two_blobs():
@@ -76,6 +76,22 @@ def test_top_n_never_keeps_zero_saliency():
     m = torch.zeros(1, 4, 4)
     m[0, 1, 1] = 1
     assert top_n(m, 5).sum() == 1
+
+
+def test_mass_keeps_the_fewest_pixels_reaching_the_share():
+    m = torch.tensor([[[4.0, 3.0, 2.0, 1.0, 0.0]]])  # total 10
+    assert mass(m, 0.4)[0, 0].tolist() == [True, False, False, False, False]   # 4 >= 4
+    assert mass(m, 0.41)[0, 0].tolist() == [True, True, False, False, False]   # 4 < 4.1 <= 7
+    assert mass(m, 1.0)[0, 0].tolist() == [True, True, True, True, False]      # never a zero
+    assert mass(m, 0.0).sum() == 0
+
+
+def test_mass_adapts_to_how_spread_the_map_is():
+    peaked, spread = torch.zeros(1, 32, 32), torch.ones(1, 32, 32)
+    peaked[0, 10:14, 10:14] = 100.0  # 16 pixels carry 99.9% of the mass
+    assert mass(peaked, 0.5).sum() == 8
+    assert mass(spread, 0.5).sum() == 512
+    assert torch.equal(threshold(peaked, "mass", 0.5), mass(peaked, 0.5))
 
 
 def test_fraction_percentile_otsu():
