@@ -61,12 +61,12 @@ def test_mass_share_is_reached_by_the_largest_pixels(seed, share):
     g = torch.Generator().manual_seed(seed)
     maps = torch.rand(2, 16, 16, generator=g) ** 3
     mask = mass(maps, share)
-    for m, k in zip(maps, mask):
+    for m, k in zip(maps.double(), mask):  # sums in float64; the threshold works in float32
         kept, total = m[k].sum(), m.sum()
         assert kept >= share * total * (1 - 1e-5)
         # minimal: dropping the smallest kept pixel falls below the share
-        assert kept - m[k].min() < share * total
-        assert m[k].min() >= m[~k].max()
+        assert kept - m[k].min() < share * total * (1 + 1e-5)
+        assert k.all() or m[k].min() >= m[~k].max()
 
 
 @settings(max_examples=15, deadline=None)
