@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
@@ -78,9 +78,17 @@ class Options:
             kw["output"] = "logits"  # Grad-CAM is defined on the class score
         return kw
 
+    def box_recipe(self) -> "Options":
+        """The post-processing actually applied: Grad-CAM is boxed by the CAM paper's recipe
+        (raw map, 20% of the maximum unless a threshold is given, 3x3, largest component)."""
+        if self.method != "gradcam":
+            return self
+        recipe = {"smooth_sigma": 0.0, "kernel": 3, "component_score": "area", "union_box": False, "top_k": 1}
+        if self.threshold in ("top-n", "mass") and self.threshold_value is None:
+            recipe.update(threshold="fraction", threshold_value=0.2)
+        return replace(self, **recipe)
+
     def threshold_setting(self) -> tuple[str, float | None]:
-        if self.method == "gradcam" and self.threshold in ("top-n", "mass") and self.threshold_value is None:
-            return "fraction", 0.2  # the CAM paper's recipe
         return self.threshold, (self.top_n if self.threshold == "top-n" else self.threshold_value)
 
 
@@ -237,15 +245,14 @@ class ProposalGenerator:
                 out[i] = r
         return out
 
-    def smooth_and_threshold(self, maps: Tensor) -> tuple[Tensor, Tensor]:
+    def smooth_and_threshold(self, maps: Tensor, o: Options) -> tuple[Tensor, Tensor]:
         """Maps ``[R, h, w]`` of one grid size -> (smoothed maps, kept-pixel masks), batched.
 
         Sizes are stated for the 32x32 grid and scale with larger (multi-scale) grids:
-        top-N is a share of 1024 pixels, sigma is in 32x32-grid pixels.
+        top-N is a share of 1024 pixels, sigma is in 32x32-grid pixels. ``o``: the box recipe.
         """
-        o = self.options
         f = max(maps.shape[-2:]) / INPUT_SIZE
-        if o.smooth_sigma > 0 and o.method != "gradcam":  # the CAM recipe boxes the raw map
+        if o.smooth_sigma > 0:
             s = o.smooth_sigma * f
             k = 2 * int(round(3 * s)) + 1
             maps = gaussian_blur(maps[:, None], [k, k], [s, s])[:, 0]
@@ -254,19 +261,14 @@ class ProposalGenerator:
             value = value * maps[0].numel() / INPUT_SIZE ** 2
         return maps, threshold(maps, name, value)
 
-    def boxes_from_mask(self, m: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def boxes_from_mask(m: Tensor, mask: Tensor, o: Options) -> tuple[Tensor, Tensor]:
         """One map and its mask ``[h, w]`` -> grid boxes ``[K, 4]`` (xyxy) and scores ``[K]``:
         morphology, connected components, NMS. The kernel is in 32x32-grid pixels."""
-        o = self.options
         f = max(m.shape) / INPUT_SIZE
-        cam = o.method == "gradcam"
-        kernel = 3 if cam else o.kernel
-        kernel = kernel if f == 1 else (int(round(kernel * f)) | 1)
-        return P.propose(
-            m.numpy(), mask.numpy(), morph=o.morph, kernel=kernel,
-            score="area" if cam else o.component_score,
-            include_union=o.union_box and not cam, nms_iou=o.nms_iou,
-            top_k=1 if o.method == "gradcam" else o.top_k)  # CAM recipe: the largest component
+        kernel = o.kernel if f == 1 else (int(round(o.kernel * f)) | 1)
+        return P.propose(m.numpy(), mask.numpy(), morph=o.morph, kernel=kernel, score=o.component_score,
+                         include_union=o.union_box, nms_iou=o.nms_iou, top_k=o.top_k)
 
     def proposals_from_maps(self, maps, row_image: Tensor, row_class: Tensor, probs: Tensor,
                             sizes: Sequence[tuple[int, int]], evidence: Tensor | None = None) -> list[dict]:
@@ -278,17 +280,18 @@ class ProposalGenerator:
         (default: the image's class probability), which ranks proposals across the classes
         of one image.
         """
+        o = self.options.box_recipe()
         if isinstance(maps, Tensor):
-            smoothed, masks = self.smooth_and_threshold(maps)
+            smoothed, masks = self.smooth_and_threshold(maps, o)
         else:
-            pairs = [self.smooth_and_threshold(m[None]) for m in maps]
+            pairs = [self.smooth_and_threshold(m[None], o) for m in maps]
             smoothed, masks = [p[0][0] for p in pairs], [p[1][0] for p in pairs]
         results = [{"boxes": [], "scores": [], "labels": [], "maps": [], "masks": [], "rows": []} for _ in sizes]
         for r in range(len(smoothed)):
             i, c = int(row_image[r]), int(row_class[r])
             m, mask = smoothed[r], masks[r]
-            boxes, scores = self.boxes_from_mask(m, mask)
-            boxes = P.scale_boxes(P.pad_boxes(boxes, self.options.box_padding), m.shape, sizes[i])
+            boxes, scores = self.boxes_from_mask(m, mask, o)
+            boxes = P.scale_boxes(P.pad_boxes(boxes, o.box_padding), m.shape, sizes[i])
             res = results[i]
             res["boxes"].append(boxes)
             res["scores"].append(scores * (probs[i, c] if evidence is None else evidence[r]))
