@@ -40,7 +40,8 @@ _HELP = {
     "nms_iou": "IoU of torchvision NMS between proposals of one class map",
     "top_k": "proposals kept per class map (default: 5)",
     "scales": "multi-scale windows: auto (on when the shorter side >= 160 px), off, or e.g. 1,2,3",
-    "max_windows": "at most this many windows per image in multi-scale mode (finest dropped first)",
+    "max_windows": "multi-scale: at most this many windows scored per image (finest scales dropped first)",
+    "windows": "multi-scale: windows per (image, class) that get gradients, best-supported first (default: 8)",
 }
 
 

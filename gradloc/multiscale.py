@@ -2,10 +2,13 @@
 
 Squeezing a large photograph into 32x32 loses small objects. Instead the image is cut into
 overlapping windows at several scales (the whole image, halves, thirds, ... with half-window
-strides); each window is resized to 32x32 and all windows of all images of a batch go through
-the class-masked saliency method together. Each window's map, normalised to its maximum, is
-pasted back into a working-resolution map weighted by how strongly that window supports the
-class (its class probability), and averaged over the windows covering each pixel.
+strides), each resized to 32x32. A forward pass scores every window of every image of a batch
+(class probabilities, shared by all classes of an image); only the best-supported windows of
+each (image, class) then get gradients, in one batched backward pass. Each of those windows
+gives boxes from its own map (the usual threshold, morphology and components on its 32x32
+grid), placed back in the image and scored by the window's class probability; and its map,
+normalised to its maximum and weighted by that probability, is pasted into a working-resolution
+heatmap.
 
 Boxes here are float xyxy in working-grid pixels unless stated.
 """
@@ -26,22 +29,36 @@ def window_boxes(height: int, width: int, scales=DEFAULT_SCALES, max_windows: in
     """Windows ``[W, 4]`` (float xyxy) covering an image of ``height`` x ``width``.
 
     Scale ``s`` uses windows of ``1/s`` of each side at half-window strides, i.e. a
-    ``(2s - 1) x (2s - 1)`` grid. Coarse scales come first; ``max_windows`` keeps the first
-    that many (so a cap drops the finest windows first).
+    ``(2s - 1) x (2s - 1)`` grid. Coarse scales come first. ``max_windows`` drops whole
+    scales, finest first, so that every kept scale still covers the whole image (only a
+    coarsest scale that alone exceeds the cap is cut).
     """
-    out = []
+    out: list[list[float]] = []
     for s in sorted(set(int(v) for v in scales)):
         if s < 1:
             raise ValueError(f"scales must be >= 1, got {s}")
         wh, ww = height / s, width / s
         n = 2 * s - 1
-        for i in range(n):
-            for j in range(n):
-                y0 = (height - wh) * i / max(n - 1, 1)
-                x0 = (width - ww) * j / max(n - 1, 1)
-                out.append([x0, y0, x0 + ww, y0 + wh])
+        grid = [[(width - ww) * j / max(n - 1, 1), (height - wh) * i / max(n - 1, 1)]
+                for i in range(n) for j in range(n)]
+        if max_windows and out and len(out) + len(grid) > max_windows:
+            break
+        out.extend([x0, y0, x0 + ww, y0 + wh] for x0, y0 in grid)
     boxes = torch.tensor(out, dtype=torch.float32)
     return boxes[:max_windows] if max_windows else boxes
+
+
+def top_windows(probs: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` windows with the highest class probability ``probs [W]``, best first."""
+    return torch.argsort(probs, descending=True, stable=True)[:k]
+
+
+def boxes_to_image(boxes: Tensor, window: Tensor, grid: int = 32) -> Tensor:
+    """Boxes ``[K, 4]`` (xyxy on a window's ``grid`` x ``grid`` map) -> image pixels, given
+    the window ``[4]`` (xyxy in image pixels)."""
+    x0, y0, x1, y1 = window.tolist()
+    scale = torch.tensor([(x1 - x0) / grid, (y1 - y0) / grid] * 2, dtype=boxes.dtype)
+    return boxes * scale + torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
 
 
 def crop_windows(image: Tensor, boxes: Tensor, size: int = 32) -> Tensor:

@@ -12,6 +12,7 @@ from typing import Iterable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import nms
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from . import multiscale as M
@@ -49,7 +50,8 @@ class Options:
     nms_iou: float = 0.5
     top_k: int = 5                 # proposals kept per class map
     scales: str = "auto"           # multi-scale windows: auto (large images), off, or e.g. "1,2,3"
-    max_windows: int = 64          # cap on windows per image (finest dropped first)
+    max_windows: int = 128         # cap on windows scored per image (finest scales dropped first)
+    windows: int = 8               # windows per (image, class) that get gradients, best-supported first
 
     def __post_init__(self) -> None:
         if isinstance(self.scales, (list, tuple)):
@@ -125,6 +127,22 @@ def parse_class_spec(spec: ClassSpec) -> tuple[str, list[int] | int | None]:
     if isinstance(spec, int):
         return "list", [class_index(spec)]
     return "list", [class_index(c) for c in spec]
+
+
+def empty_result() -> dict:
+    """Per-image lists that :func:`assemble` turns into one result."""
+    return {"boxes": [], "scores": [], "labels": [], "maps": [], "masks": [], "map_classes": []}
+
+
+def assemble(res: dict, probs: Tensor, size: tuple[int, int]) -> dict:
+    """One image's per-class pieces -> its result: proposals of all classes best first, and
+    one map, mask and peak per class."""
+    boxes, scores, labels = (torch.cat(res[k]) for k in ("boxes", "scores", "labels"))
+    order = torch.argsort(scores, descending=True, stable=True)
+    maps = torch.stack(res["maps"])
+    return {"boxes": boxes[order], "scores": scores[order], "labels": labels[order], "probs": probs,
+            "maps": maps, "masks": torch.stack(res["masks"]),
+            "map_classes": torch.tensor(res["map_classes"], dtype=torch.int64), "peaks": map_peaks(maps, size)}
 
 
 def map_peaks(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -270,23 +288,16 @@ class ProposalGenerator:
         return P.propose(m.numpy(), mask.numpy(), morph=o.morph, kernel=kernel, score=o.component_score,
                          include_union=o.union_box, nms_iou=o.nms_iou, top_k=o.top_k)
 
-    def proposals_from_maps(self, maps, row_image: Tensor, row_class: Tensor, probs: Tensor,
-                            sizes: Sequence[tuple[int, int]], evidence: Tensor | None = None) -> list[dict]:
-        """The post-processing half of :meth:`run_batch`: smoothing, threshold, morphology,
-        components, boxes in original pixels. Cheap, so a sweep can rerun it on cached maps.
-
-        ``maps``: one map per row (a tensor ``[R, h, w]``, or a list of ``[h, w]`` maps of
-        different sizes); ``evidence`` ``[R]``: how strongly each row's class is supported
-        (default: the image's class probability), which ranks proposals across the classes
-        of one image.
+    def proposals_from_maps(self, maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,
+                            sizes: Sequence[tuple[int, int]]) -> list[dict]:
+        """The post-processing half of the single-window path: smoothing, threshold,
+        morphology, components, boxes in original pixels, for maps ``[R, 32, 32]``. Cheap, so
+        a sweep can rerun it on cached maps. Scores are the component's score times the
+        image's class probability, which ranks proposals across the classes of one image.
         """
         o = self.options.box_recipe()
-        if isinstance(maps, Tensor):
-            smoothed, masks = self.smooth_and_threshold(maps, o)
-        else:
-            pairs = [self.smooth_and_threshold(m[None], o) for m in maps]
-            smoothed, masks = [p[0][0] for p in pairs], [p[1][0] for p in pairs]
-        results = [{"boxes": [], "scores": [], "labels": [], "maps": [], "masks": [], "rows": []} for _ in sizes]
+        smoothed, masks = self.smooth_and_threshold(maps, o)
+        results = [empty_result() for _ in sizes]
         for r in range(len(smoothed)):
             i, c = int(row_image[r]), int(row_class[r])
             m, mask = smoothed[r], masks[r]
@@ -294,21 +305,12 @@ class ProposalGenerator:
             boxes = P.scale_boxes(P.pad_boxes(boxes, o.box_padding), m.shape, sizes[i])
             res = results[i]
             res["boxes"].append(boxes)
-            res["scores"].append(scores * (probs[i, c] if evidence is None else evidence[r]))
+            res["scores"].append(scores * probs[i, c])
             res["labels"].append(torch.full((len(boxes),), c, dtype=torch.int64))
             res["maps"].append(m)
             res["masks"].append(mask)
-            res["rows"].append(r)
-        out = []
-        for i, res in enumerate(results):
-            boxes, scores, labels = (torch.cat(res[k]) for k in ("boxes", "scores", "labels"))
-            order = torch.argsort(scores, descending=True, stable=True)
-            maps_i = torch.stack(res["maps"])
-            out.append({"boxes": boxes[order], "scores": scores[order], "labels": labels[order],
-                        "probs": probs[i], "maps": maps_i, "masks": torch.stack(res["masks"]),
-                        "map_classes": row_class[torch.tensor(res["rows"], dtype=torch.long)],
-                        "peaks": map_peaks(maps_i, sizes[i])})
-        return out
+            res["map_classes"].append(c)
+        return [assemble(res, probs[i], sizes[i]) for i, res in enumerate(results)]
 
     def multiscale(self, x_uint8: Tensor, sizes: Sequence[tuple[int, int]], specs: list,
                    work: Sequence[Tensor]) -> list[dict]:
@@ -326,29 +328,63 @@ class ProposalGenerator:
             scales = M.resolve_scales(self.options.scales, sizes[i])
             windows.append(M.window_boxes(h, w, scales, self.options.max_windows))
             crops.append(M.crop_windows(img, windows[-1]))
-        # All windows of all (image, class) rows, through the method in chunks of batch_size.
-        row_of = torch.cat([torch.full((len(windows[int(i)]),), r) for r, i in enumerate(row_image)])
-        all_crops = torch.cat([crops[int(i)] for i in row_image])
-        all_classes = row_class[row_of]
-        win_maps, win_probs = [], []
-        for s in range(0, len(all_crops), self.batch_size):
-            xb = normalize(all_crops[s:s + self.batch_size].to(self.device)).contiguous(
+        # Pass 1, forward only: every window's class probabilities, shared by all classes of an image.
+        window_probs = self._window_probs(torch.cat(crops)).split([len(c) for c in crops])
+        # Pass 2: gradients only for each row's best-supported windows, all rows in one batch.
+        picks = [M.top_windows(window_probs[int(i)][:, int(c)], self.options.windows)
+                 for i, c in zip(row_image, row_class)]
+        counts = [len(p) for p in picks]
+        sel_crops = torch.cat([crops[int(i)][p] for i, p in zip(row_image, picks)])
+        sel_classes = torch.cat([torch.full((n,), int(c)) for c, n in zip(row_class, counts)])
+        win_maps, win_probs = self._method_in_chunks(sel_crops, sel_classes)
+        o = self.options.box_recipe()
+        smoothed, masks = self.smooth_and_threshold(win_maps, o)
+        results = [empty_result() for _ in sizes]
+        for r, (m_r, k_r, p_r, pick) in enumerate(zip(smoothed.split(counts), masks.split(counts),
+                                                      win_probs.split(counts), picks)):
+            i, c = int(row_image[r]), int(row_class[r])
+            h, w = work[i].shape[-2:]
+            boxes, scores = [], []
+            for m, mask, p, window in zip(m_r, k_r, p_r, windows[i][pick]):
+                b, sc = self.boxes_from_mask(m, mask, o)
+                boxes.append(M.boxes_to_image(P.pad_boxes(b, o.box_padding), window, INPUT_SIZE))
+                scores.append(sc * p)
+            boxes, scores = torch.cat(boxes), torch.cat(scores)
+            keep = nms(boxes, scores, o.nms_iou)[:o.top_k]
+            grid = M.work_size(h, w)
+            res = results[i]
+            res["boxes"].append(P.scale_boxes(boxes[keep], (h, w), sizes[i]))
+            res["scores"].append(scores[keep])
+            res["labels"].append(torch.full((len(keep),), c, dtype=torch.int64))
+            res["maps"].append(M.accumulate(m_r, p_r, windows[i][pick], (h, w), grid))
+            res["masks"].append(M.accumulate(k_r.float(), torch.ones(len(k_r)), windows[i][pick], (h, w), grid) > 0)
+            res["map_classes"].append(c)
+        return [assemble(res, probs[i], sizes[i]) for i, res in enumerate(results)]
+
+    def _window_probs(self, crops: Tensor) -> Tensor:
+        """Class probabilities ``[W, 10]`` of window crops ``uint8 [W, 3, 32, 32]``, no gradients."""
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(crops), self.batch_size):
+                xb = normalize(crops[s:s + self.batch_size].to(self.device)).contiguous(
+                    memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    out.append(self.model(xb).float().softmax(1).cpu())
+        return torch.cat(out)
+
+    def _method_in_chunks(self, crops: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+        """The saliency method on ``uint8 [N, 3, 32, 32]`` crops, one class each, in chunks of
+        ``batch_size`` -> maps ``[N, 32, 32]`` and each crop's class probability ``[N]``."""
+        maps, class_probs = [], []
+        for s in range(0, len(crops), self.batch_size):
+            xb = normalize(crops[s:s + self.batch_size].to(self.device)).contiguous(
                 memory_format=torch.channels_last)
-            cb = all_classes[s:s + self.batch_size].to(self.device)
+            cb = classes[s:s + self.batch_size].to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 m, logits = self.method(xb, cb)
-            win_maps.append(m.detach().cpu())
-            win_probs.append(logits.softmax(1).gather(1, cb[:, None])[:, 0].cpu())
-        win_maps, win_probs = torch.cat(win_maps), torch.cat(win_probs)
-        maps, evidence = [], []
-        for r in range(len(row_image)):
-            i = int(row_image[r])
-            sel = row_of == r
-            h, w = work[i].shape[-2:]
-            grid = M.work_size(h, w)
-            maps.append(M.accumulate(win_maps[sel], win_probs[sel], windows[i], (h, w), grid))
-            evidence.append(win_probs[sel].max())
-        return self.proposals_from_maps(maps, row_image, row_class, probs, sizes, torch.stack(evidence))
+            maps.append(m.detach().float().cpu())
+            class_probs.append(logits.detach().float().softmax(1).gather(1, cb[:, None])[:, 0].cpu())
+        return torch.cat(maps), torch.cat(class_probs)
 
     # -- the public entry point --------------------------------------------------------
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gradloc.report import replace_marked_block  # noqa: E402
 from gradloc import ProposalGenerator  # noqa: E402
 from gradloc.evaluate import run_evaluation  # noqa: E402
+from gradloc.multiscale import resolve_scales  # noqa: E402
 from gradloc.model import default_weights_path, sha256_of  # noqa: E402
 from gradloc.report import per_class_table, results_table  # noqa: E402
 from gradloc.synthetic import make_synthetic  # noqa: E402
@@ -138,9 +139,10 @@ def main() -> int:
         blocks["large"] = section(
             f"Large canvases, small objects ({args.large_n} canvases, 384x384, 1-3 CIFAR-10 test images "
             "of 24-96 px plus 3 block-shuffled distractor patches, seed 1)",
-            f"Multi-scale `auto`: scales 1-4 at half-window strides, at most {gen.options.max_windows} windows "
-            "per image, all windows of a batch in one backward pass. Each Grad-CAM row uses the same "
-            "windows as the gradloc row above it.",
+            f"Multi-scale `auto`: scales {','.join(map(str, resolve_scales('auto', (384, 384))))} at half-window "
+            f"strides, every window scored by one forward pass, gradients for the best {gen.options.windows} "
+            "windows per (image, class) in one backward pass. Each Grad-CAM row uses the same windows as the "
+            "gradloc row above it.",
             {**multi, **res}, {"single window (+ its Grad-CAM and the baselines)": t_single,
                                "multi-scale (+ its Grad-CAM)": t_multi}, args.large_n)
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from gradloc import ProposalGenerator
-from gradloc.multiscale import accumulate, crop_windows, window_boxes, wants_multiscale
+from gradloc.multiscale import accumulate, boxes_to_image, crop_windows, top_windows, wants_multiscale, window_boxes
+from torchvision.ops import box_iou
 
 
 def test_window_grid_counts_and_cover():
@@ -15,7 +16,18 @@ def test_window_grid_counts_and_cover():
     halves = b[1:10]
     assert torch.allclose(halves[:, 2] - halves[:, 0], torch.tensor(100.0))
     assert sorted(set(halves[:, 0].tolist())) == [0.0, 50.0, 100.0]  # half-window strides
-    assert len(window_boxes(300, 200, (1, 2, 3), max_windows=12)) == 12
+    # The cap drops whole scales (finest first), so every kept scale covers the image ...
+    capped = window_boxes(300, 200, (1, 2, 3), max_windows=12)
+    assert len(capped) == 10 and capped[:, 3].max() == 300
+    # ... and only a coarsest scale that alone exceeds it is cut.
+    assert len(window_boxes(300, 200, (3,), max_windows=12)) == 12
+
+
+def test_top_windows_and_boxes_to_image():
+    assert top_windows(torch.tensor([0.1, 0.7, 0.2, 0.7]), 3).tolist() == [1, 3, 2]
+    grid_box = torch.tensor([[8.0, 0.0, 16.0, 32.0]])
+    placed = boxes_to_image(grid_box, torch.tensor([100.0, 50.0, 164.0, 146.0]), 32)
+    assert placed.tolist() == [[116.0, 50.0, 132.0, 146.0]]
 
 
 def test_accumulate_pastes_a_window_where_it_belongs():
@@ -68,3 +80,30 @@ def test_pipeline_multiscale_on_a_large_image(random_wrn):
 def test_bad_scales_are_refused(random_wrn):
     with pytest.raises(ValueError, match="scales"):
         ProposalGenerator(random_wrn, scales="big")
+
+
+class RedDetector(torch.nn.Module):
+    """A stand-in classifier whose class 3 ("cat") logit grows with the share of red pixels:
+    a window's support for the class is then known, and so is where its gradient lies."""
+
+    def forward(self, x):
+        red = torch.relu(x[:, 0] - x[:, 1]).mean((1, 2))
+        return torch.cat([torch.zeros(len(x), 3), 4 * red[:, None], torch.zeros(len(x), 6)], 1)
+
+
+def test_multiscale_finds_a_small_object_in_a_large_image():
+    canvas = np.full((384, 384, 3), 128, np.uint8)
+    canvas[300:340, 40:80] = (230, 20, 20)  # a 40x40 red square, bottom-left
+    # A flat map over the square: keep every pixel above half the maximum, no smoothing.
+    gen = ProposalGenerator(RedDetector(), device="cpu", batch_size=32, windows=4, smooth_sigma=0,
+                            threshold="fraction", threshold_value=0.5)
+    calls = []
+    method = gen.method
+    gen.method = lambda x, c: calls.append(len(x)) or method(x, c)
+    out = gen(canvas, classes="cat")[0]
+    assert sum(calls) == 4  # gradients only for the 4 best windows of the one (image, class) row
+    iou = box_iou(out["boxes"][:1], torch.tensor([[40.0, 300.0, 80.0, 340.0]]))
+    assert iou.item() > 0.7
+    single = ProposalGenerator(RedDetector(), device="cpu", scales="off", smooth_sigma=0, threshold="fraction",
+                               threshold_value=0.5)(canvas, classes="cat")[0]
+    assert box_iou(single["boxes"][:1], torch.tensor([[40.0, 300.0, 80.0, 340.0]])).item() < 0.7
