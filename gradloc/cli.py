@@ -121,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = run_evaluation(args.annotations, Path(args.output), images_dir=args.images, gen=gen,
                              predictions_json=args.predictions, aliases=aliases, workers=args.workers,
                              baselines=not args.no_baselines, gradcam=not args.no_gradcam,
-                             limit=args.limit)
+                             limit=args.limit, sample_seed=args.sample_seed)
     print(results_table(results))
     print(f"report: {Path(args.output) / 'report.md'}", file=sys.stderr)
     return 0
@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--aliases", default=None,
                     help='JSON file {"category name": "cifar class" or null} extending the default alias table')
     ev.add_argument("--limit", type=int, default=None, help="score only the first N annotated images")
+    ev.add_argument("--sample-seed", type=int, default=None,
+                    help="with --limit: score N images drawn at random with this seed instead of the first N")
     ev.add_argument("--no-baselines", action="store_true", help="skip the box baselines")
     ev.add_argument("--no-gradcam", action="store_true", help="skip the same-network Grad-CAM baseline")
     add_pipeline_options(ev)

@@ -300,15 +300,26 @@ def predictions_from_json(ds: AnnotatedSet, records: list[dict]) -> tuple[list, 
     return preds, missing
 
 
+def subset(items: list, limit: int | None, seed: int | None = None) -> list:
+    """The first ``limit`` items, or with ``seed`` that many drawn at random (kept in order)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    if seed is None:
+        return list(items[:limit])
+    keep = np.sort(np.random.default_rng(seed).choice(len(items), limit, replace=False))
+    return [items[i] for i in keep]
+
+
 def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path | None = None,
                    gen=None, predictions_json: str | Path | None = None, aliases=None,
                    workers: int = 1, baselines: bool = True, gradcam: bool = True,
-                   limit: int | None = None, method_label: str | None = None,
+                   limit: int | None = None, sample_seed: int | None = None, method_label: str | None = None,
                    gradcam_label: str = "Grad-CAM (CAM box)") -> dict:
     """Score the pipeline (or a finished ``localize`` run) and the baselines; write a report.
 
     Exactly one of ``gen`` (with ``images_dir``) or ``predictions_json`` must be given.
-    Returns ``{name: metrics}``.
+    ``limit``: score only the first N images, or with ``sample_seed`` N images drawn at random
+    (annotation files are often sorted by class). Returns ``{name: metrics}``.
     """
     import json as _json
 
@@ -316,8 +327,7 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     from .report import write_report
 
     ds = load_annotations(annotations, aliases)
-    if limit is not None:
-        ds.images = ds.images[:limit]
+    ds.images = subset(ds.images, limit, sample_seed)
     if not ds.images:
         raise ValueError(f"no scorable annotated images in {annotations}")
     info: dict = {"annotations": str(annotations), "images": len(ds.images),

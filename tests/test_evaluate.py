@@ -11,7 +11,8 @@ from gradloc.annotations import (AnnotatedImage, AnnotatedSet, AnnotationError, 
                                  load_annotations, load_coco, load_voc)
 from gradloc.cli import main
 from gradloc.evaluate import (baseline_centred, baseline_whole_image, centred_box, corloc,
-                              max_box_acc_v2, pointing_game, recall_and_mbo, score, top1_localization)
+                              max_box_acc_v2, pointing_game, recall_and_mbo, score, subset,
+                              top1_localization)
 
 
 def img(file, w, h, boxes, labels, difficult=None):
@@ -86,6 +87,14 @@ def test_baselines_boxes():
     ds = AnnotatedSet([img("a", 100, 100, [[0, 0, 100, 100]], [0])])
     assert score(ds, baseline_whole_image(ds))["corloc"]["0.5"] == 1.0
     assert score(ds, baseline_centred(ds, 0.25))["corloc"]["0.5"] == 0.0
+
+
+def test_subset_first_or_random():
+    items = list(range(10))
+    assert subset(items, None) == items and subset(items, 3) == [0, 1, 2] and subset(items, 20, 1) == items
+    drawn = subset(items, 4, seed=5)
+    assert len(set(drawn)) == 4 and drawn == sorted(drawn) and drawn == subset(items, 4, seed=5)
+    assert {tuple(subset(items, 4, seed=s)) for s in range(5)} != {(0, 1, 2, 3)}
 
 
 def write_coco(path, **override):
