@@ -41,9 +41,9 @@ class Options:
     smooth_sigma: float = 1.0      # Gaussian smoothing of the map, in grid pixels
     threshold: str = "mass"        # mass, top-n, fraction, otsu, percentile
     top_n: int = 100               # pixels kept by top-n (of 32x32)
-    threshold_value: float | None = None  # mass share (default 0.6) / fraction / percentile value
+    threshold_value: float | None = None  # mass share (default 0.5) / fraction / percentile value
     morph: str = "close"
-    kernel: int = 7
+    kernel: int = 3
     component_score: str = "mass"  # mass, area, mean
     union_box: bool = True
     box_padding: float = 0.0

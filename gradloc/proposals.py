@@ -15,7 +15,7 @@ from torchvision.ops import clip_boxes_to_image, nms
 MORPH_OPS = {"close": cv2.MORPH_CLOSE, "open": cv2.MORPH_OPEN, "dilate": cv2.MORPH_DILATE,
              "erode": cv2.MORPH_ERODE, "none": None}
 KERNEL_SHAPES = {"ellipse": cv2.MORPH_ELLIPSE, "rect": cv2.MORPH_RECT, "cross": cv2.MORPH_CROSS}
-COMPONENT_SCORES = ("mass", "area", "mean")
+COMPONENT_SCORES = ("mass", "area", "mean", "contrast")
 
 
 def morphology(mask: np.ndarray, op: str = "close", kernel: int = 3,
@@ -40,7 +40,9 @@ def component_boxes(mask: np.ndarray, saliency: np.ndarray,
     saliency : ndarray, float, shape [H, W]
     score : {"mass", "area", "mean"}
         ``mass``: the component's share of the map's total saliency; ``area``: its share
-        of the image's pixels; ``mean``: its mean saliency over the map's maximum.
+        of the image's pixels; ``mean``: its mean saliency over the map's maximum;
+        ``contrast``: the share of saliency inside its *box* minus the box's share of the
+        image (see :func:`box_contrast`).
 
     Returns
     -------
@@ -56,13 +58,29 @@ def component_boxes(mask: np.ndarray, saliency: np.ndarray,
     boxes = np.stack([stats[:, 0], stats[:, 1], stats[:, 0] + stats[:, 2],
                       stats[:, 1] + stats[:, 3]], 1).astype(np.float32)
     sums = np.bincount(labels.ravel(), weights=saliency.ravel(), minlength=n)[1:]
-    if score == "mass":
+    if score == "contrast":
+        scores = box_contrast(saliency, boxes)
+    elif score == "mass":
         scores = sums / max(float(saliency.sum()), 1e-12)
     elif score == "area":
         scores = stats[:, 4] / float(mask.size)
     else:
         scores = sums / stats[:, 4] / max(float(saliency.max()), 1e-12)
     return boxes, scores.astype(np.float32)
+
+
+def box_contrast(saliency: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Share of the map's saliency inside each box minus the box's share of the image area.
+
+    A box earns score only by holding more saliency than a box of its size would by chance,
+    so neither a tight box around a fragment nor the whole image wins by default.
+    ``saliency`` ``[H, W]`` (non-negative), ``boxes`` ``[K, 4]`` integer-valued xyxy -> ``[K]``.
+    """
+    integral = cv2.integral(saliency.astype(np.float64))  # [H+1, W+1]
+    x0, y0, x1, y1 = boxes.astype(np.int64).T
+    inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    area = (x1 - x0) * (y1 - y0) / float(saliency.size)
+    return (inside / max(float(integral[-1, -1]), 1e-12) - area).astype(np.float32)
 
 
 def union_box(mask: np.ndarray) -> np.ndarray | None:
@@ -109,7 +127,8 @@ def propose(saliency: np.ndarray, mask: np.ndarray, *, morph: str = "close", ker
     if include_union and len(boxes) > 1:
         ub = union_box(cleaned)
         boxes = np.concatenate([boxes, ub[None]])
-        scores = np.concatenate([scores, [min(1.0, float(scores.sum()))]]).astype(np.float32)
+        union_score = box_contrast(saliency, ub[None])[0] if score == "contrast" else min(1.0, float(scores.sum()))
+        scores = np.concatenate([scores, [union_score]]).astype(np.float32)
     boxes_t, scores_t = torch.from_numpy(boxes), torch.from_numpy(scores)
     if len(boxes_t) > 1:
         keep = nms(boxes_t, scores_t, nms_iou)  # sorted by decreasing score

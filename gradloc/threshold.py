@@ -13,6 +13,9 @@ from torch import Tensor
 THRESHOLDS = ("top-n", "mass", "fraction", "otsu", "percentile")
 
 
+DEFAULT_MASS_SHARE = 0.5  # chosen by scripts/sweep.py (BENCHMARKS.md, "sweep")
+
+
 def top_n(maps: Tensor, n: int = 100) -> Tensor:
     """Keep the ``n`` largest pixels of each map.
 
@@ -27,7 +30,7 @@ def top_n(maps: Tensor, n: int = 100) -> Tensor:
     return (mask & (flat > 0)).view(b, h, w)
 
 
-def mass(maps: Tensor, share: float = 0.6) -> Tensor:
+def mass(maps: Tensor, share: float = DEFAULT_MASS_SHARE) -> Tensor:
     """Keep the fewest, largest pixels that together carry ``share`` of each map's total saliency.
 
     Unlike top-N this adapts to the object: a map concentrated on a small object keeps few
@@ -65,12 +68,12 @@ def otsu(maps: Tensor) -> Tensor:
 
 def threshold(maps: Tensor, method: str = "top-n", value: float | None = None) -> Tensor:
     """Dispatch by name: ``top-n`` (value N, default 100), ``mass`` (share of the total
-    saliency, default 0.6), ``fraction`` (of the max, default 0.5), ``percentile`` (default 90)
+    saliency, default DEFAULT_MASS_SHARE), ``fraction`` (of the max, default 0.5), ``percentile`` (default 90)
     or ``otsu`` (no value)."""
     if method == "top-n":
         return top_n(maps, int(100 if value is None else value))
     if method == "mass":
-        return mass(maps, 0.6 if value is None else value)
+        return mass(maps, DEFAULT_MASS_SHARE if value is None else value)
     if method == "fraction":
         return fraction_of_max(maps, 0.5 if value is None else value)
     if method == "percentile":

@@ -27,7 +27,7 @@ from gradloc.annotations import load_annotations  # noqa: E402
 from gradloc.evaluate import (CENTRED_AREAS, baseline_centred, corloc, max_box_acc_v2,  # noqa: E402
                               pointing_game, prediction_from_result)
 from gradloc.io import iter_batches  # noqa: E402
-from gradloc.model import wide_resnet  # noqa: E402
+from gradloc.model import default_weights_path, sha256_of, wide_resnet  # noqa: E402
 from gradloc.pipeline import Options  # noqa: E402
 
 BEGIN, END = "<!-- sweep:begin -->", "<!-- sweep:end -->"
@@ -107,6 +107,12 @@ def describe(post: dict) -> str:
     return f"σ={d.smooth_sigma:g}, {th}, {d.morph} {d.kernel}" + (", +union" if d.union_box else "")
 
 
+def weights_label(weights: str) -> str:
+    """File name and short sha256 of the weights the sweep used."""
+    path = default_weights_path() if weights == "default" else Path(weights)
+    return f"{path.name}` (sha256 `{sha256_of(path)[:16]}...`"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
@@ -172,7 +178,7 @@ def main() -> int:
             rows += evaluate(name, shortlist)
     rows.sort(key=lambda r: -margin(r, best))
     fmt = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = [BEGIN, "", f"Weights: `{args.weights}`. Dev: {len(benches['dev'][0].images)} random dev images "
+    lines = [BEGIN, "", f"Weights: `{weights_label(args.weights)}`. Dev: {len(benches['dev'][0].images)} random dev images "
              f"(seed 0); synthetic: {len(benches['synthetic'][0].images)} canvases (128 px). CorLoc@0.5 of the "
              f"baselines: best centred box dev {fmt(centred['dev'])}, synthetic {fmt(centred['synthetic'])}; "
              f"Grad-CAM (CAM recipe) dev {fmt(cam['dev'])}, synthetic {fmt(cam['synthetic'])}.",

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradloc.proposals import component_boxes, morphology, propose, scale_boxes, union_box
+from gradloc.proposals import box_contrast, component_boxes, morphology, propose, scale_boxes, union_box
 from gradloc.threshold import fraction_of_max, mass, otsu, percentile, threshold, top_n
 
 
@@ -105,3 +105,18 @@ def test_fraction_percentile_otsu():
     assert otsu(torch.ones(1, 5, 5)).sum() == 0  # a flat map has no foreground
     with pytest.raises(ValueError):
         threshold(m, "magic")
+
+
+def test_box_contrast_exact_and_in_propose():
+    sal = np.zeros((10, 10), np.float32)
+    sal[2:4, 2:4] = 1.0           # 4 units in a 2x2 patch
+    sal[9, 9] = 4.0               # 4 units in one pixel
+    boxes = np.array([[2, 2, 4, 4], [0, 0, 10, 10], [9, 9, 10, 10]], np.float32)
+    # saliency share minus area share: 0.5 - 0.04, 1 - 1, 0.5 - 0.01
+    np.testing.assert_allclose(box_contrast(sal, boxes), [0.46, 0.0, 0.49], atol=1e-6)
+    # In propose, the union box is scored the same way, so it cannot win just by being larger.
+    mask = (sal > 0).astype(np.uint8)
+    b, s = propose(sal, mask, morph="none", score="contrast", include_union=True, top_k=None)
+    assert b[0].tolist() == [9, 9, 10, 10] and s[0].item() == pytest.approx(0.49)
+    union = [i for i, x in enumerate(b.tolist()) if x == [2, 2, 10, 10]]
+    assert union and s[union[0]].item() == pytest.approx(1.0 - 0.64)
