@@ -44,7 +44,7 @@ class Options:
     threshold_value: float | None = None  # mass share (default 0.5) / fraction / percentile value
     morph: str = "close"
     kernel: int = 3
-    component_score: str = "mass"  # mass, area, mean
+    component_score: str = "mass"  # mass, area, mean, contrast
     union_box: bool = True
     box_padding: float = 0.0
     nms_iou: float = 0.5
