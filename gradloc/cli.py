@@ -9,6 +9,7 @@ from pathlib import Path
 from . import __version__
 from .model import CIFAR10_CLASSES, WeightsError
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError
+from .proposals import COMPONENT_SCORES
 from .threshold import THRESHOLDS
 
 _CHOICES = {
@@ -17,7 +18,7 @@ _CHOICES = {
     "reduce": ("max", "l2", "sum"),
     "threshold": THRESHOLDS,
     "morph": ("close", "open", "dilate", "erode", "none"),
-    "component_score": ("mass", "area", "mean", "contrast"),
+    "component_score": COMPONENT_SCORES,
 }
 _HELP = {
     "method": "saliency method (default: gradient)",
@@ -34,7 +35,7 @@ _HELP = {
     "threshold_value": "value for --threshold mass (share of total saliency), fraction (of max) or percentile",
     "morph": "morphological operation on the mask (default: close)",
     "kernel": "morphology kernel size in grid pixels (default: 3)",
-    "component_score": "component score: saliency share (mass), area, mean, or contrast (box saliency share - area share)",
+    "component_score": "component score: saliency share (mass), area, mean, or contrast (mass minus area share)",
     "union_box": "also propose the box around all kept pixels (default on; --no-union-box)",
     "box_padding": "grow each box by this fraction of its size per side",
     "nms_iou": "IoU of torchvision NMS between proposals of one class map",

@@ -134,6 +134,16 @@ def empty_result() -> dict:
     return {"boxes": [], "scores": [], "labels": [], "maps": [], "masks": [], "map_classes": []}
 
 
+def add_class(res: dict, c: int, boxes: Tensor, scores: Tensor, m: Tensor, mask: Tensor) -> None:
+    """Add one class's proposals ``[K, 4]`` / ``[K]`` (original pixels), map and mask to ``res``."""
+    res["boxes"].append(boxes)
+    res["scores"].append(scores)
+    res["labels"].append(torch.full((len(boxes),), c, dtype=torch.int64))
+    res["maps"].append(m)
+    res["masks"].append(mask)
+    res["map_classes"].append(c)
+
+
 def assemble(res: dict, probs: Tensor, size: tuple[int, int]) -> dict:
     """One image's per-class pieces -> its result: proposals of all classes best first, and
     one map, mask and peak per class."""
@@ -220,7 +230,7 @@ class ProposalGenerator:
     def saliency(self, x_uint8: Tensor, specs: list[tuple[str, object]]):
         """``uint8 [B, 3, 32, 32]`` -> maps ``[M, 32, 32]``, row image ``[M]``, row class ``[M]``,
         probabilities ``[B, 10]``."""
-        x = normalize(x_uint8.to(self.device)).contiguous(memory_format=torch.channels_last)
+        x = self._model_input(x_uint8)
         row_image, row_class = self._rows(x, specs)
         rows = x[row_image.to(self.device)] if row_class is not None else x
         targets = row_class.to(self.device) if row_class is not None else (lambda z: z.argmax(1))
@@ -303,20 +313,14 @@ class ProposalGenerator:
             m, mask = smoothed[r], masks[r]
             boxes, scores = self.boxes_from_mask(m, mask, o)
             boxes = P.scale_boxes(P.pad_boxes(boxes, o.box_padding), m.shape, sizes[i])
-            res = results[i]
-            res["boxes"].append(boxes)
-            res["scores"].append(scores * probs[i, c])
-            res["labels"].append(torch.full((len(boxes),), c, dtype=torch.int64))
-            res["maps"].append(m)
-            res["masks"].append(mask)
-            res["map_classes"].append(c)
+            add_class(results[i], c, boxes, scores * probs[i, c], m, mask)
         return [assemble(res, probs[i], sizes[i]) for i, res in enumerate(results)]
 
     def multiscale(self, x_uint8: Tensor, sizes: Sequence[tuple[int, int]], specs: list,
                    work: Sequence[Tensor]) -> list[dict]:
         """Multi-scale proposals. ``work``: each image as ``uint8 [3, h, w]`` at working
         resolution (see :func:`gradloc.preprocess.prepare`); ``x_uint8`` its 32x32 view."""
-        x = normalize(x_uint8.to(self.device)).contiguous(memory_format=torch.channels_last)
+        x = self._model_input(x_uint8)
         row_image, row_class = self._rows(x, specs)
         with torch.no_grad():
             probs = self.model(x).float().softmax(1).cpu()
@@ -344,30 +348,30 @@ class ProposalGenerator:
                                                       win_probs.split(counts), picks)):
             i, c = int(row_image[r]), int(row_class[r])
             h, w = work[i].shape[-2:]
+            picked = windows[i][pick]
             boxes, scores = [], []
-            for m, mask, p, window in zip(m_r, k_r, p_r, windows[i][pick]):
+            for m, mask, p, window in zip(m_r, k_r, p_r, picked):
                 b, sc = self.boxes_from_mask(m, mask, o)
                 boxes.append(M.boxes_to_image(P.pad_boxes(b, o.box_padding), window, INPUT_SIZE))
                 scores.append(sc * p)
             boxes, scores = torch.cat(boxes), torch.cat(scores)
             keep = nms(boxes, scores, o.nms_iou)[:o.top_k]
             grid = M.work_size(h, w)
-            res = results[i]
-            res["boxes"].append(P.scale_boxes(boxes[keep], (h, w), sizes[i]))
-            res["scores"].append(scores[keep])
-            res["labels"].append(torch.full((len(keep),), c, dtype=torch.int64))
-            res["maps"].append(M.accumulate(m_r, p_r, windows[i][pick], (h, w), grid))
-            res["masks"].append(M.accumulate(k_r.float(), torch.ones(len(k_r)), windows[i][pick], (h, w), grid) > 0)
-            res["map_classes"].append(c)
+            add_class(results[i], c, P.scale_boxes(boxes[keep], (h, w), sizes[i]), scores[keep],
+                      M.accumulate(m_r, p_r, picked, (h, w), grid),
+                      M.accumulate(k_r.float(), torch.ones(len(k_r)), picked, (h, w), grid) > 0)
         return [assemble(res, probs[i], sizes[i]) for i, res in enumerate(results)]
+
+    def _model_input(self, x_uint8: Tensor) -> Tensor:
+        """``uint8 [B, 3, 32, 32]`` -> normalised float on the device, channels_last."""
+        return normalize(x_uint8.to(self.device)).contiguous(memory_format=torch.channels_last)
 
     def _window_probs(self, crops: Tensor) -> Tensor:
         """Class probabilities ``[W, 10]`` of window crops ``uint8 [W, 3, 32, 32]``, no gradients."""
         out = []
         with torch.no_grad():
             for s in range(0, len(crops), self.batch_size):
-                xb = normalize(crops[s:s + self.batch_size].to(self.device)).contiguous(
-                    memory_format=torch.channels_last)
+                xb = self._model_input(crops[s:s + self.batch_size])
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                     out.append(self.model(xb).float().softmax(1).cpu())
         return torch.cat(out)
@@ -377,8 +381,7 @@ class ProposalGenerator:
         ``batch_size`` -> maps ``[N, 32, 32]`` and each crop's class probability ``[N]``."""
         maps, class_probs = [], []
         for s in range(0, len(crops), self.batch_size):
-            xb = normalize(crops[s:s + self.batch_size].to(self.device)).contiguous(
-                memory_format=torch.channels_last)
+            xb = self._model_input(crops[s:s + self.batch_size])
             cb = classes[s:s + self.batch_size].to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 m, logits = self.method(xb, cb)

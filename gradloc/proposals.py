@@ -38,7 +38,7 @@ def component_boxes(mask: np.ndarray, saliency: np.ndarray,
     ----------
     mask : ndarray, uint8, shape [H, W]
     saliency : ndarray, float, shape [H, W]
-    score : {"mass", "area", "mean"}
+    score : {"mass", "area", "mean", "contrast"}
         ``mass``: the component's share of the map's total saliency; ``area``: its share
         of the image's pixels; ``mean``: its mean saliency over the map's maximum;
         ``contrast``: the share of saliency inside its *box* minus the box's share of the

@@ -11,8 +11,6 @@ from skimage.filters import threshold_otsu
 from torch import Tensor
 
 THRESHOLDS = ("top-n", "mass", "fraction", "otsu", "percentile")
-
-
 DEFAULT_MASS_SHARE = 0.5  # chosen by scripts/sweep.py (BENCHMARKS.md, "sweep")
 
 
