@@ -35,7 +35,7 @@ _HELP = {
     "threshold_value": "value for --threshold mass (share of total saliency), fraction (of max) or percentile",
     "morph": "morphological operation on the mask (default: close)",
     "kernel": "morphology kernel size in grid pixels (default: 3)",
-    "component_score": "component score: saliency share (mass), area, mean, or contrast (mass minus area share)",
+    "component_score": "component score: mass, area, mean, or contrast (box saliency share minus box area share)",
     "union_box": "also propose the box around all kept pixels (default on; --no-union-box)",
     "box_padding": "grow each box by this fraction of its size per side",
     "nms_iou": "IoU of torchvision NMS between proposals of one class map",
