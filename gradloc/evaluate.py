@@ -245,7 +245,8 @@ def predict(gen, ds: AnnotatedSet, images_dir: str | Path, workers: int = 1, top
     gen.options.top_k = max(saved_top_k, top_k)  # truncation only: the ranking is unchanged
     try:
         with tqdm(total=len(files), unit="img", desc=desc, disable=None if progress else True) as bar:
-            for batch in iter_batches(files, gen.batch_size, workers, gen.max_pixels, gen.options.scales):
+            for batch in iter_batches(files, gen.batch_size, workers, gen.max_pixels, gen.options.scales,
+                                      gen.keeps_work):
                 good = [b for b in batch if b[1] is not None]
                 for i, _, _, reason, _ in batch:
                     if reason is not None:

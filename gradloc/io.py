@@ -72,15 +72,16 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
 class ImageFiles(Dataset):
     """Decodes and resizes files; a bad file yields its reason instead of raising."""
 
-    def __init__(self, files: list[Path], max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off") -> None:
-        self.files, self.max_pixels, self.scales = files, max_pixels, scales
+    def __init__(self, files: list[Path], max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off",
+                 keep_work: bool = False) -> None:
+        self.files, self.max_pixels, self.scales, self.keep_work = files, max_pixels, scales, keep_work
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
         try:
-            x, size, work = prepare(self.files[i], self.max_pixels, self.scales)
+            x, size, work = prepare(self.files[i], self.max_pixels, self.scales, self.keep_work)
             return i, x, size, None, work
         except ImageError as exc:
             return i, None, None, str(exc), None
@@ -93,13 +94,15 @@ def _keep_list(batch):
 
 
 def iter_batches(files: list[Path], batch_size: int, workers: int = 0,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off") -> Iterator[list[tuple]]:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off",
+                 keep_work: bool = False) -> Iterator[list[tuple]]:
     """Yield lists of ``(index, uint8 [3,32,32] | None, (h, w) | None, reason | None,
-    working-resolution image | None)``; the last is kept for multi-scale images only.
+    working-resolution image | None)``; the last is kept for multi-scale images, or for all
+    with ``keep_work``.
 
     With ``workers > 0`` decoding runs in worker processes, overlapping with compute.
     """
-    loader = DataLoader(ImageFiles(files, max_pixels, scales), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(ImageFiles(files, max_pixels, scales, keep_work), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_keep_list,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     yield from loader

@@ -85,7 +85,8 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
     n_ok = n_skip = 0
     vis_dir = out / "vis"
     with stream, tqdm(total=len(todo), unit="img", disable=None, desc="localize") as bar:
-        for batch in iter_batches(todo, gen.batch_size, workers, gen.max_pixels, gen.options.scales):
+        for batch in iter_batches(todo, gen.batch_size, workers, gen.max_pixels, gen.options.scales,
+                                  gen.keeps_work):
             good = [b for b in batch if b[1] is not None]
             records = []
             if good:

@@ -12,7 +12,6 @@ from typing import Iterable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import nms
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from . import multiscale as M
@@ -23,6 +22,7 @@ from .saliency import make_method
 from .threshold import threshold
 
 ClassSpec = Union[None, int, str, Sequence[Union[int, str]]]
+RESCORES = ("off", "crop")
 
 
 @dataclass
@@ -49,11 +49,21 @@ class Options:
     box_padding: float = 0.0
     nms_iou: float = 0.5
     top_k: int = 5                 # proposals kept per class map
+    rescore: str = "off"           # crop: rank proposals by the class probability of their own crop
+    ladder: str = "0.4,0.5,0.6,0.7"  # with rescore crop: threshold values tried, best box of each
     scales: str = "auto"           # multi-scale windows: auto (large images), off, or e.g. "1,2,3"
     max_windows: int = 128         # cap on windows scored per image (finest scales dropped first)
     windows: int = 8               # windows per (image, class) that get gradients, best-supported first
 
     def __post_init__(self) -> None:
+        if self.rescore not in RESCORES:
+            raise ValueError(f"unknown rescore {self.rescore!r}; choose from {', '.join(RESCORES)}")
+        if isinstance(self.ladder, (list, tuple)):
+            self.ladder = ",".join(f"{float(v):g}" for v in self.ladder)
+        try:
+            [float(v) for v in str(self.ladder).split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"ladder must be numbers like 0.4,0.5,0.6; got {self.ladder!r}") from None
         if isinstance(self.scales, (list, tuple)):
             self.scales = ",".join(str(int(v)) for v in self.scales)
         if self.scales not in ("auto", "off"):
@@ -85,13 +95,22 @@ class Options:
         (raw map, 20% of the maximum unless a threshold is given, 3x3, largest component)."""
         if self.method != "gradcam":
             return self
-        recipe = {"smooth_sigma": 0.0, "kernel": 3, "component_score": "area", "union_box": False, "top_k": 1}
+        recipe = {"smooth_sigma": 0.0, "kernel": 3, "component_score": "area", "union_box": False, "top_k": 1,
+                  "rescore": "off"}
         if self.threshold in ("top-n", "mass") and self.threshold_value is None:
             recipe.update(threshold="fraction", threshold_value=0.2)
         return replace(self, **recipe)
 
     def threshold_setting(self) -> tuple[str, float | None]:
         return self.threshold, (self.top_n if self.threshold == "top-n" else self.threshold_value)
+
+    def threshold_values(self) -> list[float | None]:
+        """The threshold values boxes are made at: the one setting, or with crop rescoring
+        the ladder (one best box per value; Otsu takes no value, so it has one rung)."""
+        name, value = self.threshold_setting()
+        if self.rescore == "off" or name == "otsu":
+            return [value]
+        return [float(v) for v in self.ladder.split(",") if v.strip()] or [value]
 
 
 def class_index(c: int | str) -> int:
@@ -202,6 +221,12 @@ class ProposalGenerator:
         """The shipped WRN-16-4 (or ``weights``, a state-dict file) with the given options."""
         return cls(wide_resnet(depth, width, weights=weights), **kwargs)
 
+    @property
+    def keeps_work(self) -> bool:
+        """Whether every image must be kept at working resolution (crop rescoring cuts
+        proposals out of it), not only the multi-scale ones."""
+        return self.options.box_recipe().rescore == "crop"
+
     # -- the stages on a ready batch ------------------------------------------------------
 
     def _rows(self, x: Tensor, specs: list[tuple[str, object]]) -> tuple[Tensor, Tensor | None]:
@@ -263,7 +288,8 @@ class ProposalGenerator:
         out: list = [None] * len(sizes)
         if single:
             sub = [sizes[i] for i in single]
-            res = self.proposals_from_maps(*self.saliency(x_uint8[single], [specs[i] for i in single]), sub)
+            res = self.proposals_from_maps(*self.saliency(x_uint8[single], [specs[i] for i in single]), sub,
+                                           [x_uint8[i] if work is None or work[i] is None else work[i] for i in single])
             for i, r in zip(single, res):
                 out[i] = r
         if multi:
@@ -274,7 +300,8 @@ class ProposalGenerator:
         return out
 
     def smooth_and_threshold(self, maps: Tensor, o: Options) -> tuple[Tensor, Tensor]:
-        """Maps ``[R, h, w]`` of one grid size -> (smoothed maps, kept-pixel masks), batched.
+        """Maps ``[R, h, w]`` of one grid size -> (smoothed maps ``[R, h, w]``, kept-pixel masks
+        ``[L, R, h, w]``, one per threshold value of :meth:`Options.threshold_values`), batched.
 
         Sizes are stated for the 32x32 grid and scale with larger (multi-scale) grids:
         top-N is a share of 1024 pixels, sigma is in 32x32-grid pixels. ``o``: the box recipe.
@@ -284,36 +311,66 @@ class ProposalGenerator:
             s = o.smooth_sigma * f
             k = 2 * int(round(3 * s)) + 1
             maps = gaussian_blur(maps[:, None], [k, k], [s, s])[:, 0]
-        name, value = o.threshold_setting()
+        name = o.threshold
+        values = o.threshold_values()
         if name == "top-n":
-            value = value * maps[0].numel() / INPUT_SIZE ** 2
-        return maps, threshold(maps, name, value)
+            values = [v * maps[0].numel() / INPUT_SIZE ** 2 for v in values]
+        return maps, torch.stack([threshold(maps, name, v) for v in values])
 
     @staticmethod
-    def boxes_from_mask(m: Tensor, mask: Tensor, o: Options) -> tuple[Tensor, Tensor]:
-        """One map and its mask ``[h, w]`` -> grid boxes ``[K, 4]`` (xyxy) and scores ``[K]``:
-        morphology, connected components, NMS. The kernel is in 32x32-grid pixels."""
+    def boxes_from_mask(m: Tensor, masks: Tensor, o: Options) -> tuple[Tensor, Tensor]:
+        """One map ``[h, w]`` and its masks ``[L, h, w]`` -> grid boxes ``[K, 4]`` (xyxy) and
+        scores ``[K]``: morphology, connected components, NMS. With one mask, its ``top_k``
+        best boxes; with a ladder of masks, the best box of each. The kernel is in 32x32-grid pixels."""
         f = max(m.shape) / INPUT_SIZE
         kernel = o.kernel if f == 1 else (int(round(o.kernel * f)) | 1)
-        return P.propose(m.numpy(), mask.numpy(), morph=o.morph, kernel=kernel, score=o.component_score,
-                         include_union=o.union_box, nms_iou=o.nms_iou, top_k=o.top_k)
+        kw = dict(morph=o.morph, kernel=kernel, score=o.component_score, include_union=o.union_box,
+                  nms_iou=o.nms_iou)
+        if len(masks) == 1:
+            return P.propose(m.numpy(), masks[0].numpy(), top_k=o.top_k, **kw)
+        rungs = [P.propose(m.numpy(), k.numpy(), top_k=1, **kw) for k in masks]
+        return torch.cat([b for b, _ in rungs]), torch.cat([s for _, s in rungs])
+
+    def crop_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
+        """Class probability of each box's own crop: ``images[j]`` ``uint8 [3, h, w]``, its
+        ``boxes[j]`` ``[K_j, 4]`` (xyxy in that image's pixels) and class -> ``[K_j]`` each,
+        all crops in one batched forward pass."""
+        crops = [M.crop_windows(img, P.clip_nonempty(b, img.shape[-2:])) for img, b in zip(images, boxes) if len(b)]
+        if not crops:
+            return [torch.zeros(0) for _ in boxes]
+        probs = iter(self._window_probs(torch.cat(crops)).split([len(b) for b in boxes if len(b)]))
+        return [next(probs)[:, int(c)] if len(b) else torch.zeros(0) for b, c in zip(boxes, classes)]
 
     def proposals_from_maps(self, maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,
-                            sizes: Sequence[tuple[int, int]]) -> list[dict]:
+                            sizes: Sequence[tuple[int, int]],
+                            work: Sequence[Tensor | None] | None = None) -> list[dict]:
         """The post-processing half of the single-window path: smoothing, threshold,
         morphology, components, boxes in original pixels, for maps ``[R, 32, 32]``. Cheap, so
         a sweep can rerun it on cached maps. Scores are the component's score times the
-        image's class probability, which ranks proposals across the classes of one image.
+        image's class probability, which ranks proposals across the classes of one image;
+        with crop rescoring (``work``: each image at working resolution), the class
+        probability of each box's own crop.
         """
         o = self.options.box_recipe()
         smoothed, masks = self.smooth_and_threshold(maps, o)
-        results = [empty_result() for _ in sizes]
+        boxes, scores = [], []
         for r in range(len(smoothed)):
             i, c = int(row_image[r]), int(row_class[r])
-            m, mask = smoothed[r], masks[r]
-            boxes, scores = self.boxes_from_mask(m, mask, o)
-            boxes = P.scale_boxes(P.pad_boxes(boxes, o.box_padding), m.shape, sizes[i])
-            add_class(results[i], c, boxes, scores * probs[i, c], m, mask)
+            b, sc = self.boxes_from_mask(smoothed[r], masks[:, r], o)
+            boxes.append(P.scale_boxes(P.pad_boxes(b, o.box_padding), smoothed[r].shape, sizes[i]))
+            scores.append(sc * probs[i, c])
+        if o.rescore == "crop":
+            if work is None or any(work[int(i)] is None for i in row_image):
+                raise ValueError("crop rescoring needs each image at working resolution (prepare(keep_work=True))")
+            images = [work[int(i)] for i in row_image]
+            in_work = [P.scale_boxes(b, sizes[int(i)], img.shape[-2:]) for b, i, img in zip(boxes, row_image, images)]
+            scores = self.crop_scores(images, in_work, row_class.tolist())
+            boxes, scores = zip(*(P.rank(b, s, o.nms_iou, o.top_k) for b, s in zip(boxes, scores)))
+        results = [empty_result() for _ in sizes]
+        shown = len(masks) // 2  # with a ladder, the middle rung's mask is the one returned
+        for r in range(len(smoothed)):
+            i, c = int(row_image[r]), int(row_class[r])
+            add_class(results[i], c, boxes[r], scores[r], smoothed[r], masks[shown, r])
         return [assemble(res, probs[i], sizes[i]) for i, res in enumerate(results)]
 
     def multiscale(self, x_uint8: Tensor, sizes: Sequence[tuple[int, int]], specs: list,
@@ -343,21 +400,29 @@ class ProposalGenerator:
         win_maps, win_probs = self._method_in_chunks(sel_crops, sel_classes)
         o = self.options.box_recipe()
         smoothed, masks = self.smooth_and_threshold(win_maps, o)
-        results = [empty_result() for _ in sizes]
-        for r, (m_r, k_r, p_r, pick) in enumerate(zip(smoothed.split(counts), masks.split(counts),
+        shown = len(masks) // 2
+        row_boxes, row_scores = [], []
+        for r, (m_r, k_r, p_r, pick) in enumerate(zip(smoothed.split(counts), masks.split(counts, 1),
                                                       win_probs.split(counts), picks)):
-            i, c = int(row_image[r]), int(row_class[r])
-            h, w = work[i].shape[-2:]
-            picked = windows[i][pick]
+            i = int(row_image[r])
             boxes, scores = [], []
-            for m, mask, p, window in zip(m_r, k_r, p_r, picked):
+            for m, mask, p, window in zip(m_r, k_r.unbind(1), p_r, windows[i][pick]):
                 b, sc = self.boxes_from_mask(m, mask, o)
                 boxes.append(M.boxes_to_image(P.pad_boxes(b, o.box_padding), window, INPUT_SIZE))
                 scores.append(sc * p)
-            boxes, scores = torch.cat(boxes), torch.cat(scores)
-            keep = nms(boxes, scores, o.nms_iou)[:o.top_k]
+            row_boxes.append(torch.cat(boxes))  # working-image pixels
+            row_scores.append(torch.cat(scores))
+        if o.rescore == "crop":
+            row_scores = self.crop_scores([work[int(i)] for i in row_image], row_boxes, row_class.tolist())
+        results = [empty_result() for _ in sizes]
+        for r, (m_r, k_r, p_r, pick) in enumerate(zip(smoothed.split(counts), masks[shown].split(counts),
+                                                      win_probs.split(counts), picks)):
+            i, c = int(row_image[r]), int(row_class[r])
+            h, w = work[i].shape[-2:]
+            boxes, scores = P.rank(row_boxes[r], row_scores[r], o.nms_iou, o.top_k)
             grid = M.work_size(h, w)
-            add_class(results[i], c, P.scale_boxes(boxes[keep], (h, w), sizes[i]), scores[keep],
+            picked = windows[i][pick]
+            add_class(results[i], c, P.scale_boxes(boxes, (h, w), sizes[i]), scores,
                       M.accumulate(m_r, p_r, picked, (h, w), grid),
                       M.accumulate(k_r.float(), torch.ones(len(k_r)), picked, (h, w), grid) > 0)
         return [assemble(res, probs[i], sizes[i]) for i, res in enumerate(results)]
@@ -414,7 +479,7 @@ class ProposalGenerator:
                 raise ValueError(f"got {len(per_image)} class specs for {len(items)} images")
         out: list[dict] = []
         for start in range(0, len(items), self.batch_size):
-            chunk = [prepare(im, self.max_pixels, self.options.scales)
+            chunk = [prepare(im, self.max_pixels, self.options.scales, self.keeps_work)
                      for im in items[start:start + self.batch_size]]
             x = torch.stack([c[0] for c in chunk])
             out += self.run_batch(x, [c[1] for c in chunk], per_image[start:start + self.batch_size],

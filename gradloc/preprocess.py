@@ -146,14 +146,16 @@ def normalize(x_uint8: Tensor) -> Tensor:
     return (x_uint8.float() / 255.0 - mean) / std
 
 
-def prepare(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off"):
+def prepare(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off",
+            keep_work: bool = False):
     """One input -> (``uint8 [3, 32, 32]`` model-sized image, original ``(height, width)``,
-    working-resolution ``uint8 [3, h, w]`` for multi-scale or None).
+    working-resolution ``uint8 [3, h, w]`` or None).
 
-    The working copy is kept only when ``scales`` sends this image down the multi-scale path.
+    The working copy is kept when ``scales`` sends this image down the multi-scale path, or
+    when ``keep_work`` asks for it (crop rescoring cuts proposals out of it).
     """
     from .multiscale import wants_multiscale, working_image
     rgb = to_rgb_tensor(image, max_pixels)
     size = (int(rgb.shape[1]), int(rgb.shape[2]))
-    work = working_image(rgb) if wants_multiscale(size, scales) else None
+    work = working_image(rgb) if keep_work or wants_multiscale(size, scales) else None
     return resize_to_input(rgb), size, work

@@ -108,6 +108,25 @@ def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, i
     return clip_boxes_to_image(boxes * scale, to_size)
 
 
+def clip_nonempty(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Clip xyxy boxes ``[K, 4]`` to an image of ``(h, w)`` = ``size``, keeping at least one
+    pixel of width and height, so every box can be cropped."""
+    h, w = size
+    x0 = boxes[:, 0].clamp(0, w - 1)
+    y0 = boxes[:, 1].clamp(0, h - 1)
+    x1 = torch.maximum(boxes[:, 2].clamp(max=w), x0 + 1)
+    y1 = torch.maximum(boxes[:, 3].clamp(max=h), y0 + 1)
+    return torch.stack([x0, y0, x1, y1], 1)
+
+
+def rank(boxes: Tensor, scores: Tensor, nms_iou: float = 0.5, top_k: int | None = 5) -> tuple[Tensor, Tensor]:
+    """NMS at ``nms_iou``, then the ``top_k`` best of ``boxes`` ``[K, 4]`` (xyxy), best first."""
+    if len(boxes) > 1:
+        keep = nms(boxes.float(), scores.float(), nms_iou)  # sorted by decreasing score
+        boxes, scores = boxes[keep], scores[keep]
+    return (boxes, scores) if top_k is None else (boxes[:top_k], scores[:top_k])
+
+
 def propose(saliency: np.ndarray, mask: np.ndarray, *, morph: str = "close", kernel: int = 3,
             score: str = "mass", include_union: bool = False, nms_iou: float = 0.5,
             top_k: int | None = 5) -> tuple[Tensor, Tensor]:
@@ -129,10 +148,4 @@ def propose(saliency: np.ndarray, mask: np.ndarray, *, morph: str = "close", ker
         boxes = np.concatenate([boxes, ub[None]])
         union_score = box_contrast(saliency, ub[None])[0] if score == "contrast" else min(1.0, float(scores.sum()))
         scores = np.concatenate([scores, [union_score]]).astype(np.float32)
-    boxes_t, scores_t = torch.from_numpy(boxes), torch.from_numpy(scores)
-    if len(boxes_t) > 1:
-        keep = nms(boxes_t, scores_t, nms_iou)  # sorted by decreasing score
-        boxes_t, scores_t = boxes_t[keep], scores_t[keep]
-    if top_k is not None:
-        boxes_t, scores_t = boxes_t[:top_k], scores_t[:top_k]
-    return boxes_t, scores_t
+    return rank(torch.from_numpy(boxes), torch.from_numpy(scores), nms_iou, top_k)

@@ -1,0 +1,75 @@
+"""Crop rescoring: one box per threshold rung, ranked by the class probability of its crop."""
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from gradloc import ProposalGenerator
+from gradloc.pipeline import Options
+from gradloc.proposals import clip_nonempty, rank
+
+from .test_multiscale import RedDetector
+
+
+def test_rank_keeps_the_best_non_overlapping_boxes():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])
+    b, s = rank(boxes, torch.tensor([0.2, 0.9, 0.5]), nms_iou=0.5, top_k=5)
+    assert b.tolist() == [[1, 1, 10, 10], [20, 20, 30, 30]] and s.tolist() == pytest.approx([0.9, 0.5])
+    assert rank(boxes, torch.tensor([0.2, 0.9, 0.5]), top_k=1)[0].tolist() == [[1, 1, 10, 10]]
+
+
+def test_clip_nonempty_leaves_a_pixel_to_crop():
+    b = clip_nonempty(torch.tensor([[-5.0, 2, 8, 9], [70, 10, 90, 10]]), (40, 64))
+    assert b.tolist() == [[0, 2, 8, 9], [63, 10, 64, 11]]
+
+
+def test_threshold_values_and_validation():
+    assert Options().threshold_values() == [None]
+    assert Options(rescore="crop").threshold_values() == [0.4, 0.5, 0.6, 0.7]
+    assert Options(rescore="crop", ladder=(0.3, 1)).threshold_values() == [0.3, 1.0]
+    assert Options(rescore="crop", threshold="otsu").threshold_values() == [None]
+    assert Options(method="gradcam", rescore="crop").box_recipe().rescore == "off"  # CAM recipe stays as published
+    with pytest.raises(ValueError, match="rescore"):
+        Options(rescore="yes")
+    with pytest.raises(ValueError, match="ladder"):
+        Options(rescore="crop", ladder="a,b")
+
+
+@pytest.mark.parametrize("red", ["small", "large"])
+def test_rescoring_follows_the_classifier_evidence_in_each_crop(red):
+    # Map: a bright 6x6 blob top-left and a dimmer, larger 12x12 patch bottom-right.
+    maps = torch.zeros(1, 32, 32)
+    maps[0, 2:8, 2:8] = 10.0
+    maps[0, 16:28, 16:28] = 3.0
+    # The blob holds 360 / 792 = 45.5% of the mass: rung 0.45 keeps exactly the blob; rung 1.0
+    # keeps both, and the patch (more mass) is its best box.
+    gen = ProposalGenerator(RedDetector(), device="cpu", rescore="crop", ladder="0.45,1.0", smooth_sigma=0,
+                            kernel=1, union_box=False)
+    image = torch.full((3, 64, 64), 128, dtype=torch.uint8)
+    small, large = torch.tensor([[4.0, 4, 16, 16]]), torch.tensor([[32.0, 32, 56, 56]])
+    x0, y0, x1, y1 = (small if red == "small" else large)[0].int().tolist()
+    image[:, y0:y1, x0:x1] = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)
+    res = gen.proposals_from_maps(maps, torch.tensor([0]), torch.tensor([3]), torch.ones(1, 10), [(64, 64)], [image])[0]
+    assert len(res["boxes"]) == 2
+    want = small if red == "small" else large
+    assert box_iou(res["boxes"][:1], want).item() > 0.9
+    # Scores are the crop's class probability: high for the red crop, chance-level for the grey one.
+    assert res["scores"][0] > 0.5 > res["scores"][1]
+    # Without rescoring the bright blob wins whatever the classifier says of it.
+    plain = ProposalGenerator(RedDetector(), device="cpu", threshold_value=0.45, smooth_sigma=0, kernel=1,
+                              union_box=False)
+    top = plain.proposals_from_maps(maps, torch.tensor([0]), torch.tensor([3]), torch.ones(1, 10), [(64, 64)])[0]
+    assert box_iou(top["boxes"][:1], small).item() > 0.9
+
+
+def test_rescoring_needs_the_image(random_wrn):
+    gen = ProposalGenerator(random_wrn, device="cpu", rescore="crop")
+    with pytest.raises(ValueError, match="working resolution"):
+        gen.proposals_from_maps(torch.rand(1, 32, 32), torch.tensor([0]), torch.tensor([3]), torch.ones(1, 10),
+                                [(64, 64)])
+    # The public entry points keep the image, so rescoring runs end to end, small and large images alike.
+    out = gen([torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),
+               torch.randint(0, 255, (3, 320, 320), dtype=torch.uint8)], classes="cat")
+    for r in out:
+        assert len(r["boxes"]) >= 1 and ((r["scores"] >= 0) & (r["scores"] <= 1)).all()
+    batch = gen.run_batch(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), [(64, 64), (50, 80)])
+    assert all(len(r["boxes"]) >= 1 for r in batch)  # no working image: the 32x32 view is cropped
