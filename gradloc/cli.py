@@ -43,7 +43,7 @@ _HELP = {
     "nms_iou": "IoU of torchvision NMS between proposals of one class map",
     "top_k": "proposals kept per class map (default: 5)",
     "rescore": "crop: make one box per --ladder threshold value and rank boxes by the class probability "
-               "of their own crop (one extra forward pass); off: by component score (default: off)",
+               "of their own crop (one extra forward pass; default); off: by component score",
     "ladder": "threshold values tried with --rescore crop, comma-separated (default: 0.4,0.5,0.6,0.7)",
     "scales": "multi-scale windows: auto (on when the shorter side >= 160 px), off, or e.g. 1,2,3",
     "max_windows": "multi-scale: at most this many windows scored per image (finest scales dropped first)",

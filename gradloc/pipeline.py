@@ -49,7 +49,7 @@ class Options:
     box_padding: float = 0.0
     nms_iou: float = 0.5
     top_k: int = 5                 # proposals kept per class map
-    rescore: str = "off"           # crop: rank proposals by the class probability of their own crop
+    rescore: str = "crop"          # crop: rank proposals by the class probability of their own crop; off
     ladder: str = "0.4,0.5,0.6,0.7"  # with rescore crop: threshold values tried, best box of each
     scales: str = "auto"           # multi-scale windows: auto (large images), off, or e.g. "1,2,3"
     max_windows: int = 128         # cap on windows scored per image (finest scales dropped first)
@@ -367,7 +367,7 @@ class ProposalGenerator:
             scores = self.crop_scores(images, in_work, row_class.tolist())
             boxes, scores = zip(*(P.rank(b, s, o.nms_iou, o.top_k) for b, s in zip(boxes, scores)))
         results = [empty_result() for _ in sizes]
-        shown = len(masks) // 2  # with a ladder, the middle rung's mask is the one returned
+        shown = (len(masks) - 1) // 2  # with a ladder, the middle rung's mask (the lower of two) is returned
         for r in range(len(smoothed)):
             i, c = int(row_image[r]), int(row_class[r])
             add_class(results[i], c, boxes[r], scores[r], smoothed[r], masks[shown, r])
@@ -400,7 +400,7 @@ class ProposalGenerator:
         win_maps, win_probs = self._method_in_chunks(sel_crops, sel_classes)
         o = self.options.box_recipe()
         smoothed, masks = self.smooth_and_threshold(win_maps, o)
-        shown = len(masks) // 2
+        shown = (len(masks) - 1) // 2
         row_boxes, row_scores = [], []
         for r, (m_r, k_r, p_r, pick) in enumerate(zip(smoothed.split(counts), masks.split(counts, 1),
                                                       win_probs.split(counts), picks)):

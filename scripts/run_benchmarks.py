@@ -40,6 +40,8 @@ SECTIONS = ("dev", "synthetic", "large")
 
 
 def describe_threshold(o) -> str:
+    if o.rescore == "crop":
+        return f"{o.threshold} ladder {o.ladder} (best box of each rung), ranked by crop rescoring"
     name, value = o.threshold_setting()
     if name == "mass" and value is None:
         value = DEFAULT_MASS_SHARE

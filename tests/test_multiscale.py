@@ -94,9 +94,11 @@ class RedDetector(torch.nn.Module):
 def test_multiscale_finds_a_small_object_in_a_large_image():
     canvas = np.full((384, 384, 3), 128, np.uint8)
     canvas[300:340, 40:80] = (230, 20, 20)  # a 40x40 red square, bottom-left
-    # A flat map over the square: keep every pixel above half the maximum, no smoothing.
+    # A flat map over the square: keep every pixel above half the maximum, no smoothing. Boxes
+    # ranked by component score: any part of the square is as red as the whole, so crop
+    # rescoring could pick a part (tests/test_rescore.py covers rescoring).
     gen = ProposalGenerator(RedDetector(), device="cpu", batch_size=32, windows=4, smooth_sigma=0,
-                            threshold="fraction", threshold_value=0.5)
+                            threshold="fraction", threshold_value=0.5, rescore="off")
     calls = []
     method = gen.method
     gen.method = lambda x, c: calls.append(len(x)) or method(x, c)
@@ -105,5 +107,5 @@ def test_multiscale_finds_a_small_object_in_a_large_image():
     iou = box_iou(out["boxes"][:1], torch.tensor([[40.0, 300.0, 80.0, 340.0]]))
     assert iou.item() > 0.7
     single = ProposalGenerator(RedDetector(), device="cpu", scales="off", smooth_sigma=0, threshold="fraction",
-                               threshold_value=0.5)(canvas, classes="cat")[0]
+                               threshold_value=0.5, rescore="off")(canvas, classes="cat")[0]
     assert box_iou(single["boxes"][:1], torch.tensor([[40.0, 300.0, 80.0, 340.0]])).item() < 0.7

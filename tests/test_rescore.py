@@ -23,7 +23,7 @@ def test_clip_nonempty_leaves_a_pixel_to_crop():
 
 
 def test_threshold_values_and_validation():
-    assert Options().threshold_values() == [None]
+    assert Options(rescore="off").threshold_values() == [None]
     assert Options(rescore="crop").threshold_values() == [0.4, 0.5, 0.6, 0.7]
     assert Options(rescore="crop", ladder=(0.3, 1)).threshold_values() == [0.3, 1.0]
     assert Options(rescore="crop", threshold="otsu").threshold_values() == [None]
@@ -56,7 +56,7 @@ def test_rescoring_follows_the_classifier_evidence_in_each_crop(red):
     assert res["scores"][0] > 0.5 > res["scores"][1]
     # Without rescoring the bright blob wins whatever the classifier says of it.
     plain = ProposalGenerator(RedDetector(), device="cpu", threshold_value=0.45, smooth_sigma=0, kernel=1,
-                              union_box=False)
+                              union_box=False, rescore="off")
     top = plain.proposals_from_maps(maps, torch.tensor([0]), torch.tensor([3]), torch.ones(1, 10), [(64, 64)])[0]
     assert box_iou(top["boxes"][:1], small).item() > 0.9
 
