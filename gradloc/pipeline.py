@@ -50,7 +50,7 @@ class Options:
     nms_iou: float = 0.5
     top_k: int = 5                 # proposals kept per class map
     rescore: str = "crop"          # crop: rank proposals by the class probability of their own crop; off
-    ladder: str = "0.4,0.5,0.6,0.7"  # with rescore crop: threshold values tried, best box of each
+    ladder: str = "0.4,0.5,0.6,0.7"  # with rescore crop and mass: mass shares tried, best box of each
     scales: str = "auto"           # multi-scale windows: auto (large images), off, or e.g. "1,2,3"
     max_windows: int = 128         # cap on windows scored per image (finest scales dropped first)
     windows: int = 8               # windows per (image, class) that get gradients, best-supported first
@@ -61,9 +61,11 @@ class Options:
         if isinstance(self.ladder, (list, tuple)):
             self.ladder = ",".join(f"{float(v):g}" for v in self.ladder)
         try:
-            [float(v) for v in str(self.ladder).split(",") if v.strip()]
+            rungs = [float(v) for v in str(self.ladder).split(",") if v.strip()]
         except ValueError:
             raise ValueError(f"ladder must be numbers like 0.4,0.5,0.6; got {self.ladder!r}") from None
+        if not all(0 < v <= 1 for v in rungs):
+            raise ValueError(f"ladder values are shares of the map's mass in (0, 1]; got {self.ladder!r}")
         if isinstance(self.scales, (list, tuple)):
             self.scales = ",".join(str(int(v)) for v in self.scales)
         if self.scales not in ("auto", "off"):
@@ -105,10 +107,11 @@ class Options:
         return self.threshold, (self.top_n if self.threshold == "top-n" else self.threshold_value)
 
     def threshold_values(self) -> list[float | None]:
-        """The threshold values boxes are made at: the one setting, or with crop rescoring
-        the ladder (one best box per value; Otsu takes no value, so it has one rung)."""
+        """The threshold values boxes are made at: with crop rescoring and the mass threshold,
+        the ladder of mass shares (one best box per rung); otherwise the one setting, whose
+        ``top_k`` boxes crop rescoring re-ranks."""
         name, value = self.threshold_setting()
-        if self.rescore == "off" or name == "otsu":
+        if self.rescore == "off" or name != "mass":
             return [value]
         return [float(v) for v in self.ladder.split(",") if v.strip()] or [value]
 

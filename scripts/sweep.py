@@ -59,7 +59,7 @@ SHORTLIST = 4  # stage 2: the best stage-1 settings, tried on every other method
 def post_grid():
     keys = list(POST)
     for (name, value), values in itertools.product(THRESHOLDS, itertools.product(*POST.values())):
-        post = {"threshold": name, **dict(zip(keys, values))}
+        post = {"threshold": name, "rescore": "off", **dict(zip(keys, values))}
         post["top_n" if name == "top-n" else "threshold_value"] = value
         yield post
     for ladder, sigma, union in itertools.product(LADDERS, (0.0, 1.0), (False, True)):

@@ -27,11 +27,16 @@ def test_threshold_values_and_validation():
     assert Options(rescore="crop").threshold_values() == [0.4, 0.5, 0.6, 0.7]
     assert Options(rescore="crop", ladder=(0.3, 1)).threshold_values() == [0.3, 1.0]
     assert Options(rescore="crop", threshold="otsu").threshold_values() == [None]
+    assert Options(rescore="crop", threshold="fraction").threshold_values() == [None]
     assert Options(method="gradcam", rescore="crop").box_recipe().rescore == "off"  # CAM recipe stays as published
     with pytest.raises(ValueError, match="rescore"):
         Options(rescore="yes")
     with pytest.raises(ValueError, match="ladder"):
         Options(rescore="crop", ladder="a,b")
+    with pytest.raises(ValueError, match="shares"):
+        Options(ladder="0.5,2")
+    # Other thresholds keep their one setting; rescoring re-ranks its boxes.
+    assert Options(threshold="top-n").threshold_values() == [100]
 
 
 @pytest.mark.parametrize("red", ["small", "large"])
@@ -42,7 +47,7 @@ def test_rescoring_follows_the_classifier_evidence_in_each_crop(red):
     maps[0, 16:28, 16:28] = 3.0
     # The blob holds 360 / 792 = 45.5% of the mass: rung 0.45 keeps exactly the blob; rung 1.0
     # keeps both, and the patch (more mass) is its best box.
-    gen = ProposalGenerator(RedDetector(), device="cpu", rescore="crop", ladder="0.45,1.0", smooth_sigma=0,
+    gen = ProposalGenerator(RedDetector(), device="cpu", rescore="crop", ladder="0.45,1", smooth_sigma=0,
                             kernel=1, union_box=False)
     image = torch.full((3, 64, 64), 128, dtype=torch.uint8)
     small, large = torch.tensor([[4.0, 4, 16, 16]]), torch.tensor([[32.0, 32, 56, 56]])
