@@ -61,7 +61,7 @@ class Options:
         if isinstance(self.ladder, (list, tuple)):
             self.ladder = ",".join(f"{float(v):g}" for v in self.ladder)
         try:
-            rungs = [float(v) for v in str(self.ladder).split(",") if v.strip()]
+            rungs = self.ladder_shares()
         except ValueError:
             raise ValueError(f"ladder must be numbers like 0.4,0.5,0.6; got {self.ladder!r}") from None
         if not all(0 < v <= 1 for v in rungs):
@@ -113,7 +113,11 @@ class Options:
         name, value = self.threshold_setting()
         if self.rescore == "off" or name != "mass":
             return [value]
-        return [float(v) for v in self.ladder.split(",") if v.strip()] or [value]
+        return self.ladder_shares() or [value]
+
+    def ladder_shares(self) -> list[float]:
+        """The ladder's mass shares, parsed from ``"0.4,0.5,..."``."""
+        return [float(v) for v in str(self.ladder).split(",") if v.strip()]
 
 
 def class_index(c: int | str) -> int:
