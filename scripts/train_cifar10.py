@@ -127,6 +127,8 @@ def main(argv=None) -> int:
     model = WideResNet(args.depth, args.width).to(device).to(memory_format=torch.channels_last)
 
     if args.export:
+        if not last.is_file():
+            sys.exit(f"error: no checkpoint to export: {last} does not exist (train first, or pass --ckpt-dir)")
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
         state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
         args.export.parent.mkdir(parents=True, exist_ok=True)

@@ -32,3 +32,9 @@ def test_train_resume_export(tmp_path):
     assert exp.returncode == 0, exp.stderr
     model = wide_resnet(10, 1, weights=out)  # verifies the written .sha256
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_export_without_checkpoint_is_a_clear_error(tmp_path):
+    res = run("--ckpt-dir", tmp_path / "empty", "--export", tmp_path / "w.pt")
+    assert res.returncode != 0 and "no checkpoint to export" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "w.pt").exists()
