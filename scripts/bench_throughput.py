@@ -190,8 +190,10 @@ def amp_agreement(args, n: int) -> dict:
     for amp in (False, True):
         gen = ProposalGenerator(load_model(args.weights), device="cpu", batch_size=args.batch_size, amp=amp)
         t0 = time.perf_counter()
-        masks = torch.cat([gen.run_batch(x[i:i + args.batch_size], [(32, 32)] * len(x[i:i + args.batch_size]))[j]["masks"]
-                           for i in range(0, n, args.batch_size) for j in range(len(x[i:i + args.batch_size]))])
+        masks = []
+        for xb in x.split(args.batch_size):
+            masks += [res["masks"] for res in gen.run_batch(xb, [(32, 32)] * len(xb))]
+        masks = torch.cat(masks)
         out["bf16" if amp else "fp32"] = (masks, n / (time.perf_counter() - t0))
     m32, mbf = out["fp32"][0], out["bf16"][0]
     agree = ((m32 & mbf).flatten(1).sum(1).float() / m32.flatten(1).sum(1).clamp(min=1)).mean().item()
@@ -287,7 +289,8 @@ def main() -> int:
             lines.append(f"| {w} | {r['img_per_s']:.1f} | {r['img_per_s'] / lim:.2f} | "
                          f"{', '.join(map(str, r['runs_img_per_s']))} | {r['peak_rss_mb']:.0f} |")
         if "gradloc" in results and "captum" in results:
-            lines += ["", f"gradloc / Captum pipeline: **{results['gradloc']['img_per_s'] / results['captum']['img_per_s']:.2f}x**."]
+            ratio = results["gradloc"]["img_per_s"] / results["captum"]["img_per_s"]
+            lines += ["", f"gradloc / Captum pipeline: **{ratio:.2f}x**."]
     if args.scaling:
         lines += ["", "Scaling of `gradloc localize` (one run each):", "",
                   "| images | seconds | ms / image | peak memory (MB) |", "| ---: | ---: | ---: | ---: |"]

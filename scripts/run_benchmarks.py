@@ -102,7 +102,8 @@ def main() -> int:
         f"{gen.options.morph} {gen.options.kernel}x"
         f"{gen.options.kernel}{', +union box' if gen.options.union_box else ''}, component score "
         f"{gen.options.component_score}, NMS "
-        f"{gen.options.nms_iou}, output {gen.options.model_output}. Machine: {platform.processor() or platform.machine()}, "
+        f"{gen.options.nms_iou}, output {gen.options.model_output}. "
+        f"Machine: {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}. Regenerate: "
         f"`python scripts/run_benchmarks.py --write BENCHMARKS.md` (`--only large` for one section).", "", END])
     blocks = {}

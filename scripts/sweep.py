@@ -190,7 +190,8 @@ def main() -> int:
             rows += evaluate(name, shortlist)
     rows.sort(key=lambda r: -margin(r, best))
     fmt = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = [BEGIN, "", f"Weights: `{weights_label(args.weights)}`. Dev: {len(benches['dev'][0].images)} random dev images "
+    lines = [BEGIN, "", f"Weights: `{weights_label(args.weights)}`. "
+             f"Dev: {len(benches['dev'][0].images)} random dev images "
              f"(seed 0); synthetic: {len(benches['synthetic'][0].images)} canvases (128 px). CorLoc@0.5 of the "
              f"baselines: best centred box dev {fmt(centred['dev'])}, synthetic {fmt(centred['synthetic'])}; "
              f"Grad-CAM (CAM recipe) dev {fmt(cam['dev'])}, synthetic {fmt(cam['synthetic'])}.",
