@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# After a training run: ship its weights and regenerate every number that depends on them.
+#
+#   bash scripts/refresh_results.sh [CKPT_DIR] [SHARED_DATA]
+#
+# 1. export the last checkpoint to weights/ (eval-mode state dict + sha256);
+# 2. evaluate it on the 10,000 CIFAR-10 test images (Markdown tables for weights/MODEL_CARD.md,
+#    written beside the checkpoint as eval.md / eval.json);
+# 3. regenerate the localisation tables and the sweep in BENCHMARKS.md;
+# 4. redraw docs/panel.png, the README's example output.
+# The model card's prose and the README's quoted numbers are then updated by hand from these.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CKPT="${1:-$HOME/.cache/gradloc-train}"
+SHARED="${2:-../shared/data}"
+LOG="$CKPT/refresh.log"
+step() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
+
+step export
+python scripts/train_cifar10.py --ckpt-dir "$CKPT" --export weights/wrn16-4_cifar10.pt | tee -a "$LOG"
+step evaluate on the CIFAR-10 test split
+python scripts/eval_cifar10.py --data "$SHARED/cifar10-jpeg.tar.gz" --markdown --json "$CKPT/eval.json" \
+    > "$CKPT/eval.md"
+head -3 "$CKPT/eval.md" | tee -a "$LOG"
+step localisation benchmarks
+python scripts/run_benchmarks.py --shared "$SHARED" --large-n 100 --write BENCHMARKS.md >> "$LOG" 2>&1
+step sweep
+python scripts/sweep.py --shared "$SHARED" --methods "gradient,gradient-positive,grad-x-input,layer block2" \
+    --write BENCHMARKS.md >> "$LOG" 2>&1
+step panel
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+python -m gradloc.cli localize samples/composite_cat_dog.png --classes cat,dog -o "$TMP" -v | tee -a "$LOG"
+cp "$TMP"/vis/*.png docs/panel.png
+step done
