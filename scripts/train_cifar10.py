@@ -10,8 +10,11 @@ Each epoch logs the accuracy on a fixed 2,000-image test subset (for monitoring 
 ``scripts/eval_cifar10.py`` measures the full test split).
 
 Every epoch writes ``<ckpt-dir>/last.pt`` atomically (model, optimiser, schedule, epoch,
-log), so a killed run loses at most one epoch: rerun with ``--resume``. The data order
-depends only on ``--seed`` and the epoch, so a resumed run sees the same batches.
+log); within an epoch, every ``--save-every`` steps, ``progress.pt`` holds the same plus the
+step, the running sums and the augmentation generator's state. A killed run rerun with
+``--resume`` continues from the later of the two and loses at most ``--save-every`` steps.
+The data order depends only on ``--seed`` and the epoch, so a resumed run sees the same
+batches and augmentations. ``--export`` only ever reads ``last.pt`` (an epoch's end).
 
     python scripts/train_cifar10.py --data ../shared/data/cifar10-jpeg.tar.gz \
         --ckpt-dir ~/.cache/gradloc-train --epochs 24 --resume
@@ -110,6 +113,10 @@ def main(argv=None) -> int:
                    help="bf16 autocast (default: on for CUDA, off for CPU)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from <ckpt-dir>/last.pt")
+    p.add_argument("--save-every", type=int, default=100,
+                   help="steps between mid-epoch progress checkpoints (0: only at epoch ends)")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="exit after this many steps in this invocation, checkpointed (for time-boxed runs)")
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch early (smoke tests)")
     p.add_argument("--limit-per-class", type=int, default=None, help="train on a subset (smoke tests)")
     p.add_argument("--export", type=Path, default=None,
@@ -120,6 +127,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     args.ckpt_dir.mkdir(parents=True, exist_ok=True)
     last = args.ckpt_dir / "last.pt"
+    progress = args.ckpt_dir / "progress.pt"  # mid-epoch state; belongs to the epoch after last.pt's
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = args.amp if args.amp is not None else device.type == "cuda"
 
@@ -156,9 +164,13 @@ def main(argv=None) -> int:
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
         pct_start=0.25, div_factor=20, final_div_factor=200)
-    start_epoch, log = 0, []
-    if args.resume and last.is_file():
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    start_epoch, start_step, running, log = 0, 0, None, []
+    if args.resume and (last.is_file() or progress.is_file()):
+        ckpt = torch.load(last, map_location="cpu", weights_only=True) if last.is_file() else None
+        if progress.is_file():
+            mid = torch.load(progress, map_location="cpu", weights_only=True)
+            if ckpt is None or mid["epoch"] == ckpt["epoch"]:  # else it is stale: an older epoch's
+                ckpt = mid
         saved = json.loads(ckpt["config"])
         changed = [k for k in ("epochs", "batch_size", "lr", "max_batches", "depth", "width", "limit_per_class")
                    if saved.get(k) != getattr(args, k)]
@@ -169,16 +181,34 @@ def main(argv=None) -> int:
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, log = ckpt["epoch"], json.loads(ckpt["log"])
-        print(f"resumed from {last} after epoch {start_epoch}", flush=True)
+        if "step" in ckpt:
+            start_step, running = ckpt["step"], ckpt["running"]
+            print(f"resumed from {progress} at epoch {start_epoch + 1}, step {start_step}", flush=True)
+        else:
+            print(f"resumed from {last} after epoch {start_epoch}", flush=True)
     cfg = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     print(f"config {json.dumps(cfg)} device {device} threads {torch.get_num_threads()}", flush=True)
 
+    def state(epoch: int) -> dict:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "epoch": epoch, "log": json.dumps(log), "config": json.dumps(cfg)}
+
+    steps_run = 0
     for epoch in range(start_epoch, args.epochs):
         model.train()
         gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
         order = torch.randperm(len(x_train), generator=gen)
         t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-        for step in range(steps_per_epoch):
+        first_step = 0
+        if running is not None:  # resuming mid-epoch: the generator state replays the same augmentations
+            gen.set_state(running["generator"])
+            first_step, seen, loss_sum, correct = start_step, running["seen"], running["loss_sum"], running["correct"]
+            t0 -= running["seconds"]
+            running = None
+        for step in range(first_step, steps_per_epoch):
+            if args.stop_after is not None and steps_run >= args.stop_after:
+                print(f"stopped after {steps_run} steps (--stop-after), at epoch {epoch + 1} step {step}", flush=True)
+                return 0
             idx = order[step * args.batch_size:(step + 1) * args.batch_size]
             xb = augment(train_inputs[idx], gen).to(device, non_blocking=True)
             yb = y_train[idx].to(device, non_blocking=True)
@@ -192,15 +222,21 @@ def main(argv=None) -> int:
             seen += len(idx)
             loss_sum += loss.item() * len(idx)
             correct += (out.argmax(1) == yb).sum().item()
+            steps_run += 1
+            done = step + 1
+            if done < steps_per_epoch and ((args.save_every and done % args.save_every == 0)
+                                           or steps_run == args.stop_after):
+                atomic_save({**state(epoch), "step": done, "running": {
+                    "generator": gen.get_state(), "seen": seen, "loss_sum": loss_sum, "correct": correct,
+                    "seconds": time.time() - t0}}, progress)
         test_acc = evaluate(model, test_inputs, y_test, device, amp=amp)
         entry = {"epoch": epoch + 1, "train_loss": round(loss_sum / seen, 4),
                  "train_acc": round(correct / seen, 4), "test2k_acc": round(test_acc, 4),
                  "lr": round(sched.get_last_lr()[0], 5), "seconds": round(time.time() - t0, 1)}
         log.append(entry)
         print(json.dumps(entry), flush=True)
-        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                     "log": json.dumps(log), "config": json.dumps(cfg)}, last)
+        atomic_save(state(epoch + 1), last)
+        progress.unlink(missing_ok=True)
     print(f"done: {args.epochs} epochs, total {sum(e['seconds'] for e in log) / 60:.1f} min", flush=True)
     return 0
 

@@ -38,3 +38,27 @@ def test_export_without_checkpoint_is_a_clear_error(tmp_path):
     res = run("--ckpt-dir", tmp_path / "empty", "--export", tmp_path / "w.pt")
     assert res.returncode != 0 and "no checkpoint to export" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "w.pt").exists()
+
+
+def test_interrupted_run_resumes_mid_epoch_exactly(tmp_path):
+    """Stopped twice mid-epoch and resumed, a run ends with the same weights and log as one that
+    was never interrupted: the progress checkpoint replays the batches and augmentations."""
+    data = shared_file("cifar10-jpeg.tar.gz")
+    common = ["--data", data, "--depth", 10, "--width", 1, "--epochs", 2, "--batch-size", 16,
+              "--max-batches", 4, "--limit-per-class", 8, "--threads", 1, "--save-every", 0]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert run(*common, "--ckpt-dir", whole).returncode == 0
+    first = run(*common, "--ckpt-dir", parts, "--stop-after", 2)
+    assert first.returncode == 0 and "at epoch 1 step 2" in first.stdout, first.stderr
+    assert (parts / "progress.pt").is_file() and not (parts / "last.pt").exists()
+    second = run(*common, "--ckpt-dir", parts, "--resume", "--stop-after", 3)  # crosses an epoch end
+    assert second.returncode == 0 and "at epoch 1, step 2" in second.stdout and "at epoch 2 step 1" in second.stdout
+    third = run(*common, "--ckpt-dir", parts, "--resume")
+    assert third.returncode == 0 and "at epoch 2, step 1" in third.stdout, third.stderr
+    assert not (parts / "progress.pt").exists()
+    a = torch.load(whole / "last.pt", weights_only=True)
+    b = torch.load(parts / "last.pt", weights_only=True)
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=0, atol=0)
+    drop_time = lambda log: [{k: v for k, v in e.items() if k != "seconds"} for e in json.loads(log)]  # noqa: E731
+    assert drop_time(a["log"]) == drop_time(b["log"])
