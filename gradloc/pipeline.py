@@ -19,7 +19,7 @@ from . import proposals as P
 from .model import CIFAR10_CLASSES, wide_resnet
 from .preprocess import DEFAULT_MAX_PIXELS, INPUT_SIZE, ImageInput, normalize, prepare
 from .saliency import make_method
-from .threshold import threshold
+from .threshold import DEFAULT_MASS_SHARE, threshold
 
 ClassSpec = Union[None, int, str, Sequence[Union[int, str]]]
 RESCORES = ("off", "crop")
@@ -114,6 +114,16 @@ class Options:
         if self.rescore == "off" or name != "mass":
             return [value]
         return self.ladder_shares() or [value]
+
+    def describe_threshold(self) -> str:
+        """The threshold stage in words, as the tables of BENCHMARKS.md print it."""
+        name, value = self.threshold_setting()
+        if self.rescore == "crop" and name == "mass":
+            return f"mass ladder {self.ladder} (best box of each rung), crop rescoring"
+        if name == "mass" and value is None:
+            value = DEFAULT_MASS_SHARE
+        text = f"top-{value}" if name == "top-n" else (f"{name} {value:g}" if value is not None else name)
+        return text + (", crop rescoring" if self.rescore == "crop" else "")
 
     def ladder_shares(self) -> list[float]:
         """The ladder's mass shares, parsed from ``"0.4,0.5,..."``."""

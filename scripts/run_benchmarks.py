@@ -30,22 +30,12 @@ from gradloc.report import replace_marked_block  # noqa: E402
 from gradloc import ProposalGenerator  # noqa: E402
 from gradloc.evaluate import run_evaluation  # noqa: E402
 from gradloc.multiscale import resolve_scales  # noqa: E402
-from gradloc.threshold import DEFAULT_MASS_SHARE  # noqa: E402
 from gradloc.model import default_weights_path, sha256_of  # noqa: E402
 from gradloc.report import per_class_table, results_table  # noqa: E402
 from gradloc.synthetic import make_synthetic  # noqa: E402
 
 BEGIN, END = "<!-- localisation:begin -->", "<!-- localisation:end -->"
 SECTIONS = ("dev", "synthetic", "large")
-
-
-def describe_threshold(o) -> str:
-    if o.rescore == "crop":
-        return f"{o.threshold} ladder {o.ladder} (best box of each rung), ranked by crop rescoring"
-    name, value = o.threshold_setting()
-    if name == "mass" and value is None:
-        value = DEFAULT_MASS_SHARE
-    return f"{name} {value:g}" if value is not None else name
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -98,7 +88,7 @@ def main() -> int:
     header = "\n".join([
         BEGIN, "",
         f"Weights: `{weights.name}` (sha256 `{sha256_of(weights)[:16]}...`). Settings: method "
-        f"`{gen.options.method}`, σ={gen.options.smooth_sigma:g}, {describe_threshold(gen.options)}, "
+        f"`{gen.options.method}`, σ={gen.options.smooth_sigma:g}, {gen.options.describe_threshold()}, "
         f"{gen.options.morph} {gen.options.kernel}x"
         f"{gen.options.kernel}{', +union box' if gen.options.union_box else ''}, component score "
         f"{gen.options.component_score}, NMS "

@@ -137,11 +137,7 @@ def describe(post: dict) -> str:
     if not post:
         return "CAM recipe (20% of max, largest component)"
     d = Options(**post)
-    th = f"top-{d.top_n}" if d.threshold == "top-n" else (
-        f"{d.threshold} {d.threshold_value}" if d.threshold_value is not None else d.threshold)
-    if d.rescore == "crop":
-        th = f"{d.threshold} ladder {d.ladder}, crop rescoring"
-    return f"σ={d.smooth_sigma:g}, {th}, {d.morph} {d.kernel}" + (", +union" if d.union_box else "")
+    return f"σ={d.smooth_sigma:g}, {d.describe_threshold()}, {d.morph} {d.kernel}" + (", +union" if d.union_box else "")
 
 
 def weights_label(weights: str) -> str:

@@ -78,3 +78,11 @@ def test_rescoring_needs_the_image(random_wrn):
         assert len(r["boxes"]) >= 1 and ((r["scores"] >= 0) & (r["scores"] <= 1)).all()
     batch = gen.run_batch(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), [(64, 64), (50, 80)])
     assert all(len(r["boxes"]) >= 1 for r in batch)  # no working image: the 32x32 view is cropped
+
+
+def test_describe_threshold_names_what_runs():
+    assert Options().describe_threshold() == "mass ladder 0.4,0.5,0.6,0.7 (best box of each rung), crop rescoring"
+    assert Options(rescore="off").describe_threshold() == "mass 0.5"
+    # no ladder outside the mass threshold: crop rescoring re-ranks that threshold's boxes
+    assert Options(threshold="top-n", top_n=250).describe_threshold() == "top-250, crop rescoring"
+    assert Options(threshold="otsu", rescore="off").describe_threshold() == "otsu"
