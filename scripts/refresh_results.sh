@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# After a training run: ship its weights and regenerate every number that depends on them.
+# Finish a training run, ship its weights and regenerate every number that depends on them.
 #
 #   bash scripts/refresh_results.sh [CKPT_DIR] [SHARED_DATA]
 #
+# 0. train, or resume the run in CKPT_DIR to its last epoch (nothing to do if it is finished);
 # 1. export the last checkpoint to weights/ (eval-mode state dict + sha256);
 # 2. evaluate it on the 10,000 CIFAR-10 test images (Markdown tables for weights/MODEL_CARD.md,
 #    written beside the checkpoint as eval.md / eval.json);
@@ -10,12 +11,18 @@
 # 4. redraw docs/panel.png, the README's example output.
 # The model card's prose and the README's quoted numbers are then updated by hand from these.
 set -euo pipefail
+# paths given are resolved before the cd below; the default data folder is the checkout's ../shared
+CKPT="$(realpath -m "${1:-$HOME/.cache/gradloc-train}")"
+SHARED="${2:+$(realpath -m "$2")}"
 cd "$(dirname "$0")/.."
-CKPT="${1:-$HOME/.cache/gradloc-train}"
-SHARED="${2:-../shared/data}"
+SHARED="${SHARED:-$(realpath -m ../shared/data)}"
+[ -f "$SHARED/cifar10-jpeg.tar.gz" ] || { echo "error: no cifar10-jpeg.tar.gz in $SHARED" >&2; exit 1; }
+mkdir -p "$CKPT"
 LOG="$CKPT/refresh.log"
 step() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
 
+step train
+python scripts/train_cifar10.py --data "$SHARED/cifar10-jpeg.tar.gz" --ckpt-dir "$CKPT" --resume >> "$CKPT/train.log" 2>&1
 step export
 python scripts/train_cifar10.py --ckpt-dir "$CKPT" --export weights/wrn16-4_cifar10.pt | tee -a "$LOG"
 step evaluate on the CIFAR-10 test split
