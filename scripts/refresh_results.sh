@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Finish a training run, ship its weights and regenerate every number that depends on them.
 #
-#   bash scripts/refresh_results.sh [CKPT_DIR] [SHARED_DATA]
+#   bash scripts/refresh_results.sh [CKPT_DIR] [SHARED_DATA]      # SWEEP=0: skip the sweep
 #
 # 0. train, or resume the run in CKPT_DIR to its last epoch (nothing to do if it is finished);
 # 1. export the last checkpoint to weights/ (eval-mode state dict + sha256);
@@ -31,9 +31,11 @@ python scripts/eval_cifar10.py --data "$SHARED/cifar10-jpeg.tar.gz" --markdown -
 head -3 "$CKPT/eval.md" | tee -a "$LOG"
 step localisation benchmarks
 python scripts/run_benchmarks.py --shared "$SHARED" --large-n 100 --write BENCHMARKS.md >> "$LOG" 2>&1
-step sweep
-python scripts/sweep.py --shared "$SHARED" --methods "gradient,gradient-positive,grad-x-input,layer block2" \
-    --write BENCHMARKS.md >> "$LOG" 2>&1
+if [ "${SWEEP:-1}" != 0 ]; then  # SWEEP=0 skips it (the longest step after training)
+    step sweep
+    python scripts/sweep.py --shared "$SHARED" --methods "gradient,gradient-positive,grad-x-input,layer block2" \
+        --write BENCHMARKS.md >> "$LOG" 2>&1
+fi
 step panel
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
