@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gradloc.cifar import load_cifar10  # noqa: E402
-from gradloc.model import CIFAR10_MEAN, CIFAR10_STD, WideResNet, sha256_of  # noqa: E402
+from gradloc.model import (CIFAR10_MEAN, CIFAR10_STD, WeightsError, WideResNet,  # noqa: E402
+                           load_weights, sha256_of)
 
 
 def cached_split(data: Path, split: str, cache: Path,
@@ -112,6 +113,9 @@ def main(argv=None) -> int:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for CUDA, off for CPU)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these weights (an exported state dict) with a fresh schedule: "
+                        "a second one-cycle from a trained model")
     p.add_argument("--resume", action="store_true", help="continue from <ckpt-dir>/last.pt")
     p.add_argument("--save-every", type=int, default=100,
                    help="steps between mid-epoch progress checkpoints (0: only at epoch ends)")
@@ -133,6 +137,12 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     model = WideResNet(args.depth, args.width).to(device).to(memory_format=torch.channels_last)
+    resuming = args.resume and (last.is_file() or progress.is_file())
+    if args.init and not args.export and not resuming:  # a resumed run takes its weights from the checkpoint
+        try:
+            load_weights(model, args.init)  # checks its .sha256 when one lies beside it
+        except WeightsError as err:
+            sys.exit(f"error: cannot start from {args.init}: {err}")
 
     if args.export:
         if not last.is_file():
@@ -165,15 +175,16 @@ def main(argv=None) -> int:
         opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
         pct_start=0.25, div_factor=20, final_div_factor=200)
     start_epoch, start_step, running, log = 0, 0, None, []
-    if args.resume and (last.is_file() or progress.is_file()):
+    if resuming:
         ckpt = torch.load(last, map_location="cpu", weights_only=True) if last.is_file() else None
         if progress.is_file():
             mid = torch.load(progress, map_location="cpu", weights_only=True)
             if ckpt is None or mid["epoch"] == ckpt["epoch"]:  # else it is stale: an older epoch's
                 ckpt = mid
         saved = json.loads(ckpt["config"])
-        changed = [k for k in ("epochs", "batch_size", "lr", "max_batches", "depth", "width", "limit_per_class")
-                   if saved.get(k) != getattr(args, k)]
+        changed = [k for k in ("epochs", "batch_size", "lr", "max_batches", "depth", "width", "limit_per_class",
+                                 "init", "seed")
+                   if saved.get(k) != (str(v) if isinstance(v := getattr(args, k), Path) else v)]
         if changed:
             sys.exit(f"cannot resume {last}: it was trained with different "
                      + ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in changed))

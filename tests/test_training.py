@@ -62,3 +62,24 @@ def test_interrupted_run_resumes_mid_epoch_exactly(tmp_path):
         torch.testing.assert_close(b["model"][k], v, rtol=0, atol=0)
     drop_time = lambda log: [{k: v for k, v in e.items() if k != "seconds"} for e in json.loads(log)]  # noqa: E731
     assert drop_time(a["log"]) == drop_time(b["log"])
+
+
+def test_second_cycle_starts_from_given_weights(tmp_path):
+    """--init loads an exported file before training: with a zero learning rate the weights stay
+    exactly those given; a missing or wrong-architecture file is a clear error, not a traceback."""
+    data = shared_file("cifar10-jpeg.tar.gz")
+    start = tmp_path / "start.pt"
+    torch.manual_seed(5)
+    torch.save(wide_resnet(10, 1, weights=None).state_dict(), start)
+    common = ["--data", data, "--depth", 10, "--width", 1, "--epochs", 1, "--batch-size", 16,
+              "--max-batches", 1, "--limit-per-class", 2]
+    res = run(*common, "--ckpt-dir", tmp_path / "a", "--init", start, "--lr", 0)
+    assert res.returncode == 0, res.stderr
+    trained = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    given = torch.load(start, weights_only=True)
+    assert all(torch.equal(trained[k], given[k]) for k in given if "running" not in k and "num_batches" not in k)
+    resumed = run(*common, "--ckpt-dir", tmp_path / "a", "--init", tmp_path / "other.pt", "--lr", 0, "--resume")
+    assert resumed.returncode != 0 and "different --init" in resumed.stderr
+    for bad in (tmp_path / "missing.pt", start):
+        res = run(*common[:2], "--depth", 16, "--width", 2, "--ckpt-dir", tmp_path / "b", "--init", bad)
+        assert res.returncode != 0 and "cannot start from" in res.stderr and "Traceback" not in res.stderr
