@@ -4,8 +4,9 @@
 Recipe: per-sample random crop (4-pixel reflect padding) and horizontal flip, SGD with
 Nesterov momentum and weight decay, a one-cycle learning-rate schedule stepped per
 batch, label smoothing. channels_last everywhere; CUDA when present, with bf16 autocast
-there by default. On CPU bf16 is opt-in (``--amp``): it pays only on processors with
-native bf16 (AVX-512 BF16/AMX); on an AVX2-only machine it was 20x slower than fp32.
+there by default. On CPU bf16 is on by default only where the processor has native bf16
+(AVX-512 BF16 or AMX, read from /proc/cpuinfo): there an epoch of WRN-16-4 took 5.7 minutes on
+2 cores, while on an AVX2-only machine bf16 was 20x slower than fp32 (22 minutes an epoch).
 Each epoch logs the accuracy on a fixed 2,000-image test subset (for monitoring only;
 ``scripts/eval_cifar10.py`` measures the full test split).
 
@@ -91,6 +92,15 @@ def evaluate(model, x, y, device, batch=1000, amp=True):
     return correct / len(x)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU advertises AVX-512 BF16 or AMX-BF16 (Linux; False when unknown)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -111,7 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on for CUDA, off for CPU)")
+                   help="bf16 autocast (default: on for CUDA and for CPUs with native bf16)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--init", type=Path, default=None,
                    help="start from these weights (an exported state dict) with a fresh schedule: "
@@ -133,7 +143,7 @@ def main(argv=None) -> int:
     last = args.ckpt_dir / "last.pt"
     progress = args.ckpt_dir / "progress.pt"  # mid-epoch state; belongs to the epoch after last.pt's
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = args.amp if args.amp is not None else device.type == "cuda"
+    amp = args.amp if args.amp is not None else (device.type == "cuda" or cpu_has_native_bf16())
 
     torch.manual_seed(args.seed)
     model = WideResNet(args.depth, args.width).to(device).to(memory_format=torch.channels_last)
