@@ -62,7 +62,8 @@ def main() -> int:
     p.add_argument("--shared", type=Path, default=Path("../shared/data"))
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "gradloc-bench")
     p.add_argument("--weights", default="default")
-    p.add_argument("--dev-limit", type=int, default=None, help="first N dev images only")
+    p.add_argument("--dev-limit", type=int, default=None,
+                   help="N random dev images (seed 0) instead of all: the file is sorted by class")
     p.add_argument("--synthetic-n", type=int, default=1000)
     p.add_argument("--large-n", type=int, default=200, help="large canvases for the multi-scale table (0: skip)")
     p.add_argument("--dev-multiscale-n", type=int, default=1000,
@@ -103,10 +104,12 @@ def main() -> int:
         dev = extract_dev(args.shared, args.cache)
         t0 = time.time()
         res = run_evaluation(dev / "annotations.json", args.cache / "report-dev", images_dir=dev / "images",
-                             gen=gen, workers=args.workers, limit=args.dev_limit)
+                             gen=gen, workers=args.workers, limit=args.dev_limit,
+                             sample_seed=0 if args.dev_limit else None)
         n_dev = args.dev_limit or 12000
         blocks["dev"] = section(
-            f"Real dev benchmark: Tiny ImageNet → CIFAR-10 ({n_dev} photographs, 64x64, human boxes)",
+            f"Real dev benchmark: Tiny ImageNet → CIFAR-10 ({n_dev}{' random' if args.dev_limit else ''} "
+            "photographs, 64x64, human boxes)",
             "Boxes cover ~58% of the image on average, so centred and whole-image boxes are strong here.",
             res, {"method + Grad-CAM + baselines": time.time() - t0}, n_dev)
 
