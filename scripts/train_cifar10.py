@@ -185,6 +185,7 @@ def main(argv=None) -> int:
         opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
         pct_start=0.25, div_factor=20, final_div_factor=200)
     start_epoch, start_step, running, log = 0, 0, None, []
+    cfg = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}  # as saved, JSON-ready
     if resuming:
         ckpt = torch.load(last, map_location="cpu", weights_only=True) if last.is_file() else None
         if progress.is_file():
@@ -194,7 +195,7 @@ def main(argv=None) -> int:
         saved = json.loads(ckpt["config"])
         changed = [k for k in ("epochs", "batch_size", "lr", "max_batches", "depth", "width", "limit_per_class",
                                  "init", "seed")
-                   if saved.get(k) != (str(v) if isinstance(v := getattr(args, k), Path) else v)]
+                   if saved.get(k) != cfg[k]]
         if changed:
             sys.exit(f"cannot resume {last}: it was trained with different "
                      + ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in changed))
@@ -207,7 +208,6 @@ def main(argv=None) -> int:
             print(f"resumed from {progress} at epoch {start_epoch + 1}, step {start_step}", flush=True)
         else:
             print(f"resumed from {last} after epoch {start_epoch}", flush=True)
-    cfg = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     print(f"config {json.dumps(cfg)} device {device} threads {torch.get_num_threads()}", flush=True)
 
     def state(epoch: int) -> dict:
