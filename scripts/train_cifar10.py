@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Train gradloc's wide ResNet on CIFAR-10 (train split only), reproducibly.
 
-Recipe: per-sample random crop (4-pixel reflect padding) and horizontal flip, SGD with
+Recipe: per-sample random crop (4-pixel reflect padding) and horizontal flip (optionally
+cutout), SGD with
 Nesterov momentum and weight decay, a one-cycle learning-rate schedule stepped per
 batch, label smoothing. channels_last everywhere; CUDA when present, with bf16 autocast
 there by default. On CPU bf16 is on by default only where the processor has native bf16
@@ -65,8 +66,13 @@ def normalise(x_uint8_nhwc: torch.Tensor) -> torch.Tensor:
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with reflect padding and random horizontal flip, per sample. x: [B,3,H,W]."""
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4, cutout: int = 0) -> torch.Tensor:
+    """Random crop with reflect padding and random horizontal flip, per sample. x: [B,3,H,W].
+
+    ``cutout > 0`` then zeroes (the mean colour, as x is normalised) one ``cutout`` x ``cutout``
+    square per sample whose centre is uniform over the image, so it may be clipped at the border
+    (DeVries & Taylor 2017).
+    """
     b, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
@@ -77,6 +83,14 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor
                  rows, cols]
     flip = torch.rand(b, generator=gen) < 0.5
     out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    if cutout > 0:  # drawn after the flip, so runs without cutout keep their exact augmentations
+        cy = torch.randint(0, h, (b,), generator=gen)
+        cx = torch.randint(0, w, (b,), generator=gen)
+        top, left = cy - cutout // 2, cx - cutout // 2
+        in_rows = (torch.arange(h)[None, :] >= top[:, None]) & (torch.arange(h)[None, :] < (top + cutout)[:, None])
+        in_cols = (torch.arange(w)[None, :] >= left[:, None]) & (torch.arange(w)[None, :] < (left + cutout)[:, None])
+        hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+        out = out.masked_fill(hole, 0.0)
     return out.contiguous(memory_format=torch.channels_last)
 
 
@@ -119,6 +133,8 @@ def main(argv=None) -> int:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--cutout", type=int, default=0,
+                   help="side of the square cut out of each training image (0: none; DeVries & Taylor used 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for CUDA and for CPUs with native bf16)")
@@ -194,8 +210,8 @@ def main(argv=None) -> int:
                 ckpt = mid
         saved = json.loads(ckpt["config"])
         changed = [k for k in ("epochs", "batch_size", "lr", "max_batches", "depth", "width", "limit_per_class",
-                                 "init", "seed")
-                   if saved.get(k) != cfg[k]]
+                                 "init", "seed", "cutout")
+                   if saved.get(k, {"cutout": 0}.get(k)) != cfg[k]]  # checkpoints older than --cutout had none
         if changed:
             sys.exit(f"cannot resume {last}: it was trained with different "
                      + ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in changed))
@@ -231,7 +247,7 @@ def main(argv=None) -> int:
                 print(f"stopped after {steps_run} steps (--stop-after), at epoch {epoch + 1} step {step}", flush=True)
                 return 0
             idx = order[step * args.batch_size:(step + 1) * args.batch_size]
-            xb = augment(train_inputs[idx], gen).to(device, non_blocking=True)
+            xb = augment(train_inputs[idx], gen, cutout=args.cutout).to(device, non_blocking=True)
             yb = y_train[idx].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = model(xb)

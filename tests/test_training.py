@@ -83,3 +83,23 @@ def test_second_cycle_starts_from_given_weights(tmp_path):
     for bad in (tmp_path / "missing.pt", start):
         res = run(*common[:2], "--depth", 16, "--width", 2, "--ckpt-dir", tmp_path / "b", "--init", bad)
         assert res.returncode != 0 and "cannot start from" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cutout_zeroes_one_clipped_square_per_image_and_leaves_other_runs_unchanged():
+    """--cutout N blanks one N x N square (clipped at the border) per image; with 0 the
+    augmentations are exactly those of runs made before the option existed."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_cifar10", ROOT / "scripts" / "train_cifar10.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    x = torch.randn(256, 3, 32, 32) + 10  # no zeros anywhere before cutout
+    plain = train.augment(x, torch.Generator().manual_seed(4))
+    assert torch.equal(plain, train.augment(x, torch.Generator().manual_seed(4), cutout=0))
+    cut = train.augment(x, torch.Generator().manual_seed(4), cutout=12)
+    holes = cut == 0
+    assert torch.equal(holes.all(1), holes.any(1))  # the same pixels in every channel
+    area = holes[:, 0].sum((1, 2))
+    assert area.max() == 144 and area.min() >= 36 and (area < 144).any()  # full squares and clipped ones
+    rows, cols = holes[:, 0].any(2), holes[:, 0].any(1)
+    assert torch.equal(area, rows.sum(1) * cols.sum(1))  # each hole is one axis-aligned rectangle
+    assert torch.equal(cut[~holes], plain[~holes])  # the rest is the plain augmentation
