@@ -42,9 +42,10 @@ _HELP = {
     "box_padding": "grow each box by this fraction of its size per side",
     "nms_iou": "IoU of torchvision NMS between proposals of one class map",
     "top_k": "proposals kept per class map (default: 5)",
-    "rescore": "crop (default): rank boxes by the class probability of their own crop (one extra forward "
-               "pass); with --threshold mass, one box per --ladder rung; off: by component score",
-    "ladder": "mass shares tried with --rescore crop, comma-separated (default: 0.4,0.5,0.6,0.7)",
+    "rescore": "crop: rank boxes by the class probability of their own crop (one extra forward pass); "
+               "crop-delete: that minus the class probability of the image with the box blanked (two passes); "
+               "with --threshold mass, one box per --ladder rung; off: by component score (default: %(default)s)",
+    "ladder": "mass shares tried when rescoring, comma-separated (default: %(default)s)",
     "scales": "multi-scale windows: auto (on when the shorter side >= 160 px), off, or e.g. 1,2,3",
     "max_windows": "multi-scale: at most this many windows scored per image (finest scales dropped first)",
     "windows": "multi-scale: windows per (image, class) that get gradients, best-supported first (default: 8)",

@@ -15,6 +15,7 @@ Boxes here are float xyxy in working-grid pixels unless stated.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,26 @@ def crop_windows(image: Tensor, boxes: Tensor, size: int = 32) -> Tensor:
         crops.append(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
                                    align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[0])
     return torch.stack(crops)
+
+
+def blank_boxes(image: Tensor, boxes: Tensor, fill: Sequence[float]) -> Tensor:
+    """Copies of ``uint8 [3, H, W]``, one per box ``[K, 4]`` (float xyxy, pixel edges), with
+    the box filled by the colour ``fill`` (3 values, 0-255). A pixel the box covers in part is
+    blended by the covered fraction, so a box keeps its exact size on a coarse grid.
+
+    Returns ``uint8 [K, 3, H, W]``.
+    """
+    h, w = image.shape[-2:]
+    b = boxes.float()
+
+    def covered(lo: Tensor, hi: Tensor, n: int) -> Tensor:  # [K, n]: share of pixel [j, j+1) in [lo, hi)
+        j = torch.arange(n, dtype=torch.float32)
+        return (torch.minimum(hi[:, None], j + 1) - torch.maximum(lo[:, None], j)).clamp(0, 1)
+
+    cover = (covered(b[:, 1], b[:, 3], h)[:, :, None] * covered(b[:, 0], b[:, 2], w)[:, None, :])[:, None]
+    colour = torch.tensor(list(fill), dtype=torch.float32).view(1, 3, 1, 1)
+    out = image.float()[None] * (1 - cover) + colour * cover
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def work_size(height: int, width: int, max_side: int = WORK_MAX_SIDE) -> tuple[int, int]:

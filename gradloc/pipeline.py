@@ -16,13 +16,14 @@ from torchvision.transforms.v2.functional import gaussian_blur
 
 from . import multiscale as M
 from . import proposals as P
-from .model import CIFAR10_CLASSES, wide_resnet
+from .model import CIFAR10_CLASSES, CIFAR10_MEAN, wide_resnet
 from .preprocess import DEFAULT_MAX_PIXELS, INPUT_SIZE, ImageInput, normalize, prepare
 from .saliency import make_method
 from .threshold import DEFAULT_MASS_SHARE, threshold
 
 ClassSpec = Union[None, int, str, Sequence[Union[int, str]]]
-RESCORES = ("off", "crop")
+RESCORES = ("off", "crop", "crop-delete")
+MEAN_COLOUR = tuple(255 * m for m in CIFAR10_MEAN)  # what normalises to zero: no evidence
 
 
 @dataclass
@@ -118,12 +119,13 @@ class Options:
     def describe_threshold(self) -> str:
         """The threshold stage in words, as the tables of BENCHMARKS.md print it."""
         name, value = self.threshold_setting()
-        if self.rescore == "crop" and name == "mass":
-            return f"mass ladder {self.ladder} (best box of each rung), crop rescoring"
+        how = {"crop": "crop rescoring", "crop-delete": "crop-minus-deletion rescoring"}.get(self.rescore)
+        if how and name == "mass":
+            return f"mass ladder {self.ladder} (best box of each rung), {how}"
         if name == "mass" and value is None:
             value = DEFAULT_MASS_SHARE
         text = f"top-{value}" if name == "top-n" else (f"{name} {value:g}" if value is not None else name)
-        return text + (", crop rescoring" if self.rescore == "crop" else "")
+        return text + (f", {how}" if how else "")
 
     def ladder_shares(self) -> list[float]:
         """The ladder's mass shares, parsed from ``"0.4,0.5,..."``."""
@@ -242,7 +244,7 @@ class ProposalGenerator:
     def keeps_work(self) -> bool:
         """Whether every image must be kept at working resolution (crop rescoring cuts
         proposals out of it), not only the multi-scale ones."""
-        return self.options.box_recipe().rescore == "crop"
+        return self.options.box_recipe().rescore != "off"
 
     # -- the stages on a ready batch ------------------------------------------------------
 
@@ -358,6 +360,34 @@ class ProposalGenerator:
         probs = iter(self._window_probs(torch.cat(crops)).split([len(b) for b in boxes if len(b)]))
         return [next(probs)[:, int(c)] if len(b) else torch.zeros(0) for b, c in zip(boxes, classes)]
 
+    def deletion_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor],
+                        classes: Sequence[int]) -> list[Tensor]:
+        """Class probability of each whole image with the box filled by the mean colour, i.e.
+        the evidence left outside the box, seen at 32x32 like the image itself. Arguments and
+        result as for :meth:`crop_scores`; all filled images in one batched forward pass."""
+        filled = []
+        for img, b in zip(images, boxes):
+            if len(b):
+                h, w = img.shape[-2:]
+                thumb = M.crop_windows(img, torch.tensor([[0.0, 0.0, w, h]]), INPUT_SIZE)[0]
+                scale = torch.tensor([INPUT_SIZE / w, INPUT_SIZE / h] * 2)
+                filled.append(M.blank_boxes(thumb, b.float() * scale, MEAN_COLOUR))
+        if not filled:
+            return [torch.zeros(0) for _ in boxes]
+        probs = iter(self._window_probs(torch.cat(filled)).split([len(b) for b in boxes if len(b)]))
+        return [next(probs)[:, int(c)] if len(b) else torch.zeros(0) for b, c in zip(boxes, classes)]
+
+    def box_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int],
+                   rescore: str) -> list[Tensor]:
+        """Rescoring of each box (arguments as for :meth:`crop_scores`). ``crop``: its crop's
+        class probability. ``crop-delete``: that minus the class probability of the image with
+        the box blanked, so a box must both hold the evidence and leave little of it outside;
+        a part of an object (a head) scores high on the first alone, not on both."""
+        kept = self.crop_scores(images, boxes, classes)
+        if rescore == "crop":
+            return kept
+        return [k - d for k, d in zip(kept, self.deletion_scores(images, boxes, classes))]
+
     def proposals_from_maps(self, maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,
                             sizes: Sequence[tuple[int, int]],
                             work: Sequence[Tensor | None] | None = None) -> list[dict]:
@@ -376,12 +406,12 @@ class ProposalGenerator:
             b, sc = self.boxes_from_mask(smoothed[r], masks[:, r], o)
             boxes.append(P.scale_boxes(P.pad_boxes(b, o.box_padding), smoothed[r].shape, sizes[i]))
             scores.append(sc * probs[i, c])
-        if o.rescore == "crop":
+        if o.rescore != "off":
             if work is None or any(work[int(i)] is None for i in row_image):
                 raise ValueError("crop rescoring needs each image at working resolution (prepare(keep_work=True))")
             images = [work[int(i)] for i in row_image]
             in_work = [P.scale_boxes(b, sizes[int(i)], img.shape[-2:]) for b, i, img in zip(boxes, row_image, images)]
-            scores = self.crop_scores(images, in_work, row_class.tolist())
+            scores = self.box_scores(images, in_work, row_class.tolist(), o.rescore)
             boxes, scores = zip(*(P.rank(b, s, o.nms_iou, o.top_k) for b, s in zip(boxes, scores)))
         results = [empty_result() for _ in sizes]
         shown = (len(masks) - 1) // 2  # with a ladder, the middle rung's mask (the lower of two) is returned
@@ -429,8 +459,8 @@ class ProposalGenerator:
                 scores.append(sc * p)
             row_boxes.append(torch.cat(boxes))  # working-image pixels
             row_scores.append(torch.cat(scores))
-        if o.rescore == "crop":
-            row_scores = self.crop_scores([work[int(i)] for i in row_image], row_boxes, row_class.tolist())
+        if o.rescore != "off":
+            row_scores = self.box_scores([work[int(i)] for i in row_image], row_boxes, row_class.tolist(), o.rescore)
         results = [empty_result() for _ in sizes]
         for r, (m_r, k_r, p_r, pick) in enumerate(zip(smoothed.split(counts), masks[shown].split(counts),
                                                       win_probs.split(counts), picks)):

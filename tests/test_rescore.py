@@ -86,3 +86,39 @@ def test_describe_threshold_names_what_runs():
     # no ladder outside the mass threshold: crop rescoring re-ranks that threshold's boxes
     assert Options(threshold="top-n", top_n=250).describe_threshold() == "top-250, crop rescoring"
     assert Options(threshold="otsu", rescore="off").describe_threshold() == "otsu"
+
+
+def test_blank_boxes_fills_covered_pixels_and_blends_partly_covered_ones():
+    from gradloc.multiscale import blank_boxes
+    image = torch.full((3, 8, 8), 200, dtype=torch.uint8)
+    out = blank_boxes(image, torch.tensor([[2.0, 1, 4, 3], [5.5, 0, 8, 8]]), (0, 100, 50))
+    assert out.shape == (2, 3, 8, 8)
+    assert out[0, :, 1:3, 2:4].flatten(1).tolist() == [[0] * 4, [100] * 4, [50] * 4]
+    untouched = torch.ones(8, 8, dtype=torch.bool)
+    untouched[1:3, 2:4] = False
+    assert (out[0][:, untouched] == 200).all()
+    assert out[1, :, :, 5].tolist() == [[100] * 8, [150] * 8, [125] * 8]  # half of column 5 covered
+    assert out[1, :, :, 6:].unique().tolist() == [0, 50, 100] and (out[1, :, :, :5] == 200).all()
+
+
+def test_crop_minus_deletion_prefers_the_whole_object_to_a_part_of_it():
+    """A part of a red square is as red as the whole, so its crop scores as high; blanking the
+    part leaves red outside it, blanking the whole square leaves none. crop-delete sees that."""
+    maps = torch.zeros(1, 32, 32)
+    maps[0, 8:24, 8:24] = 1.0   # the whole square, dim
+    maps[0, 8:12, 8:12] = 20.0  # its top-left corner, bright: 320 / 560 = 57% of the mass
+    image = torch.full((3, 64, 64), 128, dtype=torch.uint8)
+    image[:, 16:48, 16:48] = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)
+    part, whole = torch.tensor([[16.0, 16, 24, 24]]), torch.tensor([[16.0, 16, 48, 48]])
+    kw = dict(ladder="0.55,1", smooth_sigma=0, kernel=1, union_box=False)
+    args = (maps, torch.tensor([0]), torch.tensor([3]), torch.ones(1, 10), [(64, 64)], [image])
+    gen = ProposalGenerator(RedDetector(), device="cpu", rescore="crop-delete", **kw)
+    res = gen.proposals_from_maps(*args)[0]
+    assert len(res["boxes"]) == 2 and box_iou(res["boxes"][:1], whole).item() > 0.9
+    assert box_iou(res["boxes"][1:], part).item() > 0.9
+    # The score is the crop's class probability minus the blanked image's.
+    crop = gen.crop_scores([image], [res["boxes"]], [3])[0]
+    blanked = gen.deletion_scores([image], [res["boxes"]], [3])[0]
+    torch.testing.assert_close(res["scores"], crop - blanked)
+    assert blanked[0] < 0.2 < blanked[1] and float(crop[0]) == pytest.approx(float(crop[1]), abs=0.02)
+    assert Options(rescore="crop-delete").describe_threshold().endswith("crop-minus-deletion rescoring")
