@@ -360,13 +360,15 @@ class ProposalGenerator:
         probs = iter(self._window_probs(torch.cat(crops)).split([len(b) for b in boxes if len(b)]))
         return [next(probs)[:, int(c)] if len(b) else torch.zeros(0) for b, c in zip(boxes, classes)]
 
-    def deletion_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor],
-                        classes: Sequence[int]) -> list[Tensor]:
+    def deletion_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int],
+                        blanked: Sequence[Tensor] | None = None) -> list[Tensor]:
         """Class probability of each whole image with the box filled by the mean colour, i.e.
         the evidence left outside the box, seen at 32x32 like the image itself. Arguments and
-        result as for :meth:`crop_scores`; all filled images in one batched forward pass."""
-        filled = []
-        for img, b in zip(images, boxes):
+        result as for :meth:`crop_scores`; all filled images in one batched forward pass.
+        ``blanked``: instead, per row, the blanked 32x32 inputs ``uint8 [K_j, 3, 32, 32]`` to
+        score (multi-scale blanks each box in the window it came from)."""
+        filled = [v for v in blanked if len(v)] if blanked is not None else []
+        for img, b in zip(images, boxes) if blanked is None else ():
             if len(b):
                 h, w = img.shape[-2:]
                 thumb = M.crop_windows(img, torch.tensor([[0.0, 0.0, w, h]]), INPUT_SIZE)[0]
@@ -378,7 +380,7 @@ class ProposalGenerator:
         return [next(probs)[:, int(c)] if len(b) else torch.zeros(0) for b, c in zip(boxes, classes)]
 
     def box_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int],
-                   rescore: str) -> list[Tensor]:
+                   rescore: str, blanked: Sequence[Tensor] | None = None) -> list[Tensor]:
         """Rescoring of each box (arguments as for :meth:`crop_scores`). ``crop``: its crop's
         class probability. ``crop-delete``: that minus the class probability of the image with
         the box blanked, so a box must both hold the evidence and leave little of it outside;
@@ -386,7 +388,7 @@ class ProposalGenerator:
         kept = self.crop_scores(images, boxes, classes)
         if rescore == "crop":
             return kept
-        return [k - d for k, d in zip(kept, self.deletion_scores(images, boxes, classes))]
+        return [k - d for k, d in zip(kept, self.deletion_scores(images, boxes, classes, blanked))]
 
     def proposals_from_maps(self, maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,
                             sizes: Sequence[tuple[int, int]],
@@ -448,19 +450,24 @@ class ProposalGenerator:
         o = self.options.box_recipe()
         smoothed, masks = self.smooth_and_threshold(win_maps, o)
         shown = (len(masks) - 1) // 2
-        row_boxes, row_scores = [], []
+        row_boxes, row_scores, row_blanked = [], [], []
         for r, (m_r, k_r, p_r, pick) in enumerate(zip(smoothed.split(counts), masks.split(counts, 1),
                                                       win_probs.split(counts), picks)):
             i = int(row_image[r])
-            boxes, scores = [], []
-            for m, mask, p, window in zip(m_r, k_r.unbind(1), p_r, windows[i][pick]):
+            boxes, scores, blanked = [], [], []
+            for m, mask, p, window, view in zip(m_r, k_r.unbind(1), p_r, windows[i][pick], crops[i][pick]):
                 b, sc = self.boxes_from_mask(m, mask, o)
-                boxes.append(M.boxes_to_image(P.pad_boxes(b, o.box_padding), window, INPUT_SIZE))
+                b = P.pad_boxes(b, o.box_padding)
+                boxes.append(M.boxes_to_image(b, window, INPUT_SIZE))
                 scores.append(sc * p)
+                if o.rescore == "crop-delete":  # blanked in its own window: in the whole image a small box would vanish
+                    blanked.append(M.blank_boxes(view, b, MEAN_COLOUR))
             row_boxes.append(torch.cat(boxes))  # working-image pixels
             row_scores.append(torch.cat(scores))
+            row_blanked.append(torch.cat(blanked) if blanked else None)
         if o.rescore != "off":
-            row_scores = self.box_scores([work[int(i)] for i in row_image], row_boxes, row_class.tolist(), o.rescore)
+            row_scores = self.box_scores([work[int(i)] for i in row_image], row_boxes, row_class.tolist(), o.rescore,
+                                         row_blanked if o.rescore == "crop-delete" else None)
         results = [empty_result() for _ in sizes]
         for r, (m_r, k_r, p_r, pick) in enumerate(zip(smoothed.split(counts), masks[shown].split(counts),
                                                       win_probs.split(counts), picks)):

@@ -122,3 +122,25 @@ def test_crop_minus_deletion_prefers_the_whole_object_to_a_part_of_it():
     torch.testing.assert_close(res["scores"], crop - blanked)
     assert blanked[0] < 0.2 < blanked[1] and float(crop[0]) == pytest.approx(float(crop[1]), abs=0.02)
     assert Options(rescore="crop-delete").describe_threshold().endswith("crop-minus-deletion rescoring")
+
+
+def test_crop_minus_deletion_on_large_images_blanks_each_box_in_its_own_window():
+    """Multi-scale: a 40 px square on a 384 px canvas is found, and its score shows that blanking
+    it in its window removed the evidence (in the whole canvas' 32x32 view it would barely show)."""
+    import numpy as np
+    canvas = np.full((384, 384, 3), 128, np.uint8)
+    canvas[300:340, 40:80] = (230, 20, 20)
+    gen = ProposalGenerator(RedDetector(), device="cpu", batch_size=32, windows=4, smooth_sigma=0,
+                            threshold="fraction", threshold_value=0.5, rescore="crop-delete")
+    seen = []
+    deletion = gen.deletion_scores
+    gen.deletion_scores = lambda *a: seen.append(a[3]) or deletion(*a)
+    out = gen(canvas, classes="cat")[0]
+    assert box_iou(out["boxes"][:1], torch.tensor([[40.0, 300.0, 80.0, 340.0]])).item() > 0.7
+    (blanked,), = seen  # one row, its boxes blanked in 32x32 window views, not in the canvas
+    assert blanked.shape[1:] == (3, 32, 32) and len(blanked) >= 4
+    from gradloc.pipeline import MEAN_COLOUR
+    fill = torch.tensor([round(v) for v in MEAN_COLOUR], dtype=torch.uint8).view(3, 1, 1)
+    assert all((v == fill).all(0).sum() >= 4 for v in blanked)  # each view has a blanked box (>= 2x2 cells)
+    crop = gen.crop_scores([torch.from_numpy(canvas).permute(2, 0, 1)], [out["boxes"][:1]], [3])[0]
+    assert out["scores"][0] > 0.5 * crop[0] > 0.2  # the blanked window keeps little of the class
