@@ -354,41 +354,49 @@ class ProposalGenerator:
         """Class probability of each box's own crop: ``images[j]`` ``uint8 [3, h, w]``, its
         ``boxes[j]`` ``[K_j, 4]`` (xyxy in that image's pixels) and class -> ``[K_j]`` each,
         all crops in one batched forward pass."""
-        crops = [M.crop_windows(img, P.clip_nonempty(b, img.shape[-2:])) for img, b in zip(images, boxes) if len(b)]
-        if not crops:
-            return [torch.zeros(0) for _ in boxes]
-        probs = iter(self._window_probs(torch.cat(crops)).split([len(b) for b in boxes if len(b)]))
-        return [next(probs)[:, int(c)] if len(b) else torch.zeros(0) for b, c in zip(boxes, classes)]
+        return self._class_probs([M.crop_windows(img, P.clip_nonempty(b, img.shape[-2:])) if len(b) else b
+                                  for img, b in zip(images, boxes)], classes)
 
-    def deletion_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int],
-                        blanked: Sequence[Tensor] | None = None) -> list[Tensor]:
-        """Class probability of each whole image with the box filled by the mean colour, i.e.
-        the evidence left outside the box, seen at 32x32 like the image itself. Arguments and
-        result as for :meth:`crop_scores`; all filled images in one batched forward pass.
-        ``blanked``: instead, per row, the blanked 32x32 inputs ``uint8 [K_j, 3, 32, 32]`` to
-        score (multi-scale blanks each box in the window it came from)."""
-        filled = [v for v in blanked if len(v)] if blanked is not None else []
-        for img, b in zip(images, boxes) if blanked is None else ():
-            if len(b):
-                h, w = img.shape[-2:]
-                thumb = M.crop_windows(img, torch.tensor([[0.0, 0.0, w, h]]), INPUT_SIZE)[0]
-                scale = torch.tensor([INPUT_SIZE / w, INPUT_SIZE / h] * 2)
-                filled.append(M.blank_boxes(thumb, b.float() * scale, MEAN_COLOUR))
-        if not filled:
-            return [torch.zeros(0) for _ in boxes]
-        probs = iter(self._window_probs(torch.cat(filled)).split([len(b) for b in boxes if len(b)]))
-        return [next(probs)[:, int(c)] if len(b) else torch.zeros(0) for b, c in zip(boxes, classes)]
+    @staticmethod
+    def blank_in_image(images: Sequence[Tensor], boxes: Sequence[Tensor]) -> list[Tensor]:
+        """Per row, the image's 32x32 view with each box (xyxy in the image's pixels) blanked to
+        the mean colour -> ``uint8 [K_j, 3, 32, 32]``."""
+        out = []
+        for img, b in zip(images, boxes):
+            h, w = img.shape[-2:]
+            thumb = M.crop_windows(img, torch.tensor([[0.0, 0.0, w, h]]), INPUT_SIZE)[0]
+            out.append(M.blank_boxes(thumb, b.float() * torch.tensor([INPUT_SIZE / w, INPUT_SIZE / h] * 2),
+                                     MEAN_COLOUR))
+        return out
+
+    def deletion_scores(self, blanked: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
+        """Class probability of each blanked view ``uint8 [K_j, 3, 32, 32]`` (one tensor per
+        row, see :meth:`blank_in_image`), i.e. the evidence left outside each box -> ``[K_j]``
+        each, all in one batched forward pass."""
+        return self._class_probs(blanked, classes)
 
     def box_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int],
                    rescore: str, blanked: Sequence[Tensor] | None = None) -> list[Tensor]:
         """Rescoring of each box (arguments as for :meth:`crop_scores`). ``crop``: its crop's
         class probability. ``crop-delete``: that minus the class probability of the image with
-        the box blanked, so a box must both hold the evidence and leave little of it outside;
-        a part of an object (a head) scores high on the first alone, not on both."""
+        the box blanked (``blanked``, by default :meth:`blank_in_image`), so a box must both hold
+        the evidence and leave little of it outside; a part of an object (a head) scores high on
+        the first alone, not on both."""
         kept = self.crop_scores(images, boxes, classes)
         if rescore == "crop":
             return kept
-        return [k - d for k, d in zip(kept, self.deletion_scores(images, boxes, classes, blanked))]
+        if blanked is None:
+            blanked = self.blank_in_image(images, boxes)
+        return [k - d for k, d in zip(kept, self.deletion_scores(blanked, classes))]
+
+    def _class_probs(self, inputs: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
+        """Per row, the probability of its class for each of its inputs ``uint8 [K_j, 3, 32, 32]``
+        -> ``[K_j]``, all rows in one batched forward pass."""
+        full = [x for x in inputs if len(x)]
+        if not full:
+            return [torch.zeros(0) for _ in inputs]
+        probs = iter(self._window_probs(torch.cat(full)).split([len(x) for x in full]))
+        return [next(probs)[:, int(c)] if len(x) else torch.zeros(0) for x, c in zip(inputs, classes)]
 
     def proposals_from_maps(self, maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,
                             sizes: Sequence[tuple[int, int]],
@@ -464,7 +472,7 @@ class ProposalGenerator:
                     blanked.append(M.blank_boxes(view, b, MEAN_COLOUR))
             row_boxes.append(torch.cat(boxes))  # working-image pixels
             row_scores.append(torch.cat(scores))
-            row_blanked.append(torch.cat(blanked) if blanked else None)
+            row_blanked.append(torch.cat(blanked) if blanked else None)  # None unless crop-delete
         if o.rescore != "off":
             row_scores = self.box_scores([work[int(i)] for i in row_image], row_boxes, row_class.tolist(), o.rescore,
                                          row_blanked if o.rescore == "crop-delete" else None)

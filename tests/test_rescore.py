@@ -118,7 +118,7 @@ def test_crop_minus_deletion_prefers_the_whole_object_to_a_part_of_it():
     assert box_iou(res["boxes"][1:], part).item() > 0.9
     # The score is the crop's class probability minus the blanked image's.
     crop = gen.crop_scores([image], [res["boxes"]], [3])[0]
-    blanked = gen.deletion_scores([image], [res["boxes"]], [3])[0]
+    blanked = gen.deletion_scores(gen.blank_in_image([image], [res["boxes"]]), [3])[0]
     torch.testing.assert_close(res["scores"], crop - blanked)
     assert blanked[0] < 0.2 < blanked[1] and float(crop[0]) == pytest.approx(float(crop[1]), abs=0.02)
     assert Options(rescore="crop-delete").describe_threshold().endswith("crop-minus-deletion rescoring")
@@ -134,7 +134,7 @@ def test_crop_minus_deletion_on_large_images_blanks_each_box_in_its_own_window()
                             threshold="fraction", threshold_value=0.5, rescore="crop-delete")
     seen = []
     deletion = gen.deletion_scores
-    gen.deletion_scores = lambda *a: seen.append(a[3]) or deletion(*a)
+    gen.deletion_scores = lambda *a: seen.append(a[0]) or deletion(*a)
     out = gen(canvas, classes="cat")[0]
     assert box_iou(out["boxes"][:1], torch.tensor([[40.0, 300.0, 80.0, 340.0]])).item() > 0.7
     (blanked,), = seen  # one row, its boxes blanked in 32x32 window views, not in the canvas
