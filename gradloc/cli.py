@@ -46,6 +46,10 @@ _HELP = {
                "crop-delete: that minus the class probability of the image with the box blanked (two passes); "
                "with --threshold mass, one box per --ladder rung; off: by component score (default: %(default)s)",
     "ladder": "mass shares tried when rescoring, comma-separated (default: %(default)s)",
+    "moment_box": "with rescoring: also propose the box of the saliency map's centroid +- this many standard "
+                  "deviations per axis (default: %(default)s; 0: off)",
+    "fuse": "with rescoring: the best box becomes the score-weighted mean of the boxes overlapping it "
+            "(IoU >= 0.3), weights softmax(score / T); this sets T (default: %(default)s; 0: off)",
     "scales": "multi-scale windows: auto (on when the shorter side >= 160 px), off, or e.g. 1,2,3",
     "max_windows": "multi-scale: at most this many windows scored per image (finest scales dropped first)",
     "windows": "multi-scale: windows per (image, class) that get gradients, best-supported first (default: 8)",

@@ -50,13 +50,19 @@ class Options:
     box_padding: float = 0.0
     nms_iou: float = 0.5
     top_k: int = 5                 # proposals kept per class map
-    rescore: str = "crop"          # crop: rank proposals by the class probability of their own crop; off
+    rescore: str = "crop-delete"   # crop-delete: crop probability minus that of the image without the box; crop; off
     ladder: str = "0.4,0.5,0.6,0.7"  # with rescore crop and mass: mass shares tried, best box of each
+    moment_box: float = 1.5        # with rescoring: also the box of the map's centroid +- this many std; 0: off
+    fuse: float = 0.2              # with rescoring: temperature of the best box's fusion with its neighbours; 0: off
     scales: str = "auto"           # multi-scale windows: auto (large images), off, or e.g. "1,2,3"
     max_windows: int = 128         # cap on windows scored per image (finest scales dropped first)
     windows: int = 8               # windows per (image, class) that get gradients, best-supported first
 
     def __post_init__(self) -> None:
+        if not self.moment_box >= 0:
+            raise ValueError(f"moment_box must be a number of standard deviations >= 0 (0: off), got {self.moment_box!r}")
+        if not self.fuse >= 0:
+            raise ValueError(f"fuse must be a temperature >= 0 (0: off), got {self.fuse!r}")
         if self.rescore not in RESCORES:
             raise ValueError(f"unknown rescore {self.rescore!r}; choose from {', '.join(RESCORES)}")
         if isinstance(self.ladder, (list, tuple)):
@@ -99,7 +105,7 @@ class Options:
         if self.method != "gradcam":
             return self
         recipe = {"smooth_sigma": 0.0, "kernel": 3, "component_score": "area", "union_box": False, "top_k": 1,
-                  "rescore": "off"}
+                  "rescore": "off", "fuse": 0.0, "moment_box": 0.0}
         if self.threshold in ("top-n", "mass") and self.threshold_value is None:
             recipe.update(threshold="fraction", threshold_value=0.2)
         return replace(self, **recipe)
@@ -120,6 +126,10 @@ class Options:
         """The threshold stage in words, as the tables of BENCHMARKS.md print it."""
         name, value = self.threshold_setting()
         how = {"crop": "crop rescoring", "crop-delete": "crop-minus-deletion rescoring"}.get(self.rescore)
+        if how and self.moment_box > 0:
+            how += f", +moment box ({self.moment_box:g} std)"
+        if how and self.fuse > 0:
+            how += f", best box fused with its neighbours (T={self.fuse:g})"
         if how and name == "mass":
             return f"mass ladder {self.ladder} (best box of each rung), {how}"
         if name == "mass" and value is None:
@@ -340,15 +350,21 @@ class ProposalGenerator:
     def boxes_from_mask(m: Tensor, masks: Tensor, o: Options) -> tuple[Tensor, Tensor]:
         """One map ``[h, w]`` and its masks ``[L, h, w]`` -> grid boxes ``[K, 4]`` (xyxy) and
         scores ``[K]``: morphology, connected components, NMS. With one mask, its ``top_k``
-        best boxes; with a ladder of masks, the best box of each. The kernel is in 32x32-grid pixels."""
+        best boxes; with a ladder of masks, the best box of each. With rescoring, also the map's
+        :func:`~gradloc.proposals.moment_box` (scored 0: rescoring ranks it). The kernel is in
+        32x32-grid pixels."""
         f = max(m.shape) / INPUT_SIZE
         kernel = o.kernel if f == 1 else (int(round(o.kernel * f)) | 1)
         kw = dict(morph=o.morph, kernel=kernel, score=o.component_score, include_union=o.union_box,
                   nms_iou=o.nms_iou)
         if len(masks) == 1:
-            return P.propose(m.numpy(), masks[0].numpy(), top_k=o.top_k, **kw)
-        rungs = [P.propose(m.numpy(), k.numpy(), top_k=1, **kw) for k in masks]
-        return torch.cat([b for b, _ in rungs]), torch.cat([s for _, s in rungs])
+            found = [P.propose(m.numpy(), masks[0].numpy(), top_k=o.top_k, **kw)]
+        else:
+            found = [P.propose(m.numpy(), k.numpy(), top_k=1, **kw) for k in masks]
+        if o.rescore != "off" and o.moment_box > 0:
+            box = P.moment_box(m.numpy(), o.moment_box)
+            found.append((box, torch.zeros(len(box))))
+        return torch.cat([b for b, _ in found]), torch.cat([s for _, s in found])
 
     def crop_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
         """Class probability of each box's own crop: ``images[j]`` ``uint8 [3, h, w]``, its
@@ -422,7 +438,7 @@ class ProposalGenerator:
             images = [work[int(i)] for i in row_image]
             in_work = [P.scale_boxes(b, sizes[int(i)], img.shape[-2:]) for b, i, img in zip(boxes, row_image, images)]
             scores = self.box_scores(images, in_work, row_class.tolist(), o.rescore)
-            boxes, scores = zip(*(P.rank(b, s, o.nms_iou, o.top_k) for b, s in zip(boxes, scores)))
+            boxes, scores = zip(*(P.rank(b, s, o.nms_iou, o.top_k, o.fuse) for b, s in zip(boxes, scores)))
         results = [empty_result() for _ in sizes]
         shown = (len(masks) - 1) // 2  # with a ladder, the middle rung's mask (the lower of two) is returned
         for r in range(len(smoothed)):
@@ -481,7 +497,8 @@ class ProposalGenerator:
                                                       win_probs.split(counts), picks)):
             i, c = int(row_image[r]), int(row_class[r])
             h, w = work[i].shape[-2:]
-            boxes, scores = P.rank(row_boxes[r], row_scores[r], o.nms_iou, o.top_k)
+            boxes, scores = P.rank(row_boxes[r], row_scores[r], o.nms_iou, o.top_k,
+                                   o.fuse if o.rescore != "off" else 0.0)
             grid = M.work_size(h, w)
             picked = windows[i][pick]
             add_class(results[i], c, P.scale_boxes(boxes, (h, w), sizes[i]), scores,

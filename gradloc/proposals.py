@@ -10,12 +10,13 @@ import cv2
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import clip_boxes_to_image, nms
+from torchvision.ops import box_iou, clip_boxes_to_image, nms
 
 MORPH_OPS = {"close": cv2.MORPH_CLOSE, "open": cv2.MORPH_OPEN, "dilate": cv2.MORPH_DILATE,
              "erode": cv2.MORPH_ERODE, "none": None}
 KERNEL_SHAPES = {"ellipse": cv2.MORPH_ELLIPSE, "rect": cv2.MORPH_RECT, "cross": cv2.MORPH_CROSS}
 COMPONENT_SCORES = ("mass", "area", "mean", "contrast")
+FUSE_MIN_IOU = 0.3  # boxes fused with the best one overlap it at least this much
 
 
 def morphology(mask: np.ndarray, op: str = "close", kernel: int = 3,
@@ -91,6 +92,31 @@ def union_box(mask: np.ndarray) -> np.ndarray | None:
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
 
 
+def moment_box(saliency: np.ndarray, k: float = 1.5) -> Tensor:
+    """The box of a map's centroid +- ``k`` standard deviations along each axis.
+
+    ``saliency`` ``[H, W]`` is read as a mass distribution over pixel centres (negative values
+    count as zero): a Gaussian fit of where the evidence is, with no threshold. Where the
+    thresholded components split an object or leave out its faint parts, this box still
+    spans the spread of the evidence.
+
+    Returns
+    -------
+    Tensor, float32, [1, 4], xyxy on the grid, clipped to it; [0, 4] for a map without mass
+    """
+    m = np.clip(np.asarray(saliency, np.float64), 0, None)
+    total = m.sum()
+    if not total > 0:
+        return torch.zeros(0, 4)
+    h, w = m.shape
+    ys, xs = np.arange(h) + 0.5, np.arange(w) + 0.5
+    py, px = m.sum(1) / total, m.sum(0) / total
+    my, mx = (py * ys).sum(), (px * xs).sum()
+    sy, sx = np.sqrt((py * (ys - my) ** 2).sum()), np.sqrt((px * (xs - mx) ** 2).sum())
+    box = [max(0.0, mx - k * sx), max(0.0, my - k * sy), min(float(w), mx + k * sx), min(float(h), my + k * sy)]
+    return torch.tensor([box], dtype=torch.float32)
+
+
 def pad_boxes(boxes: Tensor, fraction: float) -> Tensor:
     """Grow boxes ``[K, 4]`` by ``fraction`` of their width/height on each side."""
     if fraction == 0 or boxes.numel() == 0:
@@ -119,12 +145,37 @@ def clip_nonempty(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.stack([x0, y0, x1, y1], 1)
 
 
-def rank(boxes: Tensor, scores: Tensor, nms_iou: float = 0.5, top_k: int | None = 5) -> tuple[Tensor, Tensor]:
-    """NMS at ``nms_iou``, then the ``top_k`` best of ``boxes`` ``[K, 4]`` (xyxy), best first."""
+def rank(boxes: Tensor, scores: Tensor, nms_iou: float = 0.5, top_k: int | None = 5,
+         fuse: float = 0.0) -> tuple[Tensor, Tensor]:
+    """NMS at ``nms_iou``, then the ``top_k`` best of ``boxes`` ``[K, 4]`` (xyxy), best first.
+    With ``fuse`` > 0 the best box is replaced by :func:`fuse_best` at that temperature."""
+    fused = fuse_best(boxes, scores, fuse) if fuse > 0 and len(boxes) > 1 else None
     if len(boxes) > 1:
         keep = nms(boxes.float(), scores.float(), nms_iou)  # sorted by decreasing score
         boxes, scores = boxes[keep], scores[keep]
+    if fused is not None:
+        boxes = torch.cat([fused[None].to(boxes.dtype), boxes[1:]])
     return (boxes, scores) if top_k is None else (boxes[:top_k], scores[:top_k])
+
+
+def fuse_best(boxes: Tensor, scores: Tensor, temperature: float, min_iou: float = FUSE_MIN_IOU) -> Tensor:
+    """Weighted fusion of the best box with the boxes around it.
+
+    The boxes ``[K, 4]`` (xyxy) that overlap the best-scoring one with IoU >= ``min_iou`` are
+    averaged corner by corner, weighted by ``softmax(scores / temperature)``. Candidates of one
+    object at several thresholds err both ways (a part, the object plus background); their
+    score-weighted mean is usually closer to the object than the single best (weighted box
+    fusion, Solovyev et al. 2021). The overlap test keeps other objects' boxes out.
+
+    Returns
+    -------
+    Tensor, float32, [4], xyxy
+    """
+    boxes, scores = boxes.float(), scores.float()
+    best = int(scores.argmax())
+    near = box_iou(boxes[best:best + 1], boxes)[0] >= min_iou
+    weights = ((scores[near] - scores[best]) / temperature).softmax(0)
+    return (weights[:, None] * boxes[near]).sum(0)
 
 
 def propose(saliency: np.ndarray, mask: np.ndarray, *, morph: str = "close", kernel: int = 3,

@@ -31,6 +31,11 @@ def test_threshold_values_and_validation():
     assert Options(method="gradcam", rescore="crop").box_recipe().rescore == "off"  # CAM recipe stays as published
     with pytest.raises(ValueError, match="rescore"):
         Options(rescore="yes")
+    with pytest.raises(ValueError, match="fuse"):
+        Options(fuse=-1)
+    with pytest.raises(ValueError, match="moment_box"):
+        Options(moment_box=float("nan"))
+    assert Options(method="gradcam").box_recipe().fuse == Options(method="gradcam").box_recipe().moment_box == 0
     with pytest.raises(ValueError, match="ladder"):
         Options(rescore="crop", ladder="a,b")
     with pytest.raises(ValueError, match="shares"):
@@ -48,7 +53,7 @@ def test_rescoring_follows_the_classifier_evidence_in_each_crop(red):
     # The blob holds 360 / 792 = 45.5% of the mass: rung 0.45 keeps exactly the blob; rung 1.0
     # keeps both, and the patch (more mass) is its best box.
     gen = ProposalGenerator(RedDetector(), device="cpu", rescore="crop", ladder="0.45,1", smooth_sigma=0,
-                            kernel=1, union_box=False)
+                            kernel=1, union_box=False, moment_box=0, fuse=0)
     image = torch.full((3, 64, 64), 128, dtype=torch.uint8)
     small, large = torch.tensor([[4.0, 4, 16, 16]]), torch.tensor([[32.0, 32, 56, 56]])
     x0, y0, x1, y1 = (small if red == "small" else large)[0].int().tolist()
@@ -76,15 +81,22 @@ def test_rescoring_needs_the_image(random_wrn):
                torch.randint(0, 255, (3, 320, 320), dtype=torch.uint8)], classes="cat")
     for r in out:
         assert len(r["boxes"]) >= 1 and ((r["scores"] >= 0) & (r["scores"] <= 1)).all()
+    # The default, crop-delete, is a difference of two probabilities.
+    for r in ProposalGenerator(random_wrn, device="cpu")([torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)],
+                                                         classes="cat"):
+        assert len(r["boxes"]) >= 1 and ((r["scores"] >= -1) & (r["scores"] <= 1)).all()
     batch = gen.run_batch(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), [(64, 64), (50, 80)])
     assert all(len(r["boxes"]) >= 1 for r in batch)  # no working image: the 32x32 view is cropped
 
 
 def test_describe_threshold_names_what_runs():
-    assert Options().describe_threshold() == "mass ladder 0.4,0.5,0.6,0.7 (best box of each rung), crop rescoring"
+    assert Options().describe_threshold() == ("mass ladder 0.4,0.5,0.6,0.7 (best box of each rung), "
+                                              "crop-minus-deletion rescoring, +moment box (1.5 std), best box "
+                                              "fused with its neighbours (T=0.2)")
+    assert Options(fuse=0, moment_box=0).describe_threshold().endswith("crop-minus-deletion rescoring")
     assert Options(rescore="off").describe_threshold() == "mass 0.5"
     # no ladder outside the mass threshold: crop rescoring re-ranks that threshold's boxes
-    assert Options(threshold="top-n", top_n=250).describe_threshold() == "top-250, crop rescoring"
+    assert Options(threshold="top-n", top_n=250, rescore="crop", fuse=0, moment_box=0).describe_threshold() == "top-250, crop rescoring"
     assert Options(threshold="otsu", rescore="off").describe_threshold() == "otsu"
 
 
@@ -110,7 +122,7 @@ def test_crop_minus_deletion_prefers_the_whole_object_to_a_part_of_it():
     image = torch.full((3, 64, 64), 128, dtype=torch.uint8)
     image[:, 16:48, 16:48] = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)
     part, whole = torch.tensor([[16.0, 16, 24, 24]]), torch.tensor([[16.0, 16, 48, 48]])
-    kw = dict(ladder="0.55,1", smooth_sigma=0, kernel=1, union_box=False)
+    kw = dict(ladder="0.55,1", smooth_sigma=0, kernel=1, union_box=False, moment_box=0, fuse=0)
     args = (maps, torch.tensor([0]), torch.tensor([3]), torch.ones(1, 10), [(64, 64)], [image])
     gen = ProposalGenerator(RedDetector(), device="cpu", rescore="crop-delete", **kw)
     res = gen.proposals_from_maps(*args)[0]
@@ -121,7 +133,7 @@ def test_crop_minus_deletion_prefers_the_whole_object_to_a_part_of_it():
     blanked = gen.deletion_scores(gen.blank_in_image([image], [res["boxes"]]), [3])[0]
     torch.testing.assert_close(res["scores"], crop - blanked)
     assert blanked[0] < 0.2 < blanked[1] and float(crop[0]) == pytest.approx(float(crop[1]), abs=0.02)
-    assert Options(rescore="crop-delete").describe_threshold().endswith("crop-minus-deletion rescoring")
+    assert Options(rescore="crop-delete", fuse=0, moment_box=0).describe_threshold().endswith("crop-minus-deletion rescoring")
 
 
 def test_crop_minus_deletion_on_large_images_blanks_each_box_in_its_own_window():
@@ -144,3 +156,24 @@ def test_crop_minus_deletion_on_large_images_blanks_each_box_in_its_own_window()
     assert all((v == fill).all(0).sum() >= 4 for v in blanked)  # each view has a blanked box (>= 2x2 cells)
     crop = gen.crop_scores([torch.from_numpy(canvas).permute(2, 0, 1)], [out["boxes"][:1]], [3])[0]
     assert out["scores"][0] > 0.5 * crop[0] > 0.2  # the blanked window keeps little of the class
+
+
+def test_fusion_replaces_the_best_box_by_the_score_weighted_mean_of_its_neighbours():
+    """A red square with a dim halo: the ladder's rungs give nested boxes (square, square plus
+    halo), the pipeline's first proposal is fuse_best of them, the others are unchanged."""
+    from gradloc.proposals import fuse_best
+    maps = torch.zeros(1, 32, 32)
+    maps[0, 8:24, 8:24] = 1.0    # halo
+    maps[0, 10:22, 10:22] = 4.0  # square: 576 / 688 = 84% of the mass
+    image = torch.full((3, 64, 64), 128, dtype=torch.uint8)
+    image[:, 20:44, 20:44] = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)
+    args = (maps, torch.tensor([0]), torch.tensor([3]), torch.ones(1, 10), [(64, 64)], [image])
+    kw = dict(ladder="0.8,1", smooth_sigma=0, kernel=1, union_box=False, nms_iou=1.0, top_k=None, moment_box=0)
+    plain = ProposalGenerator(RedDetector(), device="cpu", fuse=0, **kw).proposals_from_maps(*args)[0]
+    # rung 0.8: (nearly) the square, 24 px in the image; rung 1: square and halo, 32 px
+    assert len(plain["boxes"]) == 2 and box_iou(plain["boxes"][:1], plain["boxes"][1:]).item() > 0.3
+    fused = ProposalGenerator(RedDetector(), device="cpu", fuse=0.1, **kw).proposals_from_maps(*args)[0]
+    torch.testing.assert_close(fused["boxes"][0], fuse_best(plain["boxes"], plain["scores"], 0.1))
+    torch.testing.assert_close(fused["boxes"][1:], plain["boxes"][1:])
+    torch.testing.assert_close(fused["scores"], plain["scores"])
+    assert not torch.equal(fused["boxes"][0], plain["boxes"][0])  # the two boxes did blend

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from gradloc.proposals import box_contrast, component_boxes, morphology, propose, scale_boxes, union_box
+from gradloc.proposals import (box_contrast, component_boxes, fuse_best, moment_box, morphology, propose, rank,
+                               scale_boxes, union_box)
 from gradloc.threshold import fraction_of_max, mass, otsu, percentile, threshold, top_n
 
 
@@ -120,3 +121,47 @@ def test_box_contrast_exact_and_in_propose():
     assert b[0].tolist() == [9, 9, 10, 10] and s[0].item() == pytest.approx(0.49)
     union = [i for i, x in enumerate(b.tolist()) if x == [2, 2, 10, 10]]
     assert union and s[union[0]].item() == pytest.approx(1.0 - 0.64)
+
+
+def test_fusion_averages_the_best_box_with_its_neighbours_by_score():
+    boxes = torch.tensor([[10.0, 10, 30, 30],    # best
+                          [8.0, 8, 32, 32],      # a larger neighbour, IoU 0.69
+                          [14.0, 14, 26, 26],    # a smaller one, IoU 0.36
+                          [40.0, 40, 60, 60]])   # another object: no overlap, never fused
+    scores = torch.tensor([0.9, 0.8, 0.5, 0.95 - 1.0])
+    w = torch.tensor([0.0, -0.1, -0.4]).div(0.1).softmax(0)  # softmax((s - s_best) / T) over the first three
+    expected = (w[:, None] * boxes[:3]).sum(0)
+    torch.testing.assert_close(fuse_best(boxes, scores, 0.1), expected)
+    # A far-off box with the top score is fused alone (nothing overlaps it): it stays as it is.
+    assert fuse_best(boxes, torch.tensor([0.1, 0.1, 0.1, 0.9]), 0.1).tolist() == [40, 40, 60, 60]
+    # A cold temperature keeps the best box; a hot one tends to the plain mean of the cluster.
+    torch.testing.assert_close(fuse_best(boxes, scores, 1e-4), boxes[0])
+    torch.testing.assert_close(fuse_best(boxes, scores, 1e4), boxes[:3].mean(0), atol=1e-3, rtol=0)
+    # In rank, only the first proposal is replaced; the others are NMS's survivors, best first.
+    b, s = rank(boxes, scores, nms_iou=0.5, top_k=5, fuse=0.1)
+    torch.testing.assert_close(b[0], expected)
+    assert b[1:].tolist() == [[14, 14, 26, 26], [40, 40, 60, 60]] and s.tolist() == pytest.approx([0.9, 0.5, -0.05])
+    b0, _ = rank(boxes, scores, nms_iou=0.5, top_k=5)
+    assert b0[0].tolist() == [10, 10, 30, 30]
+
+
+def test_moment_box_spans_the_spread_of_the_map():
+    m = np.zeros((32, 32), np.float32)
+    m[8:24, 4:12] = 1.0   # uniform: centres 8.5..23.5 (rows), 4.5..11.5 (columns)
+    m[0, 31] = -50.0      # negative evidence is not mass
+    sd_rows, sd_cols = np.sqrt((16 ** 2 - 1) / 12), np.sqrt((8 ** 2 - 1) / 12)
+    expected = [8 - 1.5 * sd_cols, 16 - 1.5 * sd_rows, 8 + 1.5 * sd_cols, 16 + 1.5 * sd_rows]
+    np.testing.assert_allclose(moment_box(m, 1.5)[0].numpy(), expected, rtol=1e-5)
+    assert moment_box(m, 20)[0].tolist() == [0, 0, 32, 32]  # clipped to the grid
+    assert moment_box(np.zeros((32, 32)), 1.5).shape == (0, 4)
+
+
+def test_moment_box_is_a_rescoring_candidate_only():
+    from gradloc.pipeline import Options, ProposalGenerator
+    m = torch.zeros(32, 32)
+    m[8:24, 4:12] = 1.0
+    masks = (m > 0)[None].expand(2, 32, 32)
+    with_rescoring, _ = ProposalGenerator.boxes_from_mask(m, masks, Options())
+    assert len(with_rescoring) == 3 and with_rescoring[-1].tolist() == moment_box(m.numpy(), 1.5)[0].tolist()
+    assert len(ProposalGenerator.boxes_from_mask(m, masks, Options(moment_box=0))[0]) == 2
+    assert len(ProposalGenerator.boxes_from_mask(m, masks[:1], Options(rescore="off"))[0]) == 1
