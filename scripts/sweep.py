@@ -53,6 +53,11 @@ THRESHOLDS = (("top-n", 100), ("top-n", 250), ("mass", 0.4), ("mass", 0.5), ("ma
 POST = {"smooth_sigma": (0.0, 1.0), "kernel": (3, 7), "union_box": (False, True)}
 # Stage 1b: crop rescoring (one box per rung of a mass ladder, ranked by its crop's class probability).
 LADDERS = ("0.4,0.5,0.6,0.7", "0.3,0.5,0.7", "0.4,0.5,0.6", "0.5,0.6,0.7")
+# Stage 1c: how the best box is picked on the default ladder (σ=1, close 3, +union): the rescoring
+# score, the moment-box candidate (std), and the fusion temperature (0: the best box as it is).
+SELECTION = (("crop", 0.0, 0.0), ("crop-delete", 0.0, 0.0), ("crop-delete", 0.0, 0.1), ("crop-delete", 0.0, 0.2),
+             ("crop-delete", 1.5, 0.0), ("crop-delete", 1.5, 0.1), ("crop-delete", 1.5, 0.2),
+             ("crop-delete", 1.5, 1.0))
 SHORTLIST = 4  # stage 2: the best stage-1 settings, tried on every other method
 
 
@@ -64,7 +69,11 @@ def post_grid():
         yield post
     for ladder, sigma, union in itertools.product(LADDERS, (0.0, 1.0), (False, True)):
         yield {"threshold": "mass", "rescore": "crop", "ladder": ladder, "smooth_sigma": sigma, "kernel": 3,
-               "union_box": union}
+               "union_box": union, "moment_box": 0.0, "fuse": 0.0}
+    for rescore, moment, fuse in SELECTION:
+        if (rescore, moment, fuse) != ("crop", 0.0, 0.0):  # that one is in the ladder rows above
+            yield {"threshold": "mass", "rescore": rescore, "ladder": LADDERS[0], "smooth_sigma": 1.0, "kernel": 3,
+                   "union_box": True, "moment_box": moment, "fuse": fuse}
 
 
 def margin(row: dict, best: dict) -> float:
