@@ -421,8 +421,9 @@ class ProposalGenerator:
         morphology, components, boxes in original pixels, for maps ``[R, 32, 32]``. Cheap, so
         a sweep can rerun it on cached maps. Scores are the component's score times the
         image's class probability, which ranks proposals across the classes of one image;
-        with crop rescoring (``work``: each image at working resolution), the class
-        probability of each box's own crop.
+        with rescoring (``work``: each image at working resolution), :meth:`box_scores` of
+        each box, and with ``fuse`` the best box fused with its neighbours
+        (:func:`~gradloc.proposals.fuse_best`).
         """
         o = self.options.box_recipe()
         smoothed, masks = self.smooth_and_threshold(maps, o)
