@@ -101,9 +101,10 @@ class Options:
 
     def box_recipe(self) -> "Options":
         """The post-processing actually applied: Grad-CAM is boxed by the CAM paper's recipe
-        (raw map, 20% of the maximum unless a threshold is given, 3x3, largest component)."""
+        (raw map, 20% of the maximum unless a threshold is given, 3x3, largest component);
+        without rescoring there is no moment box and no fusion (both need rescored boxes)."""
         if self.method != "gradcam":
-            return self
+            return self if self.rescore != "off" else replace(self, fuse=0.0, moment_box=0.0)
         recipe = {"smooth_sigma": 0.0, "kernel": 3, "component_score": "area", "union_box": False, "top_k": 1,
                   "rescore": "off", "fuse": 0.0, "moment_box": 0.0}
         if self.threshold in ("top-n", "mass") and self.threshold_value is None:
@@ -350,9 +351,9 @@ class ProposalGenerator:
     def boxes_from_mask(m: Tensor, masks: Tensor, o: Options) -> tuple[Tensor, Tensor]:
         """One map ``[h, w]`` and its masks ``[L, h, w]`` -> grid boxes ``[K, 4]`` (xyxy) and
         scores ``[K]``: morphology, connected components, NMS. With one mask, its ``top_k``
-        best boxes; with a ladder of masks, the best box of each. With rescoring, also the map's
-        :func:`~gradloc.proposals.moment_box` (scored 0: rescoring ranks it). The kernel is in
-        32x32-grid pixels."""
+        best boxes; with a ladder of masks, the best box of each. With ``o.moment_box``, also the
+        map's :func:`~gradloc.proposals.moment_box` (scored 0: only rescoring ranks it, so ``o``
+        is a :meth:`Options.box_recipe`). The kernel is in 32x32-grid pixels."""
         f = max(m.shape) / INPUT_SIZE
         kernel = o.kernel if f == 1 else (int(round(o.kernel * f)) | 1)
         kw = dict(morph=o.morph, kernel=kernel, score=o.component_score, include_union=o.union_box,
@@ -361,7 +362,7 @@ class ProposalGenerator:
             found = [P.propose(m.numpy(), masks[0].numpy(), top_k=o.top_k, **kw)]
         else:
             found = [P.propose(m.numpy(), k.numpy(), top_k=1, **kw) for k in masks]
-        if o.rescore != "off" and o.moment_box > 0:
+        if o.moment_box > 0:
             box = P.moment_box(m.numpy(), o.moment_box)
             found.append((box, torch.zeros(len(box))))
         return torch.cat([b for b, _ in found]), torch.cat([s for _, s in found])
@@ -492,14 +493,13 @@ class ProposalGenerator:
             row_blanked.append(torch.cat(blanked) if blanked else None)  # None unless crop-delete
         if o.rescore != "off":
             row_scores = self.box_scores([work[int(i)] for i in row_image], row_boxes, row_class.tolist(), o.rescore,
-                                         row_blanked if o.rescore == "crop-delete" else None)
+                                         row_blanked)
         results = [empty_result() for _ in sizes]
         for r, (m_r, k_r, p_r, pick) in enumerate(zip(smoothed.split(counts), masks[shown].split(counts),
                                                       win_probs.split(counts), picks)):
             i, c = int(row_image[r]), int(row_class[r])
             h, w = work[i].shape[-2:]
-            boxes, scores = P.rank(row_boxes[r], row_scores[r], o.nms_iou, o.top_k,
-                                   o.fuse if o.rescore != "off" else 0.0)
+            boxes, scores = P.rank(row_boxes[r], row_scores[r], o.nms_iou, o.top_k, o.fuse)
             grid = M.work_size(h, w)
             picked = windows[i][pick]
             add_class(results[i], c, P.scale_boxes(boxes, (h, w), sizes[i]), scores,

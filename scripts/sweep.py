@@ -55,7 +55,8 @@ POST = {"smooth_sigma": (0.0, 1.0), "kernel": (3, 7), "union_box": (False, True)
 LADDERS = ("0.4,0.5,0.6,0.7", "0.3,0.5,0.7", "0.4,0.5,0.6", "0.5,0.6,0.7")
 # Stage 1c: how the best box is picked on the default ladder (σ=1, close 3, +union): the rescoring
 # score, the moment-box candidate (std), and the fusion temperature (0: the best box as it is).
-SELECTION = (("crop", 0.0, 0.0), ("crop-delete", 0.0, 0.0), ("crop-delete", 0.0, 0.1), ("crop-delete", 0.0, 0.2),
+# Plain crop rescoring on that ladder is among stage 1b's rows.
+SELECTION = (("crop-delete", 0.0, 0.0), ("crop-delete", 0.0, 0.1), ("crop-delete", 0.0, 0.2),
              ("crop-delete", 1.5, 0.0), ("crop-delete", 1.5, 0.1), ("crop-delete", 1.5, 0.2),
              ("crop-delete", 1.5, 1.0))
 SHORTLIST = 4  # stage 2: the best stage-1 settings, tried on every other method
@@ -71,9 +72,8 @@ def post_grid():
         yield {"threshold": "mass", "rescore": "crop", "ladder": ladder, "smooth_sigma": sigma, "kernel": 3,
                "union_box": union, "moment_box": 0.0, "fuse": 0.0}
     for rescore, moment, fuse in SELECTION:
-        if (rescore, moment, fuse) != ("crop", 0.0, 0.0):  # that one is in the ladder rows above
-            yield {"threshold": "mass", "rescore": rescore, "ladder": LADDERS[0], "smooth_sigma": 1.0, "kernel": 3,
-                   "union_box": True, "moment_box": moment, "fuse": fuse}
+        yield {"threshold": "mass", "rescore": rescore, "ladder": LADDERS[0], "smooth_sigma": 1.0, "kernel": 3,
+               "union_box": True, "moment_box": moment, "fuse": fuse}
 
 
 def margin(row: dict, best: dict) -> float:

@@ -36,6 +36,7 @@ def test_threshold_values_and_validation():
     with pytest.raises(ValueError, match="moment_box"):
         Options(moment_box=float("nan"))
     assert Options(method="gradcam").box_recipe().fuse == Options(method="gradcam").box_recipe().moment_box == 0
+    assert Options(rescore="off").box_recipe().fuse == Options(rescore="off").box_recipe().moment_box == 0
     with pytest.raises(ValueError, match="ladder"):
         Options(rescore="crop", ladder="a,b")
     with pytest.raises(ValueError, match="shares"):

@@ -164,4 +164,4 @@ def test_moment_box_is_a_rescoring_candidate_only():
     with_rescoring, _ = ProposalGenerator.boxes_from_mask(m, masks, Options())
     assert len(with_rescoring) == 3 and with_rescoring[-1].tolist() == moment_box(m.numpy(), 1.5)[0].tolist()
     assert len(ProposalGenerator.boxes_from_mask(m, masks, Options(moment_box=0))[0]) == 2
-    assert len(ProposalGenerator.boxes_from_mask(m, masks[:1], Options(rescore="off"))[0]) == 1
+    assert len(ProposalGenerator.boxes_from_mask(m, masks[:1], Options(rescore="off").box_recipe())[0]) == 1
