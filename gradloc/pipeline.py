@@ -408,11 +408,16 @@ class ProposalGenerator:
 
     def _class_probs(self, inputs: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
         """Per row, the probability of its class for each of its inputs ``uint8 [K_j, 3, 32, 32]``
-        -> ``[K_j]``, all rows in one batched forward pass."""
+        -> ``[K_j]``, all rows in one batched forward pass over the distinct inputs."""
         full = [x for x in inputs if len(x)]
         if not full:
             return [torch.zeros(0) for _ in inputs]
-        probs = iter(self._window_probs(torch.cat(full)).split([len(x) for x in full]))
+        views = torch.cat(full)
+        # Candidates repeat (threshold rungs that find the same box, rows of one image), so
+        # each distinct view is run once.
+        distinct, where = torch.unique(views.flatten(1), dim=0, return_inverse=True)
+        probs = self._window_probs(distinct.view(-1, *views.shape[1:]))[where]
+        probs = iter(probs.split([len(x) for x in full]))
         return [next(probs)[:, int(c)] if len(x) else torch.zeros(0) for x, c in zip(inputs, classes)]
 
     def proposals_from_maps(self, maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,

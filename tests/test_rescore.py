@@ -178,3 +178,20 @@ def test_fusion_replaces_the_best_box_by_the_score_weighted_mean_of_its_neighbou
     torch.testing.assert_close(fused["boxes"][1:], plain["boxes"][1:])
     torch.testing.assert_close(fused["scores"], plain["scores"])
     assert not torch.equal(fused["boxes"][0], plain["boxes"][0])  # the two boxes did blend
+
+
+def test_identical_views_are_scored_once_and_each_row_gets_its_class():
+    gen = ProposalGenerator(RedDetector(), device="cpu", batch_size=2)
+    grey = torch.full((3, 32, 32), 128, dtype=torch.uint8)
+    red = grey.clone()
+    red[:, 8:24, 8:24] = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)
+    rows = [torch.stack([red, grey, red]), torch.stack([grey]), torch.zeros(0, 3, 32, 32, dtype=torch.uint8),
+            torch.stack([red])]
+    seen = []
+    window_probs = gen._window_probs
+    gen._window_probs = lambda x: seen.append(len(x)) or window_probs(x)
+    got = gen._class_probs(rows, [3, 3, 3, 0])
+    assert seen == [2]  # six views, two distinct
+    direct = window_probs(torch.cat([r for r in rows if len(r)]))
+    torch.testing.assert_close(torch.cat(got), torch.cat([direct[:4, 3], direct[4:, 0]]))
+    assert got[0][0] > got[0][1] and len(got[2]) == 0
