@@ -114,6 +114,15 @@ class WideResNet(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU advertises AVX-512 BF16 or AMX-BF16 (Linux; False when unknown)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def weights_dir() -> Path:
     """Folder holding the shipped weights: inside the installed package, else the checkout's."""
     installed = Path(__file__).resolve().parent / "weights"

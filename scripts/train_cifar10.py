@@ -39,7 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gradloc.cifar import load_cifar10  # noqa: E402
 from gradloc.model import (CIFAR10_MEAN, CIFAR10_STD, WeightsError, WideResNet,  # noqa: E402
-                           load_weights, sha256_of)
+                           cpu_has_native_bf16, load_weights, sha256_of)
 
 
 def cached_split(data: Path, split: str, cache: Path,
@@ -104,15 +104,6 @@ def evaluate(model, x, y, device, batch=1000, amp=True):
             pred = model(xb).argmax(1).cpu()
         correct += (pred == y[i:i + batch]).sum().item()
     return correct / len(x)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU advertises AVX-512 BF16 or AMX-BF16 (Linux; False when unknown)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def atomic_save(obj, path: Path) -> None:
