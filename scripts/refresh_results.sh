@@ -6,8 +6,9 @@
 # 0. train, or resume, the shipped recipe to its last epoch (nothing to do where it is finished):
 #    cycle 1, 24 epochs from scratch (CKPT_DIR/cycle1), then cycle 2, a second one-cycle of
 #    15 epochs (peak lr 0.08, seed 1) from cycle 1's weights (CKPT_DIR/cycle2), then cycle 3,
-#    18 epochs with cutout 12 (peak lr 0.08, seed 2) from cycle 2's weights (CKPT_DIR/cycle3);
-# 1. export cycle 3's last checkpoint to weights/ (eval-mode state dict + sha256);
+#    18 epochs with cutout 12 (peak lr 0.08, seed 2) from cycle 2's weights (CKPT_DIR/cycle3),
+#    then cycle 4, 22 epochs with cutout 12 (peak lr 0.06, seed 3) from cycle 3's (CKPT_DIR/cycle4);
+# 1. export cycle 4's last checkpoint to weights/ (eval-mode state dict + sha256);
 # 2. evaluate it on the 10,000 CIFAR-10 test images (Markdown tables for weights/MODEL_CARD.md,
 #    written beside the checkpoint as eval.md / eval.json);
 # 3. regenerate the localisation tables and the sweep in BENCHMARKS.md;
@@ -35,8 +36,12 @@ python scripts/train_cifar10.py --ckpt-dir "$CKPT/cycle2" --export "$CKPT/cycle2
 step "train: cycle 3, 18 epochs with cutout from cycle 2's weights"
 "${TRAIN[@]}" --ckpt-dir "$CKPT/cycle3" --init "$CKPT/cycle2.pt" --epochs 18 --lr 0.08 --seed 2 \
     --cutout 12 >> "$CKPT/train.log" 2>&1
+python scripts/train_cifar10.py --ckpt-dir "$CKPT/cycle3" --export "$CKPT/cycle3.pt" | tee -a "$LOG"
+step "train: cycle 4, 22 epochs with cutout from cycle 3's weights"
+"${TRAIN[@]}" --ckpt-dir "$CKPT/cycle4" --init "$CKPT/cycle3.pt" --epochs 22 --lr 0.06 --seed 3 \
+    --cutout 12 >> "$CKPT/train.log" 2>&1
 step export
-python scripts/train_cifar10.py --ckpt-dir "$CKPT/cycle3" --export weights/wrn16-4_cifar10.pt | tee -a "$LOG"
+python scripts/train_cifar10.py --ckpt-dir "$CKPT/cycle4" --export weights/wrn16-4_cifar10.pt | tee -a "$LOG"
 step evaluate on the CIFAR-10 test split
 python scripts/eval_cifar10.py --data "$SHARED/cifar10-jpeg.tar.gz" --markdown --json "$CKPT/eval.json" \
     > "$CKPT/eval.md"
