@@ -291,7 +291,9 @@ def main() -> int:
              f"`--amp` (bf16 autocast; native bf16 on this CPU: {'yes' if native_bf16 else 'no'}). Images: "
              f"`{args.images}` ({args.n} per run), batch size {args.batch_size}, {args.workers} decoding "
              f"worker(s); median of {args.repeats} runs, each in a fresh process. Regenerate: "
-             f"`python scripts/bench_throughput.py --write BENCHMARKS.md`.", ""]
+             f"`python scripts/bench_throughput.py --n {args.n}"
+             + (f" --scaling {args.scaling}" if args.scaling else "")
+             + (f" --amp-images {args.amp_images}" if args.amp_images else "") + " --write BENCHMARKS.md`.", ""]
     results = {}
     for w in args.only.split(","):
         results[w] = measure(w, args, args.n)
