@@ -18,7 +18,7 @@ from . import multiscale as M
 from . import proposals as P
 from .model import CIFAR10_CLASSES, CIFAR10_MEAN, wide_resnet
 from .preprocess import DEFAULT_MAX_PIXELS, INPUT_SIZE, ImageInput, normalize, prepare
-from .saliency import make_method
+from .saliency import contrast_maps, make_method
 from .threshold import DEFAULT_MASS_SHARE, threshold
 
 ClassSpec = Union[None, int, str, Sequence[Union[int, str]]]
@@ -54,6 +54,7 @@ class Options:
     ladder: str = "0.4,0.5,0.6,0.7"  # with rescore crop and mass: mass shares tried, best box of each
     moment_box: float = 1.5        # with rescoring: also the box of the map's centroid +- this many std; 0: off
     fuse: float = 0.2              # with rescoring: temperature of the best box's fusion with its neighbours; 0: off
+    class_contrast: bool = True    # several classes asked for one image: contrasted maps, no union box
     scales: str = "auto"           # multi-scale windows: auto (large images), off, or e.g. "1,2,3"
     max_windows: int = 128         # cap on windows scored per image (finest scales dropped first)
     windows: int = 8               # windows per (image, class) that get gradients, best-supported first
@@ -106,7 +107,7 @@ class Options:
         if self.method != "gradcam":
             return self if self.rescore != "off" else replace(self, fuse=0.0, moment_box=0.0)
         recipe = {"smooth_sigma": 0.0, "kernel": 3, "component_score": "area", "union_box": False, "top_k": 1,
-                  "rescore": "off", "fuse": 0.0, "moment_box": 0.0}
+                  "rescore": "off", "fuse": 0.0, "moment_box": 0.0, "class_contrast": False}
         if self.threshold in ("top-n", "mass") and self.threshold_value is None:
             recipe.update(threshold="fraction", threshold_value=0.2)
         return replace(self, **recipe)
@@ -432,11 +433,16 @@ class ProposalGenerator:
         (:func:`~gradloc.proposals.fuse_best`).
         """
         o = self.options.box_recipe()
+        shared = torch.bincount(row_image)[row_image] > 1 if o.class_contrast else torch.zeros(len(maps), dtype=torch.bool)
+        if shared.any():
+            maps = contrast_maps(maps, row_image)
         smoothed, masks = self.smooth_and_threshold(maps, o)
+        # the box around all components of a contrasted map spans several objects
+        o_shared = replace(o, union_box=False)
         boxes, scores = [], []
         for r in range(len(smoothed)):
             i, c = int(row_image[r]), int(row_class[r])
-            b, sc = self.boxes_from_mask(smoothed[r], masks[:, r], o)
+            b, sc = self.boxes_from_mask(smoothed[r], masks[:, r], o_shared if shared[r] else o)
             boxes.append(P.scale_boxes(P.pad_boxes(b, o.box_padding), smoothed[r].shape, sizes[i]))
             scores.append(sc * probs[i, c])
         if o.rescore != "off":

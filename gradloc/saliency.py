@@ -50,6 +50,35 @@ def resolve_mask(targets: Targets, logits: Tensor) -> Tensor:
     return class_mask(picked, logits.shape[1])
 
 
+def contrast_maps(maps: Tensor, row_image: Tensor) -> Tensor:
+    """Class-contrastive maps: each row minus the strongest other row of the same image.
+
+    A gradient map of one class also lights up the image's other objects (their pixels move
+    every logit, and a probability's gradient carries the other classes' terms), so with
+    several classes asked for one image each map keeps only where it beats the others. Rows
+    are compared as shares of their own total, and the result keeps the row's scale.
+
+    Parameters
+    ----------
+    maps : Tensor, float, [R, H, W], >= 0
+    row_image : Tensor, int, [R]
+        The image of each row; rows alone in their image are returned unchanged.
+
+    Returns
+    -------
+    Tensor, [R, H, W], >= 0
+    """
+    same = row_image[:, None] == row_image[None, :]
+    same.fill_diagonal_(False)
+    if not same.any():
+        return maps
+    total = maps.flatten(1).sum(1).clamp_min(1e-12)[:, None, None]
+    shares = maps / total
+    rival = torch.stack([shares[same[r]].amax(0) if same[r].any() else torch.zeros_like(shares[r])
+                         for r in range(len(maps))])
+    return (shares - rival).clamp_min(0) * total
+
+
 def reduce_channels(g: Tensor, how: str = "max", positive: bool = False) -> Tensor:
     """Per-channel attributions ``[M, 3, H, W]`` -> map ``[M, H, W]``.
 
