@@ -430,10 +430,13 @@ class ProposalGenerator:
         image's class probability, which ranks proposals across the classes of one image;
         with rescoring (``work``: each image at working resolution), :meth:`box_scores` of
         each box, and with ``fuse`` the best box fused with its neighbours
-        (:func:`~gradloc.proposals.fuse_best`).
+        (:func:`~gradloc.proposals.fuse_best`). With ``class_contrast``, the maps of images
+        asked for several classes are first contrasted (:func:`~gradloc.saliency.contrast_maps`)
+        and propose no union box.
         """
         o = self.options.box_recipe()
-        shared = torch.bincount(row_image)[row_image] > 1 if o.class_contrast else torch.zeros(len(maps), dtype=torch.bool)
+        # rows whose image has other classes asked for it
+        shared = (torch.bincount(row_image)[row_image] > 1) & o.class_contrast
         if shared.any():
             maps = contrast_maps(maps, row_image)
         smoothed, masks = self.smooth_and_threshold(maps, o)

@@ -68,15 +68,17 @@ def contrast_maps(maps: Tensor, row_image: Tensor) -> Tensor:
     -------
     Tensor, [R, H, W], >= 0
     """
-    same = row_image[:, None] == row_image[None, :]
-    same.fill_diagonal_(False)
-    if not same.any():
-        return maps
-    total = maps.flatten(1).sum(1).clamp_min(1e-12)[:, None, None]
-    shares = maps / total
-    rival = torch.stack([shares[same[r]].amax(0) if same[r].any() else torch.zeros_like(shares[r])
-                         for r in range(len(maps))])
-    return (shares - rival).clamp_min(0) * total
+    out = maps.clone()
+    total = maps.flatten(1).sum(1).clamp_min(1e-12)
+    for r in range(len(maps)):
+        rivals = (row_image == row_image[r]).nonzero().flatten()
+        rivals = rivals[rivals != r]
+        if len(rivals):
+            rival = (maps[rivals] / total[rivals, None, None]).amax(0)
+            kept = (maps[r] / total[r] - rival).clamp_min(0)
+            if kept.any():  # a map beaten everywhere keeps its own evidence rather than none
+                out[r] = kept * total[r]
+    return out
 
 
 def reduce_channels(g: Tensor, how: str = "max", positive: bool = False) -> Tensor:

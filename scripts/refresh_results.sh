@@ -4,11 +4,8 @@
 #   bash scripts/refresh_results.sh [CKPT_DIR] [SHARED_DATA]      # SWEEP=0: skip the sweep
 #
 # 0. train, or resume, the shipped recipe to its last epoch (nothing to do where it is finished):
-#    cycle 1, 24 epochs from scratch (CKPT_DIR/cycle1), then cycle 2, a second one-cycle of
-#    15 epochs (peak lr 0.08, seed 1) from cycle 1's weights (CKPT_DIR/cycle2), then cycle 3,
-#    18 epochs with cutout 12 (peak lr 0.08, seed 2) from cycle 2's weights (CKPT_DIR/cycle3),
-#    then cycle 4, 22 epochs with cutout 12 (peak lr 0.06, seed 3) from cycle 3's (CKPT_DIR/cycle4);
-# 1. export cycle 4's last checkpoint to weights/ (eval-mode state dict + sha256);
+#    one one-cycle run of 80 epochs from scratch (peak lr 0.15, cutout 16, seed 10) in CKPT_DIR;
+# 1. export its last checkpoint to weights/ (eval-mode state dict + sha256);
 # 2. evaluate it on the 10,000 CIFAR-10 test images (Markdown tables for weights/MODEL_CARD.md,
 #    written beside the checkpoint as eval.md / eval.json);
 # 3. regenerate the localisation tables and the sweep in BENCHMARKS.md;
@@ -25,23 +22,11 @@ mkdir -p "$CKPT"
 LOG="$CKPT/refresh.log"
 step() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
 
-TRAIN=(python scripts/train_cifar10.py --data "$SHARED/cifar10-jpeg.tar.gz" --resume)
-step "train: cycle 1, 24 epochs from scratch"
-"${TRAIN[@]}" --ckpt-dir "$CKPT/cycle1" >> "$CKPT/train.log" 2>&1
-python scripts/train_cifar10.py --ckpt-dir "$CKPT/cycle1" --export "$CKPT/cycle1.pt" | tee -a "$LOG"
-step "train: cycle 2, 15 epochs from cycle 1's weights"
-"${TRAIN[@]}" --ckpt-dir "$CKPT/cycle2" --init "$CKPT/cycle1.pt" --epochs 15 --lr 0.08 --seed 1 \
-    >> "$CKPT/train.log" 2>&1
-python scripts/train_cifar10.py --ckpt-dir "$CKPT/cycle2" --export "$CKPT/cycle2.pt" | tee -a "$LOG"
-step "train: cycle 3, 18 epochs with cutout from cycle 2's weights"
-"${TRAIN[@]}" --ckpt-dir "$CKPT/cycle3" --init "$CKPT/cycle2.pt" --epochs 18 --lr 0.08 --seed 2 \
-    --cutout 12 >> "$CKPT/train.log" 2>&1
-python scripts/train_cifar10.py --ckpt-dir "$CKPT/cycle3" --export "$CKPT/cycle3.pt" | tee -a "$LOG"
-step "train: cycle 4, 22 epochs with cutout from cycle 3's weights"
-"${TRAIN[@]}" --ckpt-dir "$CKPT/cycle4" --init "$CKPT/cycle3.pt" --epochs 22 --lr 0.06 --seed 3 \
-    --cutout 12 >> "$CKPT/train.log" 2>&1
+step "train: 80 epochs from scratch"
+python scripts/train_cifar10.py --data "$SHARED/cifar10-jpeg.tar.gz" --ckpt-dir "$CKPT" --resume \
+    --epochs 80 --cutout 16 --seed 10 >> "$CKPT/train.log" 2>&1
 step export
-python scripts/train_cifar10.py --ckpt-dir "$CKPT/cycle4" --export weights/wrn16-4_cifar10.pt | tee -a "$LOG"
+python scripts/train_cifar10.py --ckpt-dir "$CKPT" --export weights/wrn16-4_cifar10.pt | tee -a "$LOG"
 step evaluate on the CIFAR-10 test split
 python scripts/eval_cifar10.py --data "$SHARED/cifar10-jpeg.tar.gz" --markdown --json "$CKPT/eval.json" \
     > "$CKPT/eval.md"

@@ -19,7 +19,7 @@ The data order depends only on ``--seed`` and the epoch, so a resumed run sees t
 batches and augmentations. ``--export`` only ever reads ``last.pt`` (an epoch's end).
 
     python scripts/train_cifar10.py --data ../shared/data/cifar10-jpeg.tar.gz \
-        --ckpt-dir ~/.cache/gradloc-train --epochs 24 --resume
+        --ckpt-dir ~/.cache/gradloc-train --epochs 80 --cutout 16 --seed 10 --resume   # the shipped recipe
     python scripts/train_cifar10.py ... --export weights/wrn16-4_cifar10.pt   # after training
 """
 from __future__ import annotations
