@@ -50,8 +50,9 @@ _HELP = {
                   "deviations per axis (default: %(default)s; 0: off)",
     "fuse": "with rescoring: the best box becomes the score-weighted mean of the boxes overlapping it "
             "(IoU >= 0.3), weights softmax(score / T); this sets T (default: %(default)s; 0: off)",
-    "class_contrast": "with several classes asked for one image: each class's map minus the strongest other map "
-                      "of that image (shares of each map's total), and no union box (default on; --no-class-contrast)",
+    "class_contrast": "with several classes named for one image (not top-k): each class's map minus the strongest "
+                      "other map of that image (shares of each map's total), and no union box "
+                      "(default on; --no-class-contrast)",
     "scales": "multi-scale windows: auto (on when the shorter side >= 160 px), off, or e.g. 1,2,3",
     "max_windows": "multi-scale: at most this many windows scored per image (finest scales dropped first)",
     "windows": "multi-scale: windows per (image, class) that get gradients, best-supported first (default: 8)",

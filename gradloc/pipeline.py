@@ -54,7 +54,7 @@ class Options:
     ladder: str = "0.4,0.5,0.6,0.7"  # with rescore crop and mass: mass shares tried, best box of each
     moment_box: float = 1.5        # with rescoring: also the box of the map's centroid +- this many std; 0: off
     fuse: float = 0.2              # with rescoring: temperature of the best box's fusion with its neighbours; 0: off
-    class_contrast: bool = True    # several classes asked for one image: contrasted maps, no union box
+    class_contrast: bool = True    # several classes named for one image: contrasted maps, no union box
     scales: str = "auto"           # multi-scale windows: auto (large images), off, or e.g. "1,2,3"
     max_windows: int = 128         # cap on windows scored per image (finest scales dropped first)
     windows: int = 8               # windows per (image, class) that get gradients, best-supported first
@@ -160,14 +160,16 @@ def class_index(c: int | str) -> int:
 def parse_class_spec(spec: ClassSpec) -> tuple[str, list[int] | int | None]:
     """One image's class request -> ("predicted", None) | ("top", k) | ("list", [idx...]).
 
-    Accepts None (the predicted class), "all", "top3"/"top-3", a name, an index, or a list.
+    Accepts None (the predicted class), "all" (the ten classes, most probable first: top-10),
+    "top3"/"top-3", a name, an index, or a list. A list names classes the picture is said to
+    hold; top-k are competing guesses (the class contrast applies to lists only).
     """
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "predicted", "pred")):
         return "predicted", None
     if isinstance(spec, str):
         s = spec.strip().lower()
         if s == "all":
-            return "list", list(range(len(CIFAR10_CLASSES)))
+            return "top", len(CIFAR10_CLASSES)
         if s.startswith("top"):
             k = int(s[3:].lstrip("-:") or 1)
             return "top", max(1, min(k, len(CIFAR10_CLASSES)))
@@ -320,7 +322,8 @@ class ProposalGenerator:
         if single:
             sub = [sizes[i] for i in single]
             res = self.proposals_from_maps(*self.saliency(x_uint8[single], [specs[i] for i in single]), sub,
-                                           [x_uint8[i] if work is None or work[i] is None else work[i] for i in single])
+                                           [x_uint8[i] if work is None or work[i] is None else work[i] for i in single],
+                                           named=[specs[i][0] == "list" for i in single])
             for i, r in zip(single, res):
                 out[i] = r
         if multi:
@@ -423,7 +426,8 @@ class ProposalGenerator:
 
     def proposals_from_maps(self, maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,
                             sizes: Sequence[tuple[int, int]],
-                            work: Sequence[Tensor | None] | None = None) -> list[dict]:
+                            work: Sequence[Tensor | None] | None = None,
+                            named: Sequence[bool] | None = None) -> list[dict]:
         """The post-processing half of the single-window path: smoothing, threshold,
         morphology, components, boxes in original pixels, for maps ``[R, 32, 32]``. Cheap, so
         a sweep can rerun it on cached maps. Scores are the component's score times the
@@ -431,14 +435,19 @@ class ProposalGenerator:
         with rescoring (``work``: each image at working resolution), :meth:`box_scores` of
         each box, and with ``fuse`` the best box fused with its neighbours
         (:func:`~gradloc.proposals.fuse_best`). With ``class_contrast``, the maps of images
-        asked for several classes are first contrasted (:func:`~gradloc.saliency.contrast_maps`)
-        and propose no union box.
+        asked for several named classes are first contrasted (:func:`~gradloc.saliency.contrast_maps`)
+        and propose no union box. ``named``: per image, whether its classes were named (a
+        list) rather than its top-k guesses, which are hypotheses about one object that the
+        contrast would split; default all named.
         """
         o = self.options.box_recipe()
-        # rows whose image has other classes asked for it
+        # rows whose image was asked for several named classes
         shared = (torch.bincount(row_image)[row_image] > 1) & o.class_contrast
+        if named is not None:
+            shared &= torch.tensor(list(named), dtype=torch.bool)[row_image]
         if shared.any():
-            maps = contrast_maps(maps, row_image)
+            maps = maps.clone()
+            maps[shared] = contrast_maps(maps[shared], row_image[shared])
         smoothed, masks = self.smooth_and_threshold(maps, o)
         # the box around all components of a contrasted map spans several objects
         o_shared = replace(o, union_box=False)

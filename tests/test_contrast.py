@@ -76,3 +76,25 @@ def test_a_map_beaten_everywhere_keeps_its_own_evidence():
     # rows 0 and 1 are the same map: neither is stronger anywhere, so both stay as they are
     assert torch.equal(out[0], maps[0]) and torch.equal(out[1], maps[1])
     assert out[2][LEFT].min() > 0 and torch.isclose(out[2].sum(), out[2][LEFT].sum())
+
+
+def test_top_k_guesses_are_not_contrasted(random_wrn):
+    # top-k classes are guesses about one object: contrasting them would split it among them
+    gen = ProposalGenerator(random_wrn, device="cpu", rescore="off", smooth_sigma=0, kernel=1, threshold_value=0.9)
+    maps, rows, classes = two_object_maps(), torch.tensor([0, 0]), torch.tensor([3, 5])
+    guessed = gen.proposals_from_maps(maps, rows, classes, torch.ones(1, 10), [(32, 32)], named=[False])[0]
+    gen.options.class_contrast = False
+    plain = gen.proposals_from_maps(maps, rows, classes, torch.ones(1, 10), [(32, 32)])[0]
+    assert torch.equal(guessed["boxes"], plain["boxes"]) and torch.equal(guessed["maps"], plain["maps"])
+
+
+def test_named_classes_are_contrasted_and_top_k_is_not_end_to_end(random_wrn):
+    import numpy as np
+    gen = ProposalGenerator(random_wrn, device="cpu", rescore="off")
+    image = np.random.RandomState(0).randint(0, 255, (32, 32, 3)).astype(np.uint8)
+    top = gen(image, classes="top2")[0]
+    named = gen(image, classes=[top["map_classes"].tolist()])[0]
+    gen.options.class_contrast = False
+    plain = gen(image, classes=[top["map_classes"].tolist()])[0]
+    assert torch.equal(top["maps"], plain["maps"])
+    assert not torch.equal(named["maps"], plain["maps"])
