@@ -450,7 +450,7 @@ class ProposalGenerator:
             maps[shared] = contrast_maps(maps[shared], row_image[shared])
         smoothed, masks = self.smooth_and_threshold(maps, o)
         # the box around all components of a contrasted map spans several objects
-        o_shared = replace(o, union_box=False)
+        o_shared = replace(o, union_box=False) if shared.any() else o
         boxes, scores = [], []
         for r in range(len(smoothed)):
             i, c = int(row_image[r]), int(row_class[r])

@@ -69,13 +69,12 @@ def contrast_maps(maps: Tensor, row_image: Tensor) -> Tensor:
     Tensor, [R, H, W], >= 0
     """
     out = maps.clone()
-    total = maps.flatten(1).sum(1).clamp_min(1e-12)
+    total = maps.flatten(1).sum(1).clamp_min(1e-12)[:, None, None]
+    shares = maps / total
     for r in range(len(maps)):
-        rivals = (row_image == row_image[r]).nonzero().flatten()
-        rivals = rivals[rivals != r]
-        if len(rivals):
-            rival = (maps[rivals] / total[rivals, None, None]).amax(0)
-            kept = (maps[r] / total[r] - rival).clamp_min(0)
+        rivals = (row_image == row_image[r]) & (torch.arange(len(maps)) != r)
+        if rivals.any():
+            kept = (shares[r] - shares[rivals].amax(0)).clamp_min(0)
             if kept.any():  # a map beaten everywhere keeps its own evidence rather than none
                 out[r] = kept * total[r]
     return out
