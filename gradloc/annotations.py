@@ -45,6 +45,8 @@ class AnnotatedImage:
     boxes: Tensor
     labels: Tensor
     difficult: Tensor
+    image_id: int | str | None = None   # the annotation file's id (COCO), else None
+    areas: Tensor | None = None          # [K] COCO's ``area`` of each box, else None (box area)
 
     def classes(self) -> list[int]:
         """The classes with at least one scorable (non-difficult) box, sorted."""
@@ -59,6 +61,10 @@ class AnnotatedSet:
     images: list[AnnotatedImage]
     problems: list[dict] = field(default_factory=list)   # {"file", "reason"}
     unmapped: Counter = field(default_factory=Counter)   # category name -> count
+    # CIFAR-10 index -> the annotation file's category id (the lowest of those mapped onto it);
+    # classes absent here are written with their index as id.
+    category_ids: dict[int, int] = field(default_factory=dict)
+    source: str = ""                                     # "coco" or "voc"
 
 
 def load_aliases(path: str | Path | None) -> dict[str, str]:
@@ -102,12 +108,13 @@ def _clean_box(box, width: int, height: int, where: str, problems: list) -> list
     return [cx0, cy0, cx1, cy1]
 
 
-def _image(file, width, height, boxes, labels, difficult) -> AnnotatedImage:
+def _image(file, width, height, boxes, labels, difficult, image_id=None, areas=None) -> AnnotatedImage:
     return AnnotatedImage(
         file=file, width=int(width), height=int(height),
         boxes=torch.tensor(boxes, dtype=torch.float32).view(-1, 4),
         labels=torch.tensor(labels, dtype=torch.int64),
-        difficult=torch.tensor(difficult, dtype=torch.bool))
+        difficult=torch.tensor(difficult, dtype=torch.bool), image_id=image_id,
+        areas=None if areas is None else torch.tensor(areas, dtype=torch.float64))
 
 
 def load_coco(path: str | Path, aliases: dict[str, str] | None = None) -> AnnotatedSet:
@@ -135,7 +142,8 @@ def load_coco(path: str | Path, aliases: dict[str, str] | None = None) -> Annota
     for im in data["images"]:
         try:
             images[im["id"]] = {"file": str(im["file_name"]), "width": int(im["width"]),
-                                "height": int(im["height"]), "boxes": [], "labels": [], "difficult": []}
+                                "height": int(im["height"]), "boxes": [], "labels": [], "difficult": [],
+                                "image_id": im["id"], "areas": []}
             if images[im["id"]]["width"] < 1 or images[im["id"]]["height"] < 1:
                 raise ValueError("non-positive size")
         except (KeyError, TypeError, ValueError) as exc:
@@ -163,8 +171,14 @@ def load_coco(path: str | Path, aliases: dict[str, str] | None = None) -> Annota
             img["boxes"].append(box)
             img["labels"].append(label)
             img["difficult"].append(bool(a.get("iscrowd", 0)))
+            area = a.get("area")
+            img["areas"].append(float(area) if isinstance(area, (int, float)) and area >= 0 else w * h)
     out = [_image(**v) for v in images.values() if v["labels"]]
-    return AnnotatedSet(out, problems, unmapped)
+    category_ids: dict[int, int] = {}
+    for cat_id, (_, label) in sorted((k, v) for k, v in cats.items() if isinstance(k, int)):
+        if label is not None:
+            category_ids.setdefault(label, cat_id)
+    return AnnotatedSet(out, problems, unmapped, category_ids, "coco")
 
 
 def load_voc_xml(xml_path: str | Path, aliases: dict[str, str] | None = None,
@@ -234,7 +248,7 @@ def load_voc(folder: str | Path, aliases: dict[str, str] | None = None) -> Annot
             continue
         if im is not None:
             images.append(im)
-    return AnnotatedSet(images, problems, unmapped)
+    return AnnotatedSet(images, problems, unmapped, source="voc")
 
 
 def load_annotations(path: str | Path, aliases: dict[str, str] | None = None) -> AnnotatedSet:
@@ -246,7 +260,7 @@ def load_annotations(path: str | Path, aliases: dict[str, str] | None = None) ->
         problems: list = []
         unmapped: Counter = Counter()
         im = load_voc_xml(path, aliases, problems, unmapped)
-        return AnnotatedSet([im] if im else [], problems, unmapped)
+        return AnnotatedSet([im] if im else [], problems, unmapped, source="voc")
     if not path.exists():
         raise AnnotationError(f"annotations not found: {path}")
     return load_coco(path, aliases)

@@ -1,4 +1,4 @@
-"""Command line: ``gradloc localize | evaluate | make-synthetic``. Argument parsing only."""
+"""Command line: ``gradloc localize | evaluate | export-coco | make-synthetic``. Argument parsing only."""
 from __future__ import annotations
 
 import argparse
@@ -135,9 +135,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = run_evaluation(args.annotations, Path(args.output), images_dir=args.images, gen=gen,
                              predictions_json=args.predictions, aliases=aliases, workers=args.workers,
                              baselines=not args.no_baselines, gradcam=not args.no_gradcam,
-                             limit=args.limit, sample_seed=args.sample_seed)
+                             selective_search=args.selective_search, limit=args.limit, sample_seed=args.sample_seed)
     print(results_table(results))
     print(f"report: {Path(args.output) / 'report.md'}", file=sys.stderr)
+    return 0
+
+
+def cmd_export_coco(args: argparse.Namespace) -> int:
+    import json
+
+    from . import coco
+    from .io import atomic_write_text
+
+    try:
+        data = json.loads(Path(args.predictions).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{args.predictions} is not valid JSON: {exc}") from None
+    records = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(records, list):
+        raise ValueError(f"{args.predictions} is not a gradloc predictions.json (no 'images' list)")
+    if args.annotations:
+        from .annotations import load_aliases, load_annotations
+        ds = load_annotations(args.annotations, load_aliases(args.aliases))
+        dets, unmatched, missing = coco.results_from_predictions(records, ds)
+        text = json.dumps(dets)
+        for f in unmatched:
+            print(f"gradloc: {f}: no annotated image of this name; its proposals are not in the results",
+                  file=sys.stderr)
+        for f in missing:
+            print(f"gradloc: {f}: annotated, but no prediction for it", file=sys.stderr)
+        what = f"{len(dets)} results for {len(ds.images) - len(missing)} annotated images"
+    else:
+        dataset = coco.dataset_from_predictions(records, args.relative_to)
+        text = json.dumps(dataset)
+        what = f"a COCO dataset of {len(dataset['images'])} images and {len(dataset['annotations'])} scored boxes"
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(args.output), text)
+    print(f"wrote {what} to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -187,9 +221,26 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--sample-seed", type=int, default=None,
                     help="with --limit: score N images drawn at random with this seed instead of the first N")
     ev.add_argument("--no-baselines", action="store_true", help="skip the box baselines")
-    ev.add_argument("--no-gradcam", action="store_true", help="skip the same-network Grad-CAM baseline")
+    ev.add_argument("--no-gradcam", action="store_true",
+                    help="skip the same-network Grad-CAM and CAM baselines")
+    ev.add_argument("--selective-search", action="store_true",
+                    help="also score OpenCV's selective search (fast mode, 100 boxes): class-agnostic proposals, "
+                         "an anchor for recall that needs no classifier (about 0.1-0.5 s per image)")
     add_pipeline_options(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser("export-coco", help="a predictions.json as a COCO results file or a COCO dataset",
+                        description="With --annotations: a COCO results file ([{image_id, category_id, bbox, "
+                                    "score}]) with the annotations' image and category ids, for pycocotools or "
+                                    "faster-coco-eval. Without: a COCO dataset whose annotations are the scored "
+                                    "proposals, which FiftyOne imports as COCODetectionDataset.")
+    ex.add_argument("predictions", help="predictions.json written by gradloc localize")
+    ex.add_argument("-o", "--output", required=True, help="JSON file to write")
+    ex.add_argument("--annotations", default=None, help="COCO .json, VOC folder or .xml the images belong to")
+    ex.add_argument("--aliases", default=None, help="alias table, as for evaluate")
+    ex.add_argument("--relative-to", default=None,
+                    help="without --annotations: write file names relative to this folder (FiftyOne's data_path)")
+    ex.set_defaults(func=cmd_export_coco)
 
     sy = sub.add_parser("make-synthetic", help="paste CIFAR-10 test images onto textured canvases (COCO JSON)")
     sy.add_argument("--cifar", required=True, help="CIFAR-10 JPEG folder or its .tar.gz (test split is used)")

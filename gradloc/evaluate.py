@@ -13,21 +13,25 @@ Metric definitions (each unit is an (image, ground-truth class) pair unless stat
   class with IoU >= delta (Deselaers et al. 2012; "GT-known" as in Choe et al. 2020).
 - Top-1 localisation (unit: image): the predicted class is one of the image's classes
   and its top-1 proposal hits a box of that class at IoU >= 0.5 (ILSVRC's top-1 loc).
-- MaxBoxAccV2 (Choe et al., CVPR 2020): the map is min-max normalised; for each
-  threshold tau in {0, 0.01, ..., 0.99}, every 8-connected component of ``map >= tau``
-  gives a box and the best-matching one counts; BoxAcc(tau, delta) is the fraction of
-  pairs whose best IoU >= delta; MaxBoxAccV2 is the mean over delta in {0.3, 0.5, 0.7}
-  of max over tau. Computed on the 32x32 grid, boxes scaled to the original image.
+- MaxBoxAccV2 (Choe et al., CVPR 2020), as wsolevaluation computes it: the image and its
+  boxes are resized to 224x224 (box corners truncated to integers), the map is resized to
+  224x224 (bicubic) and min-max normalised (a constant map becomes zeros), then scaled to
+  uint8; for each threshold tau in {0, 0.01, ..., 0.99} the pixels above ``int(tau * max)``
+  are kept and every contour of them (OpenCV, all levels of the tree) gives a box; the
+  best IoU (inclusive-pixel convention, +1) of any box with any box of the class counts;
+  BoxAcc(tau, delta) is the fraction of pairs whose best IoU >= delta, and MaxBoxAccV2 the
+  mean over delta in {0.3, 0.5, 0.7} of the maximum over tau.
 - Pointing game (Zhang et al. 2016): the map's maximum (centre of its grid cell) lies
   within a tolerance of a box of the class; tolerance 15 px at 224 px as in TorchRay,
   i.e. 15/224 of the image's longer side.
 - Recall@k at IoU 0.5 and mean best overlap (MBO@k) (unit: ground-truth box): the best
   IoU among the top-k proposals for its class.
 - Classification accuracy (unit: image): the predicted class is one of the image's classes.
+- COCO AP and AR@1/10/100 over IoU 0.5:0.95, by object size, per class and class-agnostic:
+  pycocotools on the method's COCO results file (:mod:`gradloc.coco`).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import cv2
@@ -42,6 +46,7 @@ from .model import CIFAR10_CLASSES
 DELTAS = (0.3, 0.5, 0.7)
 POINTING_TOLERANCE = 15 / 224
 MAXBOXACC_THRESHOLDS = np.arange(0, 1, 0.01)
+MAXBOXACC_SIZE = 224  # wsolevaluation's resize length
 
 
 def _pairs(ds: AnnotatedSet, preds: list):
@@ -126,49 +131,76 @@ def recall_and_mbo(ds: AnnotatedSet, preds: list, ks=(1, 5, 10), delta: float = 
     return out
 
 
-def component_boxes_all(score: np.ndarray, thresholds=MAXBOXACC_THRESHOLDS) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes of all 8-connected components of ``score >= tau`` for every tau.
+def wsol_boxes(score: np.ndarray, thresholds=MAXBOXACC_THRESHOLDS) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of every contour of the pixels above each threshold, as wsolevaluation's
+    ``compute_bboxes_from_scoremaps`` with multi-contour evaluation (MaxBoxAccV2).
 
-    ``score`` ``[h, w]`` min-max normalised. Returns boxes ``[N, 4]`` (grid xyxy) and the
-    threshold index of each box ``[N]``.
+    ``score`` ``float [H, W]`` in [0, 1]. Returns boxes ``[N, 4]`` (x0, y0, x1, y1, inclusive
+    pixel indices, x1 <= W - 1, y1 <= H - 1) and each box's threshold index ``[N]``; a threshold
+    that keeps no pixel gives the box (0, 0, 0, 0), as there.
     """
+    height, width = score.shape
+    image = (score * 255).astype(np.uint8)
+    top = int(image.max())
     boxes, which = [], []
     for t, tau in enumerate(thresholds):
-        n, _, stats, _ = cv2.connectedComponentsWithStats((score >= tau).astype(np.uint8), connectivity=8)
-        if n > 1:
-            s = stats[1:]
-            boxes.append(np.stack([s[:, 0], s[:, 1], s[:, 0] + s[:, 2], s[:, 1] + s[:, 3]], 1))
-            which.append(np.full(n - 1, t))
-    if not boxes:
-        return np.zeros((0, 4), np.float32), np.zeros(0, int)
-    return np.concatenate(boxes).astype(np.float32), np.concatenate(which)
+        _, kept = cv2.threshold(image, int(tau * top), 255, cv2.THRESH_BINARY)
+        contours = cv2.findContours(kept, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+        found = [cv2.boundingRect(c) for c in contours] or [(0, 0, 0, 0)]
+        boxes += [(x, y, min(x + w, width - 1), min(y + h, height - 1)) for x, y, w, h in found]
+        which += [t] * len(found)
+    return np.array(boxes, dtype=np.int64).reshape(-1, 4), np.array(which, dtype=np.int64)
+
+
+def inclusive_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU ``[N, M]`` of integer boxes ``[N, 4]``, ``[M, 4]`` whose corners are inclusive pixel
+    indices (area (x1 - x0 + 1) * (y1 - y0 + 1)), wsolevaluation's convention."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt + 1, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2] + 1, axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2] + 1, axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def wsol_score_map(m: np.ndarray, size: int = MAXBOXACC_SIZE) -> np.ndarray:
+    """A map at any resolution -> ``size`` x ``size``, bicubic, min-max normalised (zeros when
+    constant or not finite), as wsolevaluation prepares CAMs."""
+    m = cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+    if not np.isfinite(m).all() or m.min() == m.max():
+        return np.zeros_like(m)
+    m = m - m.min()
+    return m / m.max()
+
+
+def wsol_gt_boxes(boxes: Tensor, width: int, height: int, size: int = MAXBOXACC_SIZE) -> np.ndarray:
+    """Ground-truth boxes ``[K, 4]`` of a ``width`` x ``height`` image -> the ``size`` x ``size``
+    image, each corner truncated to an integer (wsolevaluation's ``resize_bbox``)."""
+    scale = np.array([size / width, size / height] * 2)
+    return (boxes.double().numpy() * scale).astype(np.int64)
 
 
 def max_box_acc_v2(ds: AnnotatedSet, preds: list, deltas=DELTAS,
                    thresholds=MAXBOXACC_THRESHOLDS) -> dict | None:
-    """MaxBoxAccV2 and the per-delta maxima with the best threshold."""
+    """MaxBoxAccV2 (module docstring) and, per delta, the maximum with its best threshold.
+    None when the predictions carry no maps."""
     best = []
     for _, im, p, c in _pairs(ds, preds):
         m = (p.get("maps") or {}).get(c)
         if m is None:
             return None
-        m = m.float().numpy()
-        lo, hi = float(m.min()), float(m.max())
-        score = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
-        boxes, which = component_boxes_all(score, thresholds)
-        per_tau = torch.zeros(len(thresholds))
-        if len(boxes):
-            h, w = m.shape
-            scale = torch.tensor([im.width / w, im.height / h] * 2)
-            ious = box_iou(torch.from_numpy(boxes) * scale, im.boxes_of(c)).max(1).values
-            per_tau.scatter_reduce_(0, torch.from_numpy(which), ious, reduce="amax")
+        boxes, which = wsol_boxes(wsol_score_map(m.float().numpy()), thresholds)
+        ious = inclusive_iou(boxes, wsol_gt_boxes(im.boxes_of(c), im.width, im.height)).max(1)
+        per_tau = np.zeros(len(thresholds))
+        np.maximum.at(per_tau, which, ious)
         best.append(per_tau)
     if not best:
         return None
-    best_t = torch.stack(best)  # [pairs, thresholds]
+    best_t = np.stack(best)  # [pairs, thresholds]
     out = {}
     for d in deltas:
-        acc = (best_t >= d).float().mean(0)
+        acc = (best_t >= d).mean(0)
         out[f"{d:.1f}"] = float(acc.max())
         out[f"best_threshold@{d:.1f}"] = float(thresholds[int(acc.argmax())])
     out["v2"] = float(np.mean([out[f"{d:.1f}"] for d in deltas]))
@@ -186,43 +218,6 @@ def score(ds: AnnotatedSet, preds: list) -> dict:
         "proposals": recall_and_mbo(ds, preds),
         "accuracy": classification_accuracy(ds, preds),
     }
-
-
-# -- baselines --------------------------------------------------------------------------
-
-def centred_box(width: int, height: int, area: float) -> Tensor:
-    """The box of ``area`` (fraction of the image) centred, with the image's aspect ratio."""
-    s = math.sqrt(area)
-    return torch.tensor([[width * (1 - s) / 2, height * (1 - s) / 2,
-                          width * (1 + s) / 2, height * (1 + s) / 2]])
-
-
-def baseline_whole_image(ds: AnnotatedSet) -> list:
-    """The whole image as the box; its centre as the pointing-game point."""
-    return [{"boxes": {c: centred_box(im.width, im.height, 1.0) for c in im.classes()},
-             "peaks": {c: (im.width / 2, im.height / 2) for c in im.classes()}} for im in ds.images]
-
-
-def baseline_centred(ds: AnnotatedSet, area: float) -> list:
-    return [{"boxes": {c: centred_box(im.width, im.height, area) for c in im.classes()},
-             "peaks": {c: (im.width / 2, im.height / 2) for c in im.classes()}} for im in ds.images]
-
-
-def baseline_random(ds: AnnotatedSet, seed: int = 0, k: int = 10) -> list:
-    """``k`` random boxes per class: corners drawn uniformly and sorted (seeded)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for im in ds.images:
-        per = {}
-        for c in im.classes():
-            xs = torch.rand(k, 2, generator=gen).sort(1).values * im.width
-            ys = torch.rand(k, 2, generator=gen).sort(1).values * im.height
-            per[c] = torch.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], 1)
-        out.append({"boxes": per})
-    return out
-
-
-CENTRED_AREAS = (0.25, 0.5, 0.75)
 
 
 # -- running the pipeline over an annotated set -------------------------------------------
@@ -266,12 +261,13 @@ def predict(gen, ds: AnnotatedSet, images_dir: str | Path, workers: int = 1, top
 
 def prediction_from_result(res: dict, size: tuple[int, int]) -> dict:
     """Pipeline output for one image -> the per-class prediction dict scored here."""
-    boxes, maps, peaks = {}, {}, {}
+    boxes, scores, maps, peaks = {}, {}, {}, {}
     for r, c in enumerate(res["map_classes"].tolist()):
         boxes[c] = res["boxes"][res["labels"] == c]
+        scores[c] = res["scores"][res["labels"] == c]
         maps[c] = res["maps"][r].half()
         peaks[c] = tuple(res["peaks"][r].tolist())
-    return {"boxes": boxes, "maps": maps, "peaks": peaks, "probs": res["probs"]}
+    return {"boxes": boxes, "scores": scores, "maps": maps, "peaks": peaks, "probs": res["probs"]}
 
 
 def predictions_from_json(ds: AnnotatedSet, records: list[dict]) -> tuple[list, list[dict]]:
@@ -289,12 +285,16 @@ def predictions_from_json(ds: AnnotatedSet, records: list[dict]) -> tuple[list, 
             missing.append({"file": im.file, "reason": "no prediction for this image"})
             continue
         boxes: dict[int, list] = {}
+        scores: dict[int, list] = {}
         for prop in rec.get("proposals", []):
-            boxes.setdefault(CIFAR10_CLASSES.index(prop["label"]), []).append(prop["box"])
+            c = CIFAR10_CLASSES.index(prop["label"])
+            boxes.setdefault(c, []).append(prop["box"])
+            scores.setdefault(c, []).append(float(prop.get("score", 0.0)))
         peaks = {CIFAR10_CLASSES.index(k): tuple(v) for k, v in (rec.get("peaks") or {}).items()}
         probs = rec.get("probs")
         preds.append({
             "boxes": {c: torch.tensor(b, dtype=torch.float32).view(-1, 4) for c, b in boxes.items()},
+            "scores": {c: torch.tensor(v, dtype=torch.float32) for c, v in scores.items()},
             "peaks": peaks or None,
             "probs": torch.tensor([probs[c] for c in CIFAR10_CLASSES]) if probs else None,
         })
@@ -314,17 +314,24 @@ def subset(items: list, limit: int | None, seed: int | None = None) -> list:
 def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path | None = None,
                    gen=None, predictions_json: str | Path | None = None, aliases=None,
                    workers: int = 1, baselines: bool = True, gradcam: bool = True,
-                   limit: int | None = None, sample_seed: int | None = None, method_label: str | None = None,
-                   gradcam_label: str = "Grad-CAM (CAM box)") -> dict:
+                   selective_search: bool = False, limit: int | None = None, sample_seed: int | None = None,
+                   method_label: str | None = None) -> dict:
     """Score the pipeline (or a finished ``localize`` run) and the baselines; write a report.
 
     Exactly one of ``gen`` (with ``images_dir``) or ``predictions_json`` must be given.
-    ``limit``: score only the first N images, or with ``sample_seed`` N images drawn at random
-    (annotation files are often sorted by class). Returns ``{name: metrics}``.
+    ``gradcam``: also Grad-CAM and CAM as published, on the same network (needs ``gen``).
+    ``selective_search``: also OpenCV's selective search, a class-agnostic proposal anchor
+    (needs ``images_dir`` and opencv-contrib). ``limit``: score only the first N images, or with
+    ``sample_seed`` N images drawn at random (annotation files are often sorted by class).
+    Every method's COCO results file goes to ``out/coco/``; its AP/AR come from that file.
+    Returns ``{name: metrics}``.
     """
     import json as _json
 
+    from . import baselines as B
+    from . import coco
     from .annotations import load_annotations
+    from .io import atomic_write_text
     from .report import write_report
 
     ds = load_annotations(annotations, aliases)
@@ -340,39 +347,59 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     if predictions_json is not None:
         data = _json.loads(Path(predictions_json).read_text(encoding="utf-8"))
         name = method_label or f"gradloc ({data.get('settings', {}).get('method', '?')})"
-        preds, skipped = predictions_from_json(ds, data.get("images", []))
-        preds_by_name[name] = preds
+        preds_by_name[name], skipped = predictions_from_json(ds, data.get("images", []))
         info["settings"] = data.get("settings", {})
     else:
         if gen is None or images_dir is None:
             raise ValueError("give --images DIR to run the pipeline, or --predictions FILE")
         name = method_label or f"gradloc ({gen.options.method})"
-        preds, skipped = predict(gen, ds, images_dir, workers)
-        preds_by_name[name] = preds
+        preds_by_name[name], skipped = predict(gen, ds, images_dir, workers)
         info["settings"] = {k: v for k, v in vars(gen.options).items()}
-        if gradcam and gen.options.method != "gradcam":
-            from .pipeline import ProposalGenerator
-            # Same windows as the method it is compared with (single window unless multi-scale).
-            cam = ProposalGenerator(gen.model, device=str(gen.device), batch_size=gen.batch_size,
-                                    max_pixels=gen.max_pixels, method="gradcam", scales=gen.options.scales)
-            preds_by_name[gradcam_label], _ = predict(cam, ds, images_dir, workers, desc="grad-cam")
+        if gradcam:
+            for method, label in (("gradcam", "Grad-CAM (final features, CAM box)"), ("cam", "CAM (CAM box)")):
+                preds_by_name[label], _ = B.predict_cam(gen.model, ds, images_dir, method, device=str(gen.device),
+                                                        batch_size=gen.batch_size, workers=workers,
+                                                        max_pixels=gen.max_pixels)
+    if selective_search and images_dir is not None:
+        if not B.has_selective_search():
+            raise ValueError("selective search needs OpenCV's contrib module: pip install opencv-contrib-python-headless")
+        preds_by_name["selective search (class-agnostic)"], _ = B.predict_selective_search(ds, images_dir)
     info["skipped"] = skipped
     # Baselines are scored on the same images as the method (unreadable ones left out).
     readable = [p is not None for p in next(iter(preds_by_name.values()))]
-    results = {n: score(ds, p) for n, p in preds_by_name.items()}
     if baselines:
-        base_preds = {"best centred box": None, "whole image": baseline_whole_image(ds),
-                      "random boxes": baseline_random(ds)}
-        centred = {a: baseline_centred(ds, a) for a in CENTRED_AREAS}
-        for a, p in centred.items():
-            base_preds[f"centre {int(a * 100)}%"] = p
-        mask = lambda preds: [p if ok else None for p, ok in zip(preds, readable)]  # noqa: E731
-        scored = {n: score(ds, mask(p)) for n, p in base_preds.items() if p is not None}
-        best = max(CENTRED_AREAS, key=lambda a: scored[f"centre {int(a * 100)}%"]["corloc"]["0.5"])
-        results["best centred box"] = dict(scored[f"centre {int(best * 100)}%"], area=best)
-        results.update({n: v for n, v in scored.items()})
-        preds_by_name["best centred box"] = mask(centred[best])
-        preds_by_name["whole image"] = mask(base_preds["whole image"])
-    write_report(out, f"gradloc evaluation: {Path(annotations).name}", results, ds, preds_by_name,
+        masked = lambda preds: [p if ok else None for p, ok in zip(preds, readable)]  # noqa: E731
+        centred = {a: masked(B.baseline_centred(ds, a)) for a in B.CENTRED_AREAS}
+        best = max(B.CENTRED_AREAS, key=lambda a: corloc(ds, centred[a])["0.5"])
+        preds_by_name["best centred box"] = centred[best]
+        preds_by_name["whole image"] = masked(B.baseline_whole_image(ds))
+        preds_by_name["random boxes"] = masked(B.baseline_random(ds))
+        preds_by_name.update({f"centre {int(a * 100)}%": p for a, p in centred.items()})
+        info["best_centred_area"] = best
+    gt = coco.ground_truth(ds)
+    ids = coco.image_ids(ds)
+    (out / "coco").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "coco" / "ground_truth.json", _json.dumps(gt))
+    against_file = ds.source == "coco"
+    results = {}
+    for n, preds in preds_by_name.items():
+        path = out / "coco" / (slug(n) + ".json")
+        atomic_write_text(path, _json.dumps(coco.results(ds, preds)))
+        dets = _json.loads(path.read_text(encoding="utf-8"))  # the metrics come from the file as written
+        results[n] = score(ds, preds)
+        results[n]["coco"] = {"results_file": str(path.relative_to(out)), **coco.coco_metrics(gt, dets, ids)}
+        if against_file:
+            results[n]["coco"]["against_annotation_file"] = coco.evaluate_against_file(
+                annotations, dets, ids if limit is not None else None)
+    if "best centred box" in results:
+        results["best centred box"]["area"] = info["best_centred_area"]
+    write_report(out, f"gradloc evaluation: {Path(annotations).name}", results, ds,
+                 {n: p for n, p in preds_by_name.items() if not n.startswith("centre ")},
                  Path(images_dir) if images_dir else None, name, info)
     return results
+
+
+def slug(name: str) -> str:
+    """A method's name as a file name: ``Grad-CAM (final features, CAM box)`` -> ``grad-cam-final-features-cam-box``."""
+    import re
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "method"

@@ -69,7 +69,9 @@ class WideResNet(nn.Module):
     Notes
     -----
     The three groups are exposed as ``block1``, ``block2``, ``block3`` so that saliency
-    methods can take the influence of pixels on an intermediate block's output.
+    methods can take the influence of pixels on an intermediate block's output. In this
+    pre-activation network ``block3``'s output is not yet normalised; ``relu`` (after the final
+    BN) gives the features that global pooling and ``fc`` see, Grad-CAM's layer.
     """
 
     def __init__(self, depth: int = 16, width: int = 4, num_classes: int = 10,
@@ -87,6 +89,9 @@ class WideResNet(nn.Module):
         self.block2 = self._group(widths[1], widths[2], n, 2, dropout)
         self.block3 = self._group(widths[2], widths[3], n, 2, dropout)
         self.bn = nn.BatchNorm2d(widths[3])
+        # A module (not a call) so that hooks can take the features the classifier pools:
+        # Grad-CAM and CAM target its output.
+        self.relu = nn.ReLU()
         self.fc = nn.Linear(widths[3], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -107,7 +112,7 @@ class WideResNet(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """Final feature map before pooling, ``[B, 64k, 8, 8]`` for 32x32 input."""
         x = self.block3(self.block2(self.block1(self.conv1(x))))
-        return torch.relu(self.bn(x))
+        return self.relu(self.bn(x))
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[B, num_classes]`` for normalised input ``[B, 3, 32, 32]``."""

@@ -23,6 +23,7 @@ from .threshold import DEFAULT_MASS_SHARE, threshold
 
 ClassSpec = Union[None, int, str, Sequence[Union[int, str]]]
 RESCORES = ("off", "crop", "crop-delete")
+CAM_METHODS = ("gradcam", "cam")  # boxed by the CAM paper's recipe
 MEAN_COLOUR = tuple(255 * m for m in CIFAR10_MEAN)  # what normalises to zero: no evidence
 
 
@@ -86,7 +87,7 @@ class Options:
 
     def method_kwargs(self) -> dict:
         kw: dict = {"output": self.model_output}
-        if self.method not in ("gradcam",):
+        if self.method not in CAM_METHODS:
             kw["reduce"] = self.reduce
         if self.positive is not None:
             kw["positive"] = self.positive
@@ -94,9 +95,9 @@ class Options:
             kw.update(samples=self.samples, noise=self.noise)
         if self.method == "integrated-gradients":
             kw["steps"] = self.steps
-        if self.method in ("layer", "gradcam") and self.layer:
+        if self.method in ("layer", *CAM_METHODS) and self.layer:
             kw["layer"] = self.layer
-        if self.method == "gradcam" and self.model_output == "probs":
+        if self.method in CAM_METHODS and self.model_output == "probs":
             kw["output"] = "logits"  # Grad-CAM is defined on the class score
         return kw
 
@@ -104,7 +105,7 @@ class Options:
         """The post-processing actually applied: Grad-CAM is boxed by the CAM paper's recipe
         (raw map, 20% of the maximum unless a threshold is given, 3x3, largest component);
         without rescoring there is no moment box and no fusion (both need rescored boxes)."""
-        if self.method != "gradcam":
+        if self.method not in CAM_METHODS:
             return self if self.rescore != "off" else replace(self, fuse=0.0, moment_box=0.0)
         recipe = {"smooth_sigma": 0.0, "kernel": 3, "component_score": "area", "union_box": False, "top_k": 1,
                   "rescore": "off", "fuse": 0.0, "moment_box": 0.0, "class_contrast": False}

@@ -25,8 +25,17 @@ COLUMNS = [
     ("Recall@5", lambda m: m["proposals"]["recall@5"]),
     ("Recall@10", lambda m: m["proposals"]["recall@10"]),
     ("MBO@1", lambda m: m["proposals"]["mbo@1"]),
+    ("AR@1", lambda m: _coco(m, "per_class", "AR1")),
+    ("AR@10", lambda m: _coco(m, "per_class", "AR10")),
+    ("AR@100", lambda m: _coco(m, "per_class", "AR100")),
+    ("AR@100 agnostic", lambda m: _coco(m, "class_agnostic", "AR100")),
+    ("AP", lambda m: _coco(m, "per_class", "AP")),
     ("Cls acc", lambda m: m["accuracy"]),
 ]
+
+
+def _coco(m: dict, kind: str, stat: str):
+    return (m.get("coco") or {}).get(kind, {}).get(stat)
 
 
 def _fmt(v) -> str:
@@ -39,6 +48,19 @@ def results_table(results: dict[str, dict]) -> str:
              "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |"]
     for name, m in results.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(f(m)) for _, f in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def size_table(results: dict[str, dict]) -> str:
+    """AR@100 and AP by COCO object size, per class and class-agnostic, in percent."""
+    cols = [("AR small", "per_class", "AR_small"), ("AR medium", "per_class", "AR_medium"),
+            ("AR large", "per_class", "AR_large"), ("agnostic AR small", "class_agnostic", "AR_small"),
+            ("agnostic AR medium", "class_agnostic", "AR_medium"), ("agnostic AR large", "class_agnostic", "AR_large"),
+            ("AP small", "per_class", "AP_small"), ("AP medium", "per_class", "AP_medium"),
+            ("AP large", "per_class", "AP_large")]
+    lines = ["| method | " + " | ".join(c for c, _, _ in cols) + " |", "| --- |" + " ---: |" * len(cols)]
+    for name, m in results.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(_coco(m, k, s)) for _, k, s in cols) + " |")
     return "\n".join(lines)
 
 
@@ -145,8 +167,12 @@ def write_report(out: Path, title: str, results: dict[str, dict], ds, preds_by_n
     lines = [f"# {title}", ""]
     lines += [f"- {k}: {v}" for k, v in info.items() if not isinstance(v, (list, dict))]
     lines += ["", "All values in percent. Units: (image, class) pairs for CorLoc, MaxBoxAccV2 and "
-              "pointing; ground-truth boxes for recall and MBO; images for top-1 loc and accuracy. "
+              "pointing; ground-truth boxes for recall, MBO and AR; images for top-1 loc and accuracy. "
+              "AR@k and AP: COCO's, IoU 0.5:0.95, per class (\"agnostic\": every box against every "
+              "box of its image), computed by pycocotools from the results files in `coco/`; "
+              "boxes were asked for the image's ground-truth classes only. "
               "Definitions: `gradloc/evaluate.py`.", "", results_table(results), "",
+              "## COCO AR@100 by object size (small < 32², medium < 96², large)", "", size_table(results), "",
               "## GT-known CorLoc@0.5 per class", "", per_class_table(results), ""]
     lines += [f"![{p}]({p})" for p in plots]
     for key in ("skipped", "annotation_problems"):

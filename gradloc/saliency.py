@@ -289,24 +289,60 @@ class LayerInfluence(SaliencyMethod):
 
 
 class GradCAM(SaliencyMethod):
-    """Grad-CAM (Selvaraju et al. 2017) on ``layer``, upsampled to the input size."""
+    """Grad-CAM (Selvaraju et al. 2017): a layer's activations weighted per channel by the
+    spatial mean of the class score's gradient, summed over channels, ReLU, bilinear
+    upsampling to the input.
+
+    The default layer ``relu`` is the final BN-ReLU output, the features global pooling and
+    the linear head see: the last convolutional features as the classifier uses them, as in
+    the paper. (In this pre-activation WRN ``block3``'s output comes before that BN-ReLU; it
+    and the other blocks stay available through ``layer``.) With a GAP + linear head and
+    ``output="logits"``, the map is CAM's up to a constant factor, after ReLU.
+    """
 
     name = "gradcam"
 
-    def __init__(self, model, output="logits", reduce="max", positive=True, layer: str = "block3"):
+    def __init__(self, model, output="logits", reduce="max", positive=True, layer: str = "relu"):
         super().__init__(model, output, reduce, positive)
         self.layer = get_layer(model, layer)
 
-    def attribute(self, x, targets):
+    def channel_weights(self, act: Tensor, logits: Tensor, mask: Tensor) -> Tensor:
+        """``[M, K]``: the spatial mean of the masked score's gradient w.r.t. ``act`` ``[M, K, h, w]``."""
+        (g_act,) = torch.autograd.grad(self.score(logits, mask), act)
+        return g_act.mean((2, 3))
+
+    def feature_maps(self, x: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
+        """Maps at the layer's resolution ``[M, h, w]`` (8x8 for ``relu``) and clean logits."""
         # Parameters are frozen, so the input must carry the graph; the backward stops at act.
         with torch.enable_grad(), capture_output(self.layer) as store:
             logits = self.model(x.detach().requires_grad_(True))
             act = store["out"]
-            mask = resolve_mask(targets, logits)
-            (g_act,) = torch.autograd.grad(self.score(logits, mask), act)
-        cam = (g_act.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True).clamp(min=0)
-        cam = F.interpolate(cam.detach(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return cam[:, 0], logits.detach()
+            weights = self.channel_weights(act, logits, resolve_mask(targets, logits))
+        cam = torch.einsum("mk,mkhw->mhw", weights.detach().float(), act.detach().float())
+        return (cam.clamp(min=0) if self.positive else cam), logits.detach()
+
+    def attribute(self, x, targets):
+        cam, logits = self.feature_maps(x, targets)
+        # as a saliency method the map is evidence for the class: CAM's negative part is dropped
+        cam = F.interpolate(cam[:, None].clamp(min=0), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return cam[:, 0], logits
+
+
+class CAM(GradCAM):
+    """Class activation mapping (Zhou et al. 2016): the final features weighted by the linear
+    head's weights of the masked classes, ``sum_k w_ck F_k(x, y)``; :meth:`feature_maps` keeps
+    the sign, as in the paper (the pipeline's maps drop the negative part). Needs a global-average-pooling + linear head: ``model.fc`` after ``layer``."""
+
+    name = "cam"
+
+    def __init__(self, model, output="logits", reduce="max", positive=False, layer: str = "relu"):
+        super().__init__(model, output, reduce, positive, layer)
+        self.head = get_layer(model, "fc")
+        if not isinstance(self.head, nn.Linear):
+            raise ValueError("CAM needs a linear head named 'fc' after global average pooling")
+
+    def channel_weights(self, act, logits, mask):
+        return mask.to(self.head.weight.dtype) @ self.head.weight
 
 
 class Occlusion(SaliencyMethod):
@@ -361,6 +397,7 @@ METHODS: dict[str, Callable[..., SaliencyMethod]] = {
     "integrated-gradients": IntegratedGradients,
     "layer": LayerInfluence,
     "gradcam": GradCAM,
+    "cam": CAM,
     "occlusion": Occlusion,
 }
 

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gradloc.report import replace_marked_block  # noqa: E402
 from gradloc import ProposalGenerator  # noqa: E402
 from gradloc.annotations import load_annotations  # noqa: E402
-from gradloc.evaluate import (CENTRED_AREAS, baseline_centred, corloc, max_box_acc_v2,  # noqa: E402
-                              pointing_game, prediction_from_result)
+from gradloc.baselines import CENTRED_AREAS, baseline_centred  # noqa: E402
+from gradloc.evaluate import corloc, max_box_acc_v2, pointing_game, prediction_from_result  # noqa: E402
 from gradloc.io import iter_batches  # noqa: E402
 from gradloc.model import default_weights_path, sha256_of, wide_resnet  # noqa: E402
 from gradloc.pipeline import Options  # noqa: E402

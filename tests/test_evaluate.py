@@ -10,9 +10,9 @@ from torchvision.ops import box_iou
 from gradloc.annotations import (AnnotatedImage, AnnotatedSet, AnnotationError, load_aliases,
                                  load_annotations, load_coco, load_voc)
 from gradloc.cli import main
-from gradloc.evaluate import (baseline_centred, baseline_whole_image, centred_box, corloc,
-                              max_box_acc_v2, pointing_game, recall_and_mbo, score, subset,
-                              top1_localization)
+from gradloc.baselines import baseline_centred, baseline_whole_image, centred_box
+from gradloc.evaluate import (corloc, inclusive_iou, max_box_acc_v2, pointing_game, recall_and_mbo, score,
+                              subset, top1_localization, wsol_boxes, wsol_gt_boxes)
 
 
 def img(file, w, h, boxes, labels, difficult=None):
@@ -56,21 +56,47 @@ def test_top1_localization_needs_the_right_class():
     assert top1_localization(ds, preds) == 0.5
 
 
-def test_max_box_acc_v2_on_a_tiny_map():
-    # 4x4 map on a 4x4 image; the object is the top-left 2x2 square.
-    m = torch.tensor([[0.9, 0.8, 0.0, 0.0],
-                      [0.7, 0.6, 0.0, 0.0],
-                      [0.0, 0.0, 0.0, 0.3],
-                      [0.0, 0.0, 0.0, 0.0]])
-    ds = AnnotatedSet([img("a", 4, 4, [[0, 0, 2, 2]], [0])])
-    res = max_box_acc_v2(ds, [{"boxes": {}, "maps": {0: m}}], thresholds=np.array([0.0, 0.5, 0.95]))
-    # tau=0: one 4x4 box (IoU 0.25); tau=0.5: the 2x2 square (IoU 1); tau=0.95: the 1x1 peak (0.25).
-    assert res["0.3"] == 1.0 and res["0.5"] == 1.0 and res["0.7"] == 1.0 and res["v2"] == 1.0
-    assert res["best_threshold@0.7"] == 0.5
-    ds2 = AnnotatedSet([img("a", 4, 4, [[0, 0, 4, 4]], [0])])
-    res2 = max_box_acc_v2(ds2, [{"boxes": {}, "maps": {0: m}}], thresholds=np.array([0.5, 0.95]))
-    # Best is the 2x2 square: IoU 0.25 < 0.3 at every delta.
-    assert res2["v2"] == 0.0
+def test_max_box_acc_v2_follows_wsolevaluation_by_hand():
+    # A 224x224 image (no resizing): the map is 1 on rows 0-99, columns 0-99 and 0 elsewhere.
+    m = torch.zeros(224, 224)
+    m[:100, :100] = 1.0
+    # Every threshold keeps that square; its contour's box is (0, 0, 100, 100) in wsolevaluation's
+    # convention (x + w, inclusive corners), area 101 * 101. The ground truth [0, 0, 100, 150]
+    # (pixel edges) becomes (0, 0, 100, 150), area 101 * 151: IoU = 10201 / 15251 = 0.669.
+    ds = AnnotatedSet([img("a", 224, 224, [[0, 0, 100, 150]], [0])])
+    res = max_box_acc_v2(ds, [{"boxes": {}, "maps": {0: m}}])
+    assert res["0.3"] == 1.0 and res["0.5"] == 1.0 and res["0.7"] == 0.0
+    assert res["v2"] == pytest.approx(2 / 3)
+    assert inclusive_iou(np.array([[0, 0, 100, 100]]), np.array([[0, 0, 100, 150]]))[0, 0] == pytest.approx(10201 / 15251)
+
+
+def test_max_box_acc_v2_thresholds_and_contours():
+    # Two squares: value 1.0 (20 px) and 0.5 (60 px). wsolevaluation keeps pixels strictly above
+    # int(tau * 255): the 0.5 square (uint8 127) is kept up to tau = 0.49 (threshold 124) and
+    # dropped from tau = 0.50 (threshold 127). Every contour gives a box.
+    score_map = np.zeros((224, 224), np.float32)
+    score_map[10:30, 10:30] = 1.0
+    score_map[100:160, 100:160] = 0.5
+    boxes, which = wsol_boxes(score_map, np.array([0.49, 0.5]))
+    assert sorted(map(tuple, boxes[which == 0].tolist())) == [(10, 10, 30, 30), (100, 100, 160, 160)]
+    assert boxes[which == 1].tolist() == [[10, 10, 30, 30]]
+    # Nothing kept: the box (0, 0, 0, 0), as in wsolevaluation.
+    assert wsol_boxes(np.zeros((8, 8), np.float32), np.array([0.5]))[0].tolist() == [[0, 0, 0, 0]]
+    # Ground truth of a 448x112 image resized to 224x224, corners truncated.
+    assert wsol_gt_boxes(torch.tensor([[3.0, 5.0, 101.0, 111.0]]), 448, 112).tolist() == [[1, 10, 50, 222]]
+    # The large square matches a box of the ground truth only while it is kept.
+    ds = AnnotatedSet([img("a", 224, 224, [[100, 100, 160, 160]], [0])])
+    res = max_box_acc_v2(ds, [{"boxes": {}, "maps": {0: torch.from_numpy(score_map)}}])
+    assert res["v2"] == 1.0 and res["best_threshold@0.7"] == 0.0
+
+
+def test_max_box_acc_v2_resizes_low_resolution_maps():
+    # An 8x8 map whose top-left 4x4 quarter is hot, on a 640x480 image whose object is that quarter:
+    # bicubic resizing to 224x224 keeps the quarter at the right thresholds.
+    m = torch.zeros(8, 8)
+    m[:4, :4] = 1.0
+    ds = AnnotatedSet([img("a", 640, 480, [[0, 0, 320, 240]], [0])])
+    assert max_box_acc_v2(ds, [{"boxes": {}, "maps": {0: m}}])["v2"] == 1.0
 
 
 def test_pointing_game_tolerance():
@@ -204,7 +230,8 @@ def test_evaluate_cli_runs_and_scores_predictions(tmp_path, random_weights_file)
                  "--weights", str(random_weights_file), "--workers", "0"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     names = set(metrics["results"])
-    assert {"gradloc (gradient)", "Grad-CAM (CAM box)", "best centred box", "whole image", "random boxes"} <= names
+    assert {"gradloc (gradient)", "Grad-CAM (final features, CAM box)", "CAM (CAM box)", "best centred box",
+            "whole image", "random boxes"} <= names
     assert metrics["info"]["skipped"][0]["reason"] == "file not found"
     assert metrics["results"]["whole image"]["corloc"]["n"] == 2  # scored on the readable images
     for f in ("report.md", "corloc_vs_iou.png", "iou_histogram.png", "per_class.png", "examples.png"):
