@@ -21,6 +21,17 @@ batches and augmentations. ``--export`` only ever reads ``last.pt`` (an epoch's 
     python scripts/train_cifar10.py --data ../shared/data/cifar10-jpeg.tar.gz \
         --ckpt-dir ~/.cache/gradloc-train --epochs 80 --cutout 16 --seed 10 --resume   # the shipped recipe
     python scripts/train_cifar10.py ... --export weights/wrn16-4_cifar10.pt   # after training
+
+Photographs and "none of these" (``--photos``, ``--negatives``): each step adds ``--extra-batch``
+photographs of the ten classes, image-level labels only (a fixed ``--photos-share`` of an
+annotated set chosen by ``--split-seed``, see :func:`gradloc.datasets.photo_split`; benchmarks
+leave those images out), and as many negatives, photographs of none of the classes trained
+towards the uniform distribution (outlier exposure, Hendrycks et al. 2019, weight ``--oe-weight``).
+Both are shown as random resized crops (``--photo-scale``: smallest area share) at 32x32.
+
+    python scripts/train_cifar10.py --init weights/wrn16-4_cifar10.pt --epochs 6 --lr 0.02 \
+        --photos ../shared/data/tinyimagenet-cifar8-dev.tar.gz \
+        --negatives ../shared/data/tinyimagenet-negatives.tar.gz --ckpt-dir ~/.cache/gradloc-train-oe --resume
 """
 from __future__ import annotations
 
@@ -94,6 +105,25 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4, cutout: int = 0
     return out.contiguous(memory_format=torch.channels_last)
 
 
+def random_resized_crops(x: torch.Tensor, gen: torch.Generator, out: int = 32, min_area: float = 0.25,
+                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Per sample, a random crop of ``min_area``-1 of the area and aspect in ``ratio``, resized to
+    ``out`` x ``out`` (bilinear, one batched grid_sample), then a random horizontal flip.
+    x: normalised ``[B, 3, H, W]``."""
+    b = x.shape[0]
+    area = min_area + (1 - min_area) * torch.rand(b, generator=gen)
+    logr = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    w = (area * logr.exp()).sqrt().clamp(max=1.0)  # shares of the side
+    h = (area / logr.exp()).sqrt().clamp(max=1.0)
+    cx = (torch.rand(b, generator=gen) * (1 - w) + w / 2) * 2 - 1  # centre in [-1, 1]
+    cy = (torch.rand(b, generator=gen) * (1 - h) + h / 2) * 2 - 1
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * flip, cx, h, cy
+    grid = F.affine_grid(theta, (b, 3, out, out), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", align_corners=False).contiguous(memory_format=torch.channels_last)
+
+
 @torch.no_grad()
 def evaluate(model, x, y, device, batch=1000, amp=True):
     model.eval()
@@ -140,6 +170,15 @@ def main(argv=None) -> int:
                    help="exit after this many steps in this invocation, checkpointed (for time-boxed runs)")
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch early (smoke tests)")
     p.add_argument("--limit-per-class", type=int, default=None, help="train on a subset (smoke tests)")
+    p.add_argument("--photos", type=Path, default=None,
+                   help="annotated photographs (COCO folder or .tar.gz) trained on with image-level labels")
+    p.add_argument("--photos-share", type=float, default=0.5, help="share of --photos trained on")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the --photos split")
+    p.add_argument("--negatives", type=Path, default=None,
+                   help="photographs of none of the classes (folder or .tar.gz): outlier exposure")
+    p.add_argument("--extra-batch", type=int, default=32, help="photographs and negatives per step, each")
+    p.add_argument("--oe-weight", type=float, default=0.5, help="weight of the outlier-exposure loss")
+    p.add_argument("--photo-scale", type=float, default=0.25, help="smallest area share of a random resized crop")
     p.add_argument("--export", type=Path, default=None,
                    help="write the eval-mode state dict of the last checkpoint here (+ .sha256) and exit")
     args = p.parse_args(argv)
@@ -178,6 +217,18 @@ def main(argv=None) -> int:
     monitor = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(1))[:2000]
     test_inputs, y_test = normalise(x_test[monitor]), y_test[monitor]
     train_inputs = normalise(x_train)  # augmentation runs on normalised tensors
+    photos = negatives = None
+    if args.photos:
+        from gradloc.datasets import load_labelled_photos, photo_split
+        px, py, names = load_labelled_photos(args.photos)
+        keep = photo_split(names, args.photos_share, args.split_seed)
+        sel = torch.tensor([n in keep for n in names])
+        photos = (normalise(torch.from_numpy(px))[sel], torch.from_numpy(py)[sel])
+        print(f"photos: {int(sel.sum())} of {len(names)} from {args.photos} (split seed {args.split_seed})", flush=True)
+    if args.negatives:
+        from gradloc.datasets import load_photo_folder
+        negatives = normalise(torch.from_numpy(load_photo_folder(args.negatives)))
+        print(f"negatives: {len(negatives)} from {args.negatives}", flush=True)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
     if args.max_batches:
         steps_per_epoch = min(steps_per_epoch, args.max_batches)
@@ -200,9 +251,11 @@ def main(argv=None) -> int:
             if ckpt is None or mid["epoch"] == ckpt["epoch"]:  # else it is stale: an older epoch's
                 ckpt = mid
         saved = json.loads(ckpt["config"])
+        older = {"cutout": 0, "photos": None, "negatives": None, "photos_share": 0.5, "split_seed": 0,
+                 "extra_batch": 32, "oe_weight": 0.5, "photo_scale": 0.25}  # checkpoints older than these had none
         changed = [k for k in ("epochs", "batch_size", "lr", "max_batches", "depth", "width", "limit_per_class",
-                                 "init", "seed", "cutout")
-                   if saved.get(k, {"cutout": 0}.get(k)) != cfg[k]]  # checkpoints older than --cutout had none
+                                 "init", "seed", *older)
+                   if saved.get(k, older.get(k)) != cfg[k]]
         if changed:
             sys.exit(f"cannot resume {last}: it was trained with different "
                      + ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in changed))
@@ -238,17 +291,30 @@ def main(argv=None) -> int:
                 print(f"stopped after {steps_run} steps (--stop-after), at epoch {epoch + 1} step {step}", flush=True)
                 return 0
             idx = order[step * args.batch_size:(step + 1) * args.batch_size]
-            xb = augment(train_inputs[idx], gen, cutout=args.cutout).to(device, non_blocking=True)
-            yb = y_train[idx].to(device, non_blocking=True)
+            xb = augment(train_inputs[idx], gen, cutout=args.cutout)
+            yb = y_train[idx]
+            parts = [xb]
+            if photos is not None:
+                pick = torch.randint(0, len(photos[0]), (args.extra_batch,), generator=gen)
+                parts.append(random_resized_crops(photos[0][pick], gen, min_area=args.photo_scale))
+                yb = torch.cat([yb, photos[1][pick]])
+            if negatives is not None:
+                pick = torch.randint(0, len(negatives), (args.extra_batch,), generator=gen)
+                parts.append(random_resized_crops(negatives[pick], gen, min_area=args.photo_scale))
+            xb = torch.cat(parts).to(device, non_blocking=True)
+            yb = yb.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(xb)
-                loss = F.cross_entropy(out.float(), yb, label_smoothing=args.label_smoothing)
+                out_all = model(xb).float()
+                out = out_all[:len(yb)]
+                loss = F.cross_entropy(out, yb, label_smoothing=args.label_smoothing)
+                if negatives is not None:  # cross-entropy to the uniform distribution
+                    loss = loss - args.oe_weight * out_all[len(yb):].log_softmax(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            seen += len(idx)
-            loss_sum += loss.item() * len(idx)
+            seen += len(yb)
+            loss_sum += loss.item() * len(yb)
             correct += (out.argmax(1) == yb).sum().item()
             steps_run += 1
             done = step + 1
