@@ -5,7 +5,8 @@ respect to the input pixels marks the influential pixels; thresholding, OpenCV m
 and connected components turn them into bounding-box proposals.
 """
 from .model import CIFAR10_CLASSES, WeightsError, WideResNet, load_weights, wide_resnet
-from .pipeline import Options, ProposalGenerator
+from .config import Options
+from .pipeline import ProposalGenerator
 from .preprocess import ImageError
 from .saliency import METHODS, SaliencyMethod, make_method
 

@@ -10,7 +10,7 @@ from . import __version__
 from .model import CIFAR10_CLASSES, WeightsError
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError
 from .proposals import COMPONENT_SCORES
-from .pipeline import RESCORES
+from .rescoring import RESCORES
 from .threshold import THRESHOLDS
 
 _CHOICES = {
@@ -61,7 +61,7 @@ _HELP = {
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """Model, device and every :class:`gradloc.Options` field as a flag."""
-    from .pipeline import Options
+    from .config import Options
     from .saliency import METHODS
 
     g = p.add_argument_group("pipeline")
@@ -90,7 +90,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
-    from .pipeline import Options
+    from .config import Options
     return {f.name: getattr(args, f.name) for f in fields(Options)}
 
 
@@ -122,7 +122,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .annotations import load_aliases
     from .evaluate import run_evaluation
-    from .report import results_table
+    from .report import results_table, write_report
 
     aliases = load_aliases(args.aliases)
     if args.images is None and Path(args.annotations, "JPEGImages").is_dir():
@@ -132,11 +132,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.images is None:
             raise ValueError("give --images DIR (run the pipeline) or --predictions FILE (score a run)")
         gen = build_generator(args)
-    results = run_evaluation(args.annotations, Path(args.output), images_dir=args.images, gen=gen,
-                             predictions_json=args.predictions, aliases=aliases, workers=args.workers,
-                             baselines=not args.no_baselines, gradcam=not args.no_gradcam,
-                             selective_search=args.selective_search, limit=args.limit, sample_seed=args.sample_seed)
-    print(results_table(results))
+    evaluation = run_evaluation(args.annotations, Path(args.output), images_dir=args.images, gen=gen,
+                                predictions_json=args.predictions, aliases=aliases, workers=args.workers,
+                                baselines=not args.no_baselines, gradcam=not args.no_gradcam,
+                                selective_search=args.selective_search, limit=args.limit,
+                                sample_seed=args.sample_seed)
+    write_report(Path(args.output), evaluation)
+    print(results_table(evaluation.results))
     print(f"report: {Path(args.output) / 'report.md'}", file=sys.stderr)
     return 0
 

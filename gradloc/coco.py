@@ -22,6 +22,7 @@ import numpy as np
 
 from .annotations import AnnotatedSet
 from .model import CIFAR10_CLASSES
+from .results import predictions_from_json
 
 STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
@@ -141,7 +142,6 @@ def results_from_predictions(records: list[dict], ds: AnnotatedSet) -> tuple[lis
     """``predictions.json`` image records -> a COCO results list against ``ds``, matched by
     file name (the path, else its base name). Returns (results, prediction files with no
     annotated image, annotated files with no prediction)."""
-    from .evaluate import predictions_from_json
     preds, missing = predictions_from_json(ds, records)
     matched = {Path(im.file).as_posix() for im, p in zip(ds.images, preds) if p is not None}
     names = {Path(im.file).name for im, p in zip(ds.images, preds) if p is not None}

@@ -189,7 +189,3 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = Path(path).with_name(Path(path).name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def to_jsonable_box(box: torch.Tensor) -> list[float]:
-    return [round(float(v), 2) for v in box]

@@ -11,29 +11,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .io import (ResultStream, atomic_write_text, find_images, iter_batches, to_jsonable_box,
-                 write_predictions_json)
+from .io import ResultStream, atomic_write_text, find_images, write_predictions_json
 from .model import CIFAR10_CLASSES
 from .preprocess import open_image
+from .results import image_record
+from .runner import run_files
 from .viz import panel, save_panel
 
 FORMAT_VERSION = 1
 VIS_MAX_SIDE = 640
-
-
-def image_record(file: str, size: tuple[int, int], result: dict) -> dict:
-    """One image's entry of ``predictions.json`` (the documented format)."""
-    probs = result["probs"].tolist()
-    return {
-        "file": file, "width": int(size[1]), "height": int(size[0]),
-        "predicted": CIFAR10_CLASSES[int(np.argmax(probs))],
-        "probs": {c: round(p, 5) for c, p in zip(CIFAR10_CLASSES, probs)},
-        "proposals": [{"box": to_jsonable_box(b), "score": round(float(s), 5),
-                       "label": CIFAR10_CLASSES[int(lab)]}
-                      for b, s, lab in zip(result["boxes"], result["scores"], result["labels"])],
-        "peaks": {CIFAR10_CLASSES[int(c)]: [round(float(v), 2) for v in pt]
-                  for c, pt in zip(result["map_classes"], result["peaks"])},
-    }
 
 
 def format_probs(probs: dict) -> str:
@@ -84,32 +70,25 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
         print("gradloc: no image files found under the given paths", file=sys.stderr)
     n_ok = n_skip = 0
     vis_dir = out / "vis"
-    with stream, tqdm(total=len(todo), unit="img", disable=None, desc="localize") as bar:
-        for batch in iter_batches(todo, gen.batch_size, workers, gen.max_pixels, gen.options.scales,
-                                  gen.keeps_work):
-            good = [b for b in batch if b[1] is not None]
+    with stream:
+        for done, failed in run_files(gen, todo, lambda i: classes, workers, desc="localize"):
             records = []
-            if good:
-                x = torch.stack([b[1] for b in good])
-                results = gen.run_batch(x, [b[2] for b in good], [classes] * len(good), [b[4] for b in good])
-                for (i, x32, size, _, _), res in zip(good, results):
-                    rec = image_record(str(todo[i]), size, res)
-                    records.append(rec)
-                    if verbose:
-                        tqdm.write(f"{todo[i]}: {format_probs(rec['probs'])}")
-                    if already + n_ok + len(records) <= vis_limit:
-                        try:
-                            _write_panel(vis_dir, already + n_ok + len(records) - 1, todo[i], x32, res)
-                        except Exception as exc:  # a panel is a nicety; never lose the result
-                            tqdm.write(f"warning: no panel for {todo[i]}: {exc}", file=sys.stderr)
-            for i, _, _, reason, _ in batch:
-                if reason is not None:
-                    records.append({"file": str(todo[i]), "skipped": reason})
-                    tqdm.write(f"skipped {todo[i]}: {reason}", file=sys.stderr)
+            for i, x32, size, res in done:
+                rec = image_record(str(todo[i]), size, res)
+                records.append(rec)
+                if verbose:
+                    tqdm.write(f"{todo[i]}: {format_probs(rec['probs'])}")
+                if already + n_ok + len(records) <= vis_limit:
+                    try:
+                        _write_panel(vis_dir, already + n_ok + len(records) - 1, todo[i], x32, res)
+                    except Exception as exc:  # a panel is a nicety; never lose the result
+                        tqdm.write(f"warning: no panel for {todo[i]}: {exc}", file=sys.stderr)
+            for i, reason in failed:
+                records.append({"file": str(todo[i]), "skipped": reason})
+                tqdm.write(f"skipped {todo[i]}: {reason}", file=sys.stderr)
             stream.write(records)
-            n_ok += len(good)
-            n_skip += len(batch) - len(good)
-            bar.update(len(batch))
+            n_ok += len(done)
+            n_skip += len(failed)
     header = {"format": "gradloc-predictions", "version": FORMAT_VERSION,
               "classes": list(CIFAR10_CLASSES), "settings": settings}
     n_images, n_skipped = write_predictions_json(out / "predictions.jsonl", out / "predictions.json", header)

@@ -54,49 +54,6 @@ def top_windows(probs: Tensor, k: int) -> Tensor:
     return torch.argsort(probs, descending=True, stable=True)[:k]
 
 
-def boxes_to_image(boxes: Tensor, window: Tensor, grid: int = 32) -> Tensor:
-    """Boxes ``[K, 4]`` (xyxy on a window's ``grid`` x ``grid`` map) -> image pixels, given
-    the window ``[4]`` (xyxy in image pixels)."""
-    x0, y0, x1, y1 = window.tolist()
-    scale = torch.tensor([(x1 - x0) / grid, (y1 - y0) / grid] * 2, dtype=boxes.dtype)
-    return boxes * scale + torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
-
-
-def crop_windows(image: Tensor, boxes: Tensor, size: int = 32) -> Tensor:
-    """Crop windows from ``uint8 [3, H, W]`` and resize each to ``size`` (antialiased).
-
-    Returns ``uint8 [W, 3, size, size]``.
-    """
-    crops = []
-    for x0, y0, x1, y1 in boxes.tolist():
-        r0, r1 = int(math.floor(y0)), max(int(math.floor(y0)) + 1, int(math.ceil(y1)))
-        c0, c1 = int(math.floor(x0)), max(int(math.floor(x0)) + 1, int(math.ceil(x1)))
-        crop = image[:, r0:r1, c0:c1].float()[None]
-        crops.append(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
-                                   align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[0])
-    return torch.stack(crops)
-
-
-def blank_boxes(image: Tensor, boxes: Tensor, fill: Sequence[float]) -> Tensor:
-    """Copies of ``uint8 [3, H, W]``, one per box ``[K, 4]`` (float xyxy, pixel edges), with
-    the box filled by the colour ``fill`` (3 values, 0-255). A pixel the box covers in part is
-    blended by the covered fraction, so a box keeps its exact size on a coarse grid.
-
-    Returns ``uint8 [K, 3, H, W]``.
-    """
-    h, w = image.shape[-2:]
-    b = boxes.float()
-
-    def covered(lo: Tensor, hi: Tensor, n: int) -> Tensor:  # [K, n]: share of pixel [j, j+1) in [lo, hi)
-        j = torch.arange(n, dtype=torch.float32)
-        return (torch.minimum(hi[:, None], j + 1) - torch.maximum(lo[:, None], j)).clamp(0, 1)
-
-    cover = (covered(b[:, 1], b[:, 3], h)[:, :, None] * covered(b[:, 0], b[:, 2], w)[:, None, :])[:, None]
-    colour = torch.tensor(list(fill), dtype=torch.float32).view(1, 3, 1, 1)
-    out = image.float()[None] * (1 - cover) + colour * cover
-    return out.round_().clamp_(0, 255).to(torch.uint8)
-
-
 def work_size(height: int, width: int, max_side: int = WORK_MAX_SIDE) -> tuple[int, int]:
     """Working-grid size: the image's own, shrunk so the longer side is at most ``max_side``."""
     scale = min(1.0, max_side / max(height, width))

@@ -1,8 +1,8 @@
-"""Mask -> connected components -> scored boxes, mapped back to the original image.
+"""Mask -> connected components -> scored boxes on the map's grid.
 
 Boxes are float ``(x0, y0, x1, y1)`` in pixel-edge coordinates: a component covering
-grid columns 3..5 spans ``x0 = 3`` to ``x1 = 6``. On the working grid (32x32) they are
-in grid units; :func:`scale_boxes` maps them to the original image by a per-axis scale.
+grid columns 3..5 spans ``x0 = 3`` to ``x1 = 6``, in grid units (:mod:`gradloc.boxes` maps
+them elsewhere).
 """
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ import cv2
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou, clip_boxes_to_image, nms
+from torchvision.ops import nms
+from torchvision.transforms.v2.functional import gaussian_blur
+
+from .threshold import threshold
+
+GRID = 32  # the network's input side: sizes here are stated for a 32x32 map
 
 MORPH_OPS = {"close": cv2.MORPH_CLOSE, "open": cv2.MORPH_OPEN, "dilate": cv2.MORPH_DILATE,
              "erode": cv2.MORPH_ERODE, "none": None}
 KERNEL_SHAPES = {"ellipse": cv2.MORPH_ELLIPSE, "rect": cv2.MORPH_RECT, "cross": cv2.MORPH_CROSS}
 COMPONENT_SCORES = ("mass", "area", "mean", "contrast")
-FUSE_MIN_IOU = 0.3  # boxes fused with the best one overlap it at least this much
 
 
 def morphology(mask: np.ndarray, op: str = "close", kernel: int = 3,
@@ -117,65 +121,12 @@ def moment_box(saliency: np.ndarray, k: float = 1.5) -> Tensor:
     return torch.tensor([box], dtype=torch.float32)
 
 
-def pad_boxes(boxes: Tensor, fraction: float) -> Tensor:
-    """Grow boxes ``[K, 4]`` by ``fraction`` of their width/height on each side."""
-    if fraction == 0 or boxes.numel() == 0:
-        return boxes
-    wh = (boxes[:, 2:] - boxes[:, :2]) * fraction
-    return torch.cat([boxes[:, :2] - wh, boxes[:, 2:] + wh], 1)
-
-
-def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
-    """Map xyxy boxes ``[K, 4]`` from an image of ``(h, w)`` = ``from_size`` to ``to_size``,
-    scaling each axis on its own, then clip to the target image."""
-    sy = to_size[0] / from_size[0]
-    sx = to_size[1] / from_size[1]
-    scale = torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype, device=boxes.device)
-    return clip_boxes_to_image(boxes * scale, to_size)
-
-
-def clip_nonempty(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """Clip xyxy boxes ``[K, 4]`` to an image of ``(h, w)`` = ``size``, keeping at least one
-    pixel of width and height, so every box can be cropped."""
-    h, w = size
-    x0 = boxes[:, 0].clamp(0, w - 1)
-    y0 = boxes[:, 1].clamp(0, h - 1)
-    x1 = torch.maximum(boxes[:, 2].clamp(max=w), x0 + 1)
-    y1 = torch.maximum(boxes[:, 3].clamp(max=h), y0 + 1)
-    return torch.stack([x0, y0, x1, y1], 1)
-
-
-def rank(boxes: Tensor, scores: Tensor, nms_iou: float = 0.5, top_k: int | None = 5,
-         fuse: float = 0.0) -> tuple[Tensor, Tensor]:
-    """NMS at ``nms_iou``, then the ``top_k`` best of ``boxes`` ``[K, 4]`` (xyxy), best first.
-    With ``fuse`` > 0 the best box is replaced by :func:`fuse_best` at that temperature."""
-    fused = fuse_best(boxes, scores, fuse) if fuse > 0 and len(boxes) > 1 else None
+def rank(boxes: Tensor, scores: Tensor, nms_iou: float = 0.5, top_k: int | None = 5) -> tuple[Tensor, Tensor]:
+    """NMS at ``nms_iou``, then the ``top_k`` best of ``boxes`` ``[K, 4]`` (xyxy), best first."""
     if len(boxes) > 1:
         keep = nms(boxes.float(), scores.float(), nms_iou)  # sorted by decreasing score
         boxes, scores = boxes[keep], scores[keep]
-    if fused is not None:
-        boxes = torch.cat([fused[None].to(boxes.dtype), boxes[1:]])
     return (boxes, scores) if top_k is None else (boxes[:top_k], scores[:top_k])
-
-
-def fuse_best(boxes: Tensor, scores: Tensor, temperature: float, min_iou: float = FUSE_MIN_IOU) -> Tensor:
-    """Weighted fusion of the best box with the boxes around it.
-
-    The boxes ``[K, 4]`` (xyxy) that overlap the best-scoring one with IoU >= ``min_iou`` are
-    averaged corner by corner, weighted by ``softmax(scores / temperature)``. Candidates of one
-    object at several thresholds err both ways (a part, the object plus background); their
-    score-weighted mean is usually closer to the object than the single best (weighted box
-    fusion, Solovyev et al. 2021). The overlap test keeps other objects' boxes out.
-
-    Returns
-    -------
-    Tensor, float32, [4], xyxy
-    """
-    boxes, scores = boxes.float(), scores.float()
-    best = int(scores.argmax())
-    near = box_iou(boxes[best:best + 1], boxes)[0] >= min_iou
-    weights = ((scores[near] - scores[best]) / temperature).softmax(0)
-    return (weights[:, None] * boxes[near]).sum(0)
 
 
 def propose(saliency: np.ndarray, mask: np.ndarray, *, morph: str = "close", kernel: int = 3,
@@ -200,3 +151,41 @@ def propose(saliency: np.ndarray, mask: np.ndarray, *, morph: str = "close", ker
         union_score = box_contrast(saliency, ub[None])[0] if score == "contrast" else min(1.0, float(scores.sum()))
         scores = np.concatenate([scores, [union_score]]).astype(np.float32)
     return rank(torch.from_numpy(boxes), torch.from_numpy(scores), nms_iou, top_k)
+
+
+def smooth_and_threshold(maps: Tensor, recipe) -> tuple[Tensor, Tensor]:
+    """Maps ``[R, h, w]`` of one grid size -> (smoothed maps ``[R, h, w]``, kept-pixel masks
+    ``[L, R, h, w]``, one per threshold value of the :class:`~gradloc.config.BoxRecipe`), batched.
+
+    Sizes are stated for the 32x32 grid and scale with larger grids: top-N is a share of 1024
+    pixels, sigma is in 32x32-grid pixels.
+    """
+    f = max(maps.shape[-2:]) / GRID
+    if recipe.smooth_sigma > 0:
+        s = recipe.smooth_sigma * f
+        k = 2 * int(round(3 * s)) + 1
+        maps = gaussian_blur(maps[:, None], [k, k], [s, s])[:, 0]
+    values = list(recipe.values)
+    if recipe.threshold == "top-n":
+        values = [v * maps[0].numel() / GRID ** 2 for v in values]
+    return maps, torch.stack([threshold(maps, recipe.threshold, v) for v in values])
+
+
+def boxes_from_mask(m: Tensor, masks: Tensor, recipe, union_box: bool | None = None) -> tuple[Tensor, Tensor]:
+    """One map ``[h, w]`` and its masks ``[L, h, w]`` -> grid boxes ``[K, 4]`` (xyxy) and scores
+    ``[K]``: morphology, connected components, NMS. With one mask, its ``top_k`` best boxes; with
+    a ladder of masks, the best box of each. With the recipe's ``moment_box``, also the map's
+    :func:`moment_box` (scored 0: only rescoring ranks it). ``union_box`` overrides the recipe's.
+    The kernel is in 32x32-grid pixels."""
+    f = max(m.shape) / GRID
+    kernel = recipe.kernel if f == 1 else (int(round(recipe.kernel * f)) | 1)
+    kw = dict(morph=recipe.morph, kernel=kernel, score=recipe.component_score, nms_iou=recipe.nms_iou,
+              include_union=recipe.union_box if union_box is None else union_box)
+    if len(masks) == 1:
+        found = [propose(m.numpy(), masks[0].numpy(), top_k=recipe.top_k, **kw)]
+    else:
+        found = [propose(m.numpy(), k.numpy(), top_k=1, **kw) for k in masks]
+    if recipe.moment_box > 0:
+        box = moment_box(m.numpy(), recipe.moment_box)
+        found.append((box, torch.zeros(len(box))))
+    return torch.cat([b for b, _ in found]), torch.cat([s for _, s in found])

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .evaluate import top1_ious  # noqa: E402
+from .metrics import top1_ious  # noqa: E402
 from .io import atomic_write_text  # noqa: E402
 from .model import CIFAR10_CLASSES  # noqa: E402
 
@@ -32,6 +32,24 @@ COLUMNS = [
     ("AP", lambda m: _coco(m, "per_class", "AP")),
     ("Cls acc", lambda m: m["accuracy"]),
 ]
+
+
+def describe_threshold(options) -> str:
+    """The threshold stage of :class:`~gradloc.config.Options` in words, as BENCHMARKS.md prints it."""
+    from .threshold import DEFAULT_MASS_SHARE
+    o = options
+    name, value = o.threshold, (o.top_n if o.threshold == "top-n" else o.threshold_value)
+    how = {"crop": "crop rescoring", "crop-delete": "crop-minus-deletion rescoring"}.get(o.rescore)
+    if how and o.moment_box > 0:
+        how += f", +moment box ({o.moment_box:g} std)"
+    if how and o.fuse > 0:
+        how += f", best box fused with its neighbours (T={o.fuse:g})"
+    if how and name == "mass":
+        return f"mass ladder {o.ladder} (best box of each rung), {how}"
+    if name == "mass" and value is None:
+        value = DEFAULT_MASS_SHARE
+    text = f"top-{value}" if name == "top-n" else (f"{name} {value:g}" if value is not None else name)
+    return text + (f", {how}" if how else "")
 
 
 def _coco(m: dict, kind: str, stat: str):
@@ -149,9 +167,11 @@ def plot_examples(ds, preds: list, images_dir: Path, path: Path, n: int = 8) -> 
     plt.close(fig)
 
 
-def write_report(out: Path, title: str, results: dict[str, dict], ds, preds_by_name: dict,
-                 images_dir: Path | None, method_name: str, info: dict) -> None:
-    """Write metrics.json, report.md and the plots into ``out``."""
+def write_report(out: Path, evaluation) -> None:
+    """Write an :class:`~gradloc.evaluate.Evaluation` as metrics.json, report.md and the plots into ``out``."""
+    e = evaluation
+    title, results, ds, preds_by_name, images_dir, method_name, info = (
+        e.title, e.results, e.ds, e.preds_by_name, e.images_dir, e.method_name, e.info)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps({"info": info, "results": results}, indent=1))
     plots = []

@@ -50,36 +50,6 @@ def resolve_mask(targets: Targets, logits: Tensor) -> Tensor:
     return class_mask(picked, logits.shape[1])
 
 
-def contrast_maps(maps: Tensor, row_image: Tensor) -> Tensor:
-    """Class-contrastive maps: each row minus the strongest other row of the same image.
-
-    A gradient map of one class also lights up the image's other objects (their pixels move
-    every logit, and a probability's gradient carries the other classes' terms), so with
-    several classes asked for one image each map keeps only where it beats the others. Rows
-    are compared as shares of their own total, and the result keeps the row's scale.
-
-    Parameters
-    ----------
-    maps : Tensor, float, [R, H, W], >= 0
-    row_image : Tensor, int, [R]
-        The image of each row; rows alone in their image are returned unchanged.
-
-    Returns
-    -------
-    Tensor, [R, H, W], >= 0
-    """
-    out = maps.clone()
-    total = maps.flatten(1).sum(1).clamp_min(1e-12)[:, None, None]
-    shares = maps / total
-    for r in range(len(maps)):
-        rivals = (row_image == row_image[r]) & (torch.arange(len(maps)) != r)
-        if rivals.any():
-            kept = (shares[r] - shares[rivals].amax(0)).clamp_min(0)
-            if kept.any():  # a map beaten everywhere keeps its own evidence rather than none
-                out[r] = kept * total[r]
-    return out
-
-
 def reduce_channels(g: Tensor, how: str = "max", positive: bool = False) -> Tensor:
     """Per-channel attributions ``[M, 3, H, W]`` -> map ``[M, H, W]``.
 

@@ -30,10 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gradloc.report import replace_marked_block  # noqa: E402
 from gradloc import ProposalGenerator  # noqa: E402
-from gradloc.evaluate import run_evaluation  # noqa: E402
+from gradloc.evaluate import run_evaluation as _run_evaluation  # noqa: E402
 from gradloc.multiscale import resolve_scales  # noqa: E402
 from gradloc.model import default_weights_path, sha256_of  # noqa: E402
-from gradloc.report import per_class_table, results_table, size_table  # noqa: E402
+from gradloc.report import describe_threshold, per_class_table, results_table, size_table, write_report  # noqa: E402
 from gradloc.synthetic import make_synthetic  # noqa: E402
 
 BEGIN, END = "<!-- localisation:begin -->", "<!-- localisation:end -->"
@@ -42,6 +42,13 @@ SECTIONS = ("real", "dev", "synthetic", "large")
 
 def markers(name: str) -> tuple[str, str]:
     return f"<!-- localisation-{name}:begin -->", f"<!-- localisation-{name}:end -->"
+
+
+def run_evaluation(annotations, out, **kw) -> dict:
+    """Evaluate, write the report into ``out``, return the metrics per method."""
+    evaluation = _run_evaluation(annotations, out, **kw)
+    write_report(out, evaluation)
+    return evaluation.results
 
 
 def extract(shared: Path, cache: Path, name: str) -> Path:
@@ -97,7 +104,7 @@ def main() -> int:
     header = "\n".join([
         BEGIN, "",
         f"Weights: `{weights.name}` (sha256 `{sha256_of(weights)[:16]}...`). Settings: method "
-        f"`{gen.options.method}`, σ={gen.options.smooth_sigma:g}, {gen.options.describe_threshold()}, "
+        f"`{gen.options.method}`, σ={gen.options.smooth_sigma:g}, {describe_threshold(gen.options)}, "
         f"{gen.options.morph} {gen.options.kernel}x"
         f"{gen.options.kernel}{', +union box' if gen.options.union_box else ''}"
         f"{', class contrast (several classes per image: contrasted maps, no union box)' if gen.options.class_contrast else ''}"
@@ -154,8 +161,7 @@ def main() -> int:
             make_synthetic(args.shared / "cifar10-jpeg.tar.gz", large, n=args.large_n, canvas=(384, 384),
                            scale=(24, 96), max_objects=3, distractors=3, seed=1)
         ann, imgs = large / "annotations.json", large / "images"
-        single = ProposalGenerator(gen.model, device="cpu", batch_size=args.batch_size,
-                                   **{**vars(gen.options), "scales": "off"})
+        single = gen.with_options(scales="off")
         t0 = time.time()
         res = run_evaluation(ann, args.cache / "report-large-single", images_dir=imgs, gen=single,
                              workers=args.workers, method_label="gradloc single window")
@@ -169,8 +175,7 @@ def main() -> int:
             # Dev images (64x64) stay single-window under "auto"; forcing windows on shows what they would do.
             dev = extract_dev(args.shared, args.cache)
             n = args.dev_multiscale_n
-            forced = ProposalGenerator(gen.model, device="cpu", batch_size=args.batch_size,
-                                       **{**vars(gen.options), "scales": "1,2"})
+            forced = gen.with_options(scales="1,2")
             t0 = time.time()
             one = run_evaluation(dev / "annotations.json", args.cache / "report-dev-single", images_dir=dev / "images",
                                  gen=gen, workers=args.workers, limit=n, sample_seed=0, gradcam=False,

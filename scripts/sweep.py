@@ -25,10 +25,12 @@ from gradloc.report import replace_marked_block  # noqa: E402
 from gradloc import ProposalGenerator  # noqa: E402
 from gradloc.annotations import load_annotations  # noqa: E402
 from gradloc.baselines import CENTRED_AREAS, baseline_centred  # noqa: E402
-from gradloc.evaluate import corloc, max_box_acc_v2, pointing_game, prediction_from_result  # noqa: E402
-from gradloc.io import iter_batches  # noqa: E402
+from gradloc.metrics import corloc, max_box_acc_v2, pointing_game  # noqa: E402
+from gradloc.report import describe_threshold  # noqa: E402
+from gradloc.results import result_prediction  # noqa: E402
+from gradloc.runner import run_files  # noqa: E402
 from gradloc.model import default_weights_path, sha256_of, wide_resnet  # noqa: E402
-from gradloc.pipeline import Options  # noqa: E402
+from gradloc.config import Options  # noqa: E402
 
 BEGIN, END = "<!-- sweep:begin -->", "<!-- sweep:end -->"
 
@@ -82,30 +84,32 @@ def margin(row: dict, best: dict) -> float:
 
 
 def cached_maps(gen, ds, images_dir: Path, workers: int):
-    """Run the saliency half once over a benchmark: per batch (maps, rows, classes, probs, sizes, idx,
-    working images); the working images are what crop rescoring cuts proposals from."""
+    """Run the saliency half once over a benchmark: per image (its maps ``[R, 32, 32]``, their
+    classes ``[R]``, its probabilities ``[10]``, size, index, working image); the working image
+    is what crop rescoring cuts proposals from."""
     files = [images_dir / im.file for im in ds.images]
+
+    def saliency(x, sizes, specs, work):
+        maps, row_image, row_class, probs = gen.net.saliency_rows(x, [("list", s) for s in specs])
+        return [(maps[row_image == j], row_class[row_image == j], probs[j], sizes[j], work[j])
+                for j in range(len(sizes))]
+
     cache, n = [], 0
     t0 = time.perf_counter()
-    for batch in iter_batches(files, gen.batch_size, workers, gen.max_pixels, keep_work=True):
-        good = [b for b in batch if b[1] is not None]
-        if not good:
-            continue
-        x = torch.stack([b[1] for b in good])
-        specs = [("list", ds.images[b[0]].classes()) for b in good]
-        cache.append((*gen.saliency(x, specs), [b[2] for b in good], [b[0] for b in good],
-                      [b[4] for b in good]))  # single window
-        n += len(good)
+    for done, _ in run_files(gen, files, lambda i: ds.images[i].classes(), workers, step=saliency,
+                             keep_work=True, desc="maps"):
+        cache += [(i, *out) for i, _, _, out in done]
+        n += len(done)
     return cache, 1000 * (time.perf_counter() - t0) / max(n, 1)
 
 
 class MemoCropScores:
-    """``ProposalGenerator.crop_scores`` memoised across post-processing settings of one sweep:
+    """``Rescorer.crop_scores`` memoised across post-processing settings of one sweep:
     ladders share rungs and most settings share boxes, so most crops repeat. ``asked`` counts the
     crops requested (what a stand-alone run forwards); only unseen ones are computed."""
 
     def __init__(self, gen):
-        self.compute = gen.crop_scores
+        self.compute = gen.rescorer.crop_scores
         self.memo: dict = {}
         self.asked = 0
 
@@ -125,19 +129,23 @@ class MemoCropScores:
         return [torch.tensor([self.memo[k] for k in ks], dtype=torch.float32) for ks in keys]
 
 
-def score_post(gen, ds, cache, post: dict) -> dict:
-    saved = {k: getattr(gen.options, k) for k in post}
-    for k, v in post.items():
-        setattr(gen.options, k, v)
+def score_post(gen, ds, cache, post: dict, memo=None, chunk: int = 128) -> dict:
+    """The post-processing ``post`` (options) on cached maps, ``chunk`` images at a time."""
+    g = gen.with_options(**post)
+    if memo is not None:
+        g.rescorer.crop_scores = memo
     t0 = time.perf_counter()
-    try:
-        preds = [None] * len(ds.images)
-        for maps, row_image, row_class, probs, sizes, idx, work in cache:
-            for i, res in zip(idx, gen.proposals_from_maps(maps, row_image, row_class, probs, sizes, work)):
-                preds[i] = prediction_from_result(res, sizes[idx.index(i)])
-    finally:
-        for k, v in saved.items():
-            setattr(gen.options, k, v)
+    preds = [None] * len(ds.images)
+    for s in range(0, len(cache), chunk):
+        part = cache[s:s + chunk]
+        maps = torch.cat([m for _, m, _, _, _, _ in part])
+        row_image = torch.cat([torch.full((len(m),), j) for j, (_, m, _, _, _, _) in enumerate(part)])
+        row_class = torch.cat([c for _, _, c, _, _, _ in part])
+        probs = torch.stack([p for _, _, _, p, _, _ in part])
+        results = g.proposals_from_maps(maps, row_image, row_class, probs, [sz for *_, sz, _ in part],
+                                        [w for *_, w in part])
+        for (i, *_), res in zip(part, results):
+            preds[i] = result_prediction(res)
     ms = 1000 * (time.perf_counter() - t0) / max(len(ds.images), 1)
     return {"corloc": corloc(ds, preds)["0.5"], "preds": preds, "ms": ms}
 
@@ -146,7 +154,7 @@ def describe(post: dict) -> str:
     if not post:
         return "CAM recipe (20% of max, largest component)"
     d = Options(**post)
-    return f"σ={d.smooth_sigma:g}, {d.describe_threshold()}, {d.morph} {d.kernel}" + (", +union" if d.union_box else "")
+    return f"σ={d.smooth_sigma:g}, {describe_threshold(d)}, {d.morph} {d.kernel}" + (", +union" if d.union_box else "")
 
 
 def weights_label(weights: str) -> str:
@@ -194,13 +202,13 @@ def main() -> int:
         gen = ProposalGenerator(model, device="cpu", batch_size=args.batch_size,
                                 **{"method": "gradient", **METHODS[name]})
         caches = {b: cached_maps(gen, d, img, args.workers) for b, (d, img) in benches.items()}
-        gen.crop_scores = memo = MemoCropScores(gen)
+        memo = MemoCropScores(gen)
         out = []
         for post in posts:
             row = {"method": name, "post": describe(post), "setting": post, "ms": caches["dev"][1]}
             for b, (d, _) in benches.items():
                 asked = memo.asked
-                r = score_post(gen, d, caches[b][0], post)
+                r = score_post(gen, d, caches[b][0], post, memo)
                 row[b] = r["corloc"]
                 if b == "dev":
                     row["post_ms"] = r["ms"]

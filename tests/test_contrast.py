@@ -3,7 +3,7 @@ import torch
 from torchvision.ops import box_iou
 
 from gradloc import ProposalGenerator
-from gradloc.saliency import contrast_maps
+from gradloc.windows import contrast_maps
 
 LEFT, RIGHT = (slice(4, 12), slice(2, 10)), (slice(18, 28), slice(20, 30))  # (rows, cols) on the 32x32 grid
 LEFT_BOX, RIGHT_BOX = torch.tensor([[2.0, 4, 10, 12]]), torch.tensor([[20.0, 18, 30, 28]])  # xyxy, grid pixels
@@ -50,7 +50,7 @@ def test_two_classes_of_one_image_get_a_box_each_and_no_box_spanning_both(random
     for c in (3, 5):  # no proposal overlaps both objects
         assert ((box_iou(got[c], both) > 0).sum(1) < 2).all()
     # Without the contrast, the class-3 map's mask holds both objects and its union box spans them.
-    gen.options.class_contrast = False
+    gen = gen.with_options(class_contrast=False)
     plain = boxes_per_class(gen, maps, rows, classes)
     assert ((box_iou(plain[3], both) > 0).sum(1) == 2).any()
 
@@ -59,12 +59,12 @@ def test_a_class_asked_alone_is_boxed_the_same_with_or_without_contrast(random_w
     gen = ProposalGenerator(random_wrn, device="cpu", rescore="off", smooth_sigma=0, kernel=1, threshold_value=0.9)
     maps = two_object_maps()[:1]
     with_contrast = boxes_per_class(gen, maps, torch.tensor([0]), torch.tensor([3]))[3]
-    gen.options.class_contrast = False
+    gen = gen.with_options(class_contrast=False)
     assert torch.equal(with_contrast, boxes_per_class(gen, maps, torch.tensor([0]), torch.tensor([3]))[3])
 
 
 def test_grad_cam_keeps_its_published_box_recipe():
-    from gradloc.pipeline import Options
+    from gradloc.config import Options
     assert Options().class_contrast and not Options(method="gradcam").box_recipe().class_contrast
 
 
@@ -83,7 +83,7 @@ def test_top_k_guesses_are_not_contrasted(random_wrn):
     gen = ProposalGenerator(random_wrn, device="cpu", rescore="off", smooth_sigma=0, kernel=1, threshold_value=0.9)
     maps, rows, classes = two_object_maps(), torch.tensor([0, 0]), torch.tensor([3, 5])
     guessed = gen.proposals_from_maps(maps, rows, classes, torch.ones(1, 10), [(32, 32)], named=[False])[0]
-    gen.options.class_contrast = False
+    gen = gen.with_options(class_contrast=False)
     plain = gen.proposals_from_maps(maps, rows, classes, torch.ones(1, 10), [(32, 32)])[0]
     assert torch.equal(guessed["boxes"], plain["boxes"]) and torch.equal(guessed["maps"], plain["maps"])
 
@@ -94,7 +94,7 @@ def test_named_classes_are_contrasted_and_top_k_is_not_end_to_end(random_wrn):
     image = np.random.RandomState(0).randint(0, 255, (32, 32, 3)).astype(np.uint8)
     top = gen(image, classes="top2")[0]
     named = gen(image, classes=[top["map_classes"].tolist()])[0]
-    gen.options.class_contrast = False
+    gen = gen.with_options(class_contrast=False)
     plain = gen(image, classes=[top["map_classes"].tolist()])[0]
     assert torch.equal(top["maps"], plain["maps"])
     assert not torch.equal(named["maps"], plain["maps"])

@@ -11,8 +11,9 @@ from gradloc.annotations import (AnnotatedImage, AnnotatedSet, AnnotationError, 
                                  load_annotations, load_coco, load_voc)
 from gradloc.cli import main
 from gradloc.baselines import baseline_centred, baseline_whole_image, centred_box
-from gradloc.evaluate import (corloc, inclusive_iou, max_box_acc_v2, pointing_game, recall_and_mbo, score,
-                              subset, top1_localization, wsol_boxes, wsol_gt_boxes)
+from gradloc.evaluate import subset
+from gradloc.metrics import (corloc, inclusive_iou, max_box_acc_v2, pointing_game, recall_and_mbo, score,
+                             top1_localization, wsol_boxes, wsol_gt_boxes)
 
 
 def img(file, w, h, boxes, labels, difficult=None):

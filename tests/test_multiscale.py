@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from gradloc import ProposalGenerator
-from gradloc.multiscale import accumulate, boxes_to_image, crop_windows, top_windows, wants_multiscale, window_boxes
+from gradloc.boxes import boxes_to_image, crop_windows
+from gradloc.multiscale import accumulate, top_windows, wants_multiscale, window_boxes
 from torchvision.ops import box_iou
 
 
@@ -100,8 +101,8 @@ def test_multiscale_finds_a_small_object_in_a_large_image():
     gen = ProposalGenerator(RedDetector(), device="cpu", batch_size=32, windows=4, smooth_sigma=0,
                             threshold="fraction", threshold_value=0.5, rescore="off")
     calls = []
-    method = gen.method
-    gen.method = lambda x, c: calls.append(len(x)) or method(x, c)
+    method = gen.net.method
+    gen.net.method = lambda x, c: calls.append(len(x)) or method(x, c)
     out = gen(canvas, classes="cat")[0]
     assert sum(calls) == 4  # gradients only for the 4 best windows of the one (image, class) row
     iou = box_iou(out["boxes"][:1], torch.tensor([[40.0, 300.0, 80.0, 340.0]]))

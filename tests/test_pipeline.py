@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gradloc import ProposalGenerator
-from gradloc.pipeline import parse_class_spec
+from gradloc.classes import parse_class_spec
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops import box_iou, clip_boxes_to_image
 
-from gradloc.proposals import scale_boxes
+from gradloc.boxes import scale_boxes
 from gradloc.saliency import make_method
 from gradloc.threshold import mass, top_n
 

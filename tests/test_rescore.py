@@ -4,8 +4,11 @@ import torch
 from torchvision.ops import box_iou
 
 from gradloc import ProposalGenerator
-from gradloc.pipeline import Options
-from gradloc.proposals import clip_nonempty, rank
+from gradloc.boxes import MEAN_COLOUR, clip_nonempty
+from gradloc.config import Options
+from gradloc.proposals import rank
+from gradloc.report import describe_threshold
+from gradloc.rescoring import blank_in_thumbnail
 
 from .test_multiscale import RedDetector
 
@@ -91,18 +94,18 @@ def test_rescoring_needs_the_image(random_wrn):
 
 
 def test_describe_threshold_names_what_runs():
-    assert Options().describe_threshold() == ("mass ladder 0.4,0.5,0.6,0.7 (best box of each rung), "
+    assert describe_threshold(Options()) == ("mass ladder 0.4,0.5,0.6,0.7 (best box of each rung), "
                                               "crop-minus-deletion rescoring, +moment box (1.5 std), best box "
                                               "fused with its neighbours (T=0.2)")
-    assert Options(fuse=0, moment_box=0).describe_threshold().endswith("crop-minus-deletion rescoring")
-    assert Options(rescore="off").describe_threshold() == "mass 0.5"
+    assert describe_threshold(Options(fuse=0, moment_box=0)).endswith("crop-minus-deletion rescoring")
+    assert describe_threshold(Options(rescore="off")) == "mass 0.5"
     # no ladder outside the mass threshold: crop rescoring re-ranks that threshold's boxes
-    assert Options(threshold="top-n", top_n=250, rescore="crop", fuse=0, moment_box=0).describe_threshold() == "top-250, crop rescoring"
-    assert Options(threshold="otsu", rescore="off").describe_threshold() == "otsu"
+    assert describe_threshold(Options(threshold="top-n", top_n=250, rescore="crop", fuse=0, moment_box=0)) == "top-250, crop rescoring"
+    assert describe_threshold(Options(threshold="otsu", rescore="off")) == "otsu"
 
 
 def test_blank_boxes_fills_covered_pixels_and_blends_partly_covered_ones():
-    from gradloc.multiscale import blank_boxes
+    from gradloc.boxes import blank_boxes
     image = torch.full((3, 8, 8), 200, dtype=torch.uint8)
     out = blank_boxes(image, torch.tensor([[2.0, 1, 4, 3], [5.5, 0, 8, 8]]), (0, 100, 50))
     assert out.shape == (2, 3, 8, 8)
@@ -130,11 +133,11 @@ def test_crop_minus_deletion_prefers_the_whole_object_to_a_part_of_it():
     assert len(res["boxes"]) == 2 and box_iou(res["boxes"][:1], whole).item() > 0.9
     assert box_iou(res["boxes"][1:], part).item() > 0.9
     # The score is the crop's class probability minus the blanked image's.
-    crop = gen.crop_scores([image], [res["boxes"]], [3])[0]
-    blanked = gen.deletion_scores(gen.blank_in_image([image], [res["boxes"]]), [3])[0]
+    crop = gen.rescorer.crop_scores([image], [res["boxes"]], [3])[0]
+    blanked = gen.rescorer.deletion_scores(blank_in_thumbnail([image], [res["boxes"]]), [3])[0]
     torch.testing.assert_close(res["scores"], crop - blanked)
     assert blanked[0] < 0.2 < blanked[1] and float(crop[0]) == pytest.approx(float(crop[1]), abs=0.02)
-    assert Options(rescore="crop-delete", fuse=0, moment_box=0).describe_threshold().endswith("crop-minus-deletion rescoring")
+    assert describe_threshold(Options(rescore="crop-delete", fuse=0, moment_box=0)).endswith("crop-minus-deletion rescoring")
 
 
 def test_crop_minus_deletion_on_large_images_blanks_each_box_in_its_own_window():
@@ -146,23 +149,22 @@ def test_crop_minus_deletion_on_large_images_blanks_each_box_in_its_own_window()
     gen = ProposalGenerator(RedDetector(), device="cpu", batch_size=32, windows=4, smooth_sigma=0,
                             threshold="fraction", threshold_value=0.5, rescore="crop-delete")
     seen = []
-    deletion = gen.deletion_scores
-    gen.deletion_scores = lambda *a: seen.append(a[0]) or deletion(*a)
+    deletion = gen.rescorer.deletion_scores
+    gen.rescorer.deletion_scores = lambda *a: seen.append(a[0]) or deletion(*a)
     out = gen(canvas, classes="cat")[0]
     assert box_iou(out["boxes"][:1], torch.tensor([[40.0, 300.0, 80.0, 340.0]])).item() > 0.7
     (blanked,), = seen  # one row, its boxes blanked in 32x32 window views, not in the canvas
     assert blanked.shape[1:] == (3, 32, 32) and len(blanked) >= 4
-    from gradloc.pipeline import MEAN_COLOUR
     fill = torch.tensor([round(v) for v in MEAN_COLOUR], dtype=torch.uint8).view(3, 1, 1)
     assert all((v == fill).all(0).sum() >= 4 for v in blanked)  # each view has a blanked box (>= 2x2 cells)
-    crop = gen.crop_scores([torch.from_numpy(canvas).permute(2, 0, 1)], [out["boxes"][:1]], [3])[0]
+    crop = gen.rescorer.crop_scores([torch.from_numpy(canvas).permute(2, 0, 1)], [out["boxes"][:1]], [3])[0]
     assert out["scores"][0] > 0.5 * crop[0] > 0.2  # the blanked window keeps little of the class
 
 
 def test_fusion_replaces_the_best_box_by_the_score_weighted_mean_of_its_neighbours():
     """A red square with a dim halo: the ladder's rungs give nested boxes (square, square plus
     halo), the pipeline's first proposal is fuse_best of them, the others are unchanged."""
-    from gradloc.proposals import fuse_best
+    from gradloc.rescoring import fuse_best
     maps = torch.zeros(1, 32, 32)
     maps[0, 8:24, 8:24] = 1.0    # halo
     maps[0, 10:22, 10:22] = 4.0  # square: 576 / 688 = 84% of the mass
@@ -188,9 +190,9 @@ def test_identical_views_are_scored_once_and_each_row_gets_its_class():
     rows = [torch.stack([red, grey, red]), torch.stack([grey]), torch.zeros(0, 3, 32, 32, dtype=torch.uint8),
             torch.stack([red])]
     seen = []
-    window_probs = gen._window_probs
-    gen._window_probs = lambda x: seen.append(len(x)) or window_probs(x)
-    got = gen._class_probs(rows, [3, 3, 3, 0])
+    window_probs = gen.rescorer.classify
+    gen.rescorer.classify = lambda x: seen.append(len(x)) or window_probs(x)
+    got = gen.rescorer.class_probs(rows, [3, 3, 3, 0])
     assert seen == [2]  # six views, two distinct
     direct = window_probs(torch.cat([r for r in rows if len(r)]))
     torch.testing.assert_close(torch.cat(got), torch.cat([direct[:4, 3], direct[4:, 0]]))

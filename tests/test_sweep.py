@@ -18,13 +18,13 @@ def load_sweep():
 def test_memo_crop_scores_matches_and_skips_repeats(random_wrn):
     gen = ProposalGenerator(random_wrn, device="cpu")
     calls = []
-    direct = gen.crop_scores
+    direct = gen.rescorer.crop_scores
 
     def counting(images, boxes, classes):
         calls.append(sum(map(len, boxes)))
         return direct(images, boxes, classes)
 
-    gen.crop_scores = counting
+    gen.rescorer.crop_scores = counting
     memo = load_sweep().MemoCropScores(gen)
     g = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8, generator=g) for _ in range(2)]

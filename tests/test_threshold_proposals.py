@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from gradloc.proposals import (box_contrast, component_boxes, fuse_best, moment_box, morphology, propose, rank,
-                               scale_boxes, union_box)
+from gradloc.boxes import scale_boxes
+from gradloc.proposals import (boxes_from_mask, box_contrast, component_boxes, moment_box, morphology, propose, rank,
+                               union_box)
+from gradloc.rescoring import fuse_best, rank_and_fuse
 from gradloc.threshold import fraction_of_max, mass, otsu, percentile, threshold, top_n
 
 
@@ -138,7 +140,7 @@ def test_fusion_averages_the_best_box_with_its_neighbours_by_score():
     torch.testing.assert_close(fuse_best(boxes, scores, 1e-4), boxes[0])
     torch.testing.assert_close(fuse_best(boxes, scores, 1e4), boxes[:3].mean(0), atol=1e-3, rtol=0)
     # In rank, only the first proposal is replaced; the others are NMS's survivors, best first.
-    b, s = rank(boxes, scores, nms_iou=0.5, top_k=5, fuse=0.1)
+    b, s = rank_and_fuse(boxes, scores, nms_iou=0.5, top_k=5, fuse=0.1)
     torch.testing.assert_close(b[0], expected)
     assert b[1:].tolist() == [[14, 14, 26, 26], [40, 40, 60, 60]] and s.tolist() == pytest.approx([0.9, 0.5, -0.05])
     b0, _ = rank(boxes, scores, nms_iou=0.5, top_k=5)
@@ -157,11 +159,11 @@ def test_moment_box_spans_the_spread_of_the_map():
 
 
 def test_moment_box_is_a_rescoring_candidate_only():
-    from gradloc.pipeline import Options, ProposalGenerator
+    from gradloc.config import Options
     m = torch.zeros(32, 32)
     m[8:24, 4:12] = 1.0
     masks = (m > 0)[None].expand(2, 32, 32)
-    with_rescoring, _ = ProposalGenerator.boxes_from_mask(m, masks, Options())
+    with_rescoring, _ = boxes_from_mask(m, masks, Options().box_recipe())
     assert len(with_rescoring) == 3 and with_rescoring[-1].tolist() == moment_box(m.numpy(), 1.5)[0].tolist()
-    assert len(ProposalGenerator.boxes_from_mask(m, masks, Options(moment_box=0))[0]) == 2
-    assert len(ProposalGenerator.boxes_from_mask(m, masks[:1], Options(rescore="off").box_recipe())[0]) == 1
+    assert len(boxes_from_mask(m, masks, Options(moment_box=0).box_recipe())[0]) == 2
+    assert len(boxes_from_mask(m, masks[:1], Options(rescore="off").box_recipe())[0]) == 1

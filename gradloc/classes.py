@@ -1,0 +1,71 @@
+"""Which classes to localise in each image: class specs parsed once, into one request per image."""
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .model import CIFAR10_CLASSES
+
+ClassSpec = Union[None, int, str, Sequence[Union[int, str]]]
+
+
+def class_index(c: int | str) -> int:
+    """A CIFAR-10 class name or index -> index, with a clear error."""
+    if isinstance(c, str) and not c.strip().lstrip("-").isdigit():
+        name = c.strip().lower()
+        if name not in CIFAR10_CLASSES:
+            raise ValueError(f"unknown class {c!r}; classes are {', '.join(CIFAR10_CLASSES)}")
+        return CIFAR10_CLASSES.index(name)
+    i = int(c)
+    if not 0 <= i < len(CIFAR10_CLASSES):
+        raise ValueError(f"class index {i} out of range 0..{len(CIFAR10_CLASSES) - 1}")
+    return i
+
+
+def parse_class_spec(spec: ClassSpec) -> tuple[str, list[int] | int | None]:
+    """One image's class request -> ("predicted", None) | ("top", k) | ("list", [idx...]).
+
+    Accepts None (the predicted class), "all" (the ten classes, most probable first: top-10),
+    "top3"/"top-3", a name, an index, or a list. A list names classes the picture is said to
+    hold; top-k are competing guesses (the class contrast applies to lists only).
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "predicted", "pred")):
+        return "predicted", None
+    if isinstance(spec, str):
+        s = spec.strip().lower()
+        if s == "all":
+            return "top", len(CIFAR10_CLASSES)
+        if s.startswith("top"):
+            k = int(s[3:].lstrip("-:") or 1)
+            return "top", max(1, min(k, len(CIFAR10_CLASSES)))
+        if "," in s:
+            return "list", [class_index(p) for p in s.split(",") if p.strip()]
+        return "list", [class_index(s)]
+    if isinstance(spec, int):
+        return "list", [class_index(spec)]
+    return "list", [class_index(c) for c in spec]
+
+
+def class_rows(specs: Sequence[tuple[str, object]], probe: Callable[[], Tensor]) -> tuple[Tensor, Tensor | None]:
+    """Expand images into (image, class) rows: ``(row_image [R], row_class [R])``.
+
+    ``specs``: :func:`parse_class_spec` of each image. ``probe()`` gives the images' logits
+    ``[B, C]`` and is called only when some image asks for its predicted or top-k classes.
+    ``row_class`` is None when every image wants its predicted class, which the saliency
+    method then picks from its own forward pass.
+    """
+    if all(kind == "predicted" for kind, _ in specs):
+        return torch.arange(len(specs)), None
+    logits = probe() if any(kind in ("predicted", "top") for kind, _ in specs) else None
+    row_image, row_class = [], []
+    for i, (kind, arg) in enumerate(specs):
+        if kind == "list":
+            chosen = list(dict.fromkeys(arg))
+        else:
+            k = 1 if kind == "predicted" else int(arg)
+            chosen = logits[i].topk(k).indices.tolist()
+        row_image += [i] * len(chosen)
+        row_class += chosen
+    return torch.tensor(row_image), torch.tensor(row_class)

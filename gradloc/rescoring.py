@@ -1,0 +1,114 @@
+"""Rescoring candidate boxes by the classifier, and fusing the best with its neighbours.
+
+A saliency map does not say how large its object is, so candidates of several sizes are asked
+to the classifier: a box's **crop** (cut out, resized to 32x32) should hold the class, and the
+image with the box **blanked** to the mean colour should not. ``crop-delete`` scores a box by the
+difference, so a part of an object (a head) loses to the whole. All views of a batch go through
+one forward pass, each distinct view once. Then the best box is **fused** with the candidates
+overlapping it (weighted box fusion, Solovyev et al. 2021).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from .boxes import MEAN_COLOUR, blank_boxes, clip_nonempty, crop_windows
+from .preprocess import INPUT_SIZE
+from .proposals import rank
+
+RESCORES = ("off", "crop", "crop-delete")
+FUSE_MIN_IOU = 0.3  # boxes fused with the best one overlap it at least this much
+
+
+def fuse_best(boxes: Tensor, scores: Tensor, temperature: float, min_iou: float = FUSE_MIN_IOU) -> Tensor:
+    """Weighted fusion of the best box with the boxes around it.
+
+    The boxes ``[K, 4]`` (xyxy) that overlap the best-scoring one with IoU >= ``min_iou`` are
+    averaged corner by corner, weighted by ``softmax(scores / temperature)``. Candidates of one
+    object at several thresholds err both ways (a part, the object plus background); their
+    score-weighted mean is usually closer to the object than the single best. The overlap test
+    keeps other objects' boxes out.
+
+    Returns
+    -------
+    Tensor, float32, [4], xyxy
+    """
+    boxes, scores = boxes.float(), scores.float()
+    best = int(scores.argmax())
+    near = box_iou(boxes[best:best + 1], boxes)[0] >= min_iou
+    weights = ((scores[near] - scores[best]) / temperature).softmax(0)
+    return (weights[:, None] * boxes[near]).sum(0)
+
+
+def rank_and_fuse(boxes: Tensor, scores: Tensor, nms_iou: float = 0.5, top_k: int | None = 5,
+                  fuse: float = 0.0) -> tuple[Tensor, Tensor]:
+    """:func:`~gradloc.proposals.rank` (NMS, top-k), with the best box replaced by
+    :func:`fuse_best` of all candidates at temperature ``fuse`` when ``fuse`` > 0."""
+    fused = fuse_best(boxes, scores, fuse) if fuse > 0 and len(boxes) > 1 else None
+    boxes, scores = rank(boxes, scores, nms_iou, None)
+    if fused is not None:
+        boxes = torch.cat([fused[None].to(boxes.dtype), boxes[1:]])
+    return (boxes, scores) if top_k is None else (boxes[:top_k], scores[:top_k])
+
+
+def blank_in_thumbnail(images: Sequence[Tensor], boxes: Sequence[Tensor]) -> list[Tensor]:
+    """Per row, the image's 32x32 view with each box (xyxy in the image's pixels) blanked to
+    the mean colour -> ``uint8 [K_j, 3, 32, 32]``."""
+    out = []
+    for img, b in zip(images, boxes):
+        h, w = img.shape[-2:]
+        thumb = crop_windows(img, torch.tensor([[0.0, 0.0, w, h]]), INPUT_SIZE)[0]
+        out.append(blank_boxes(thumb, b.float() * torch.tensor([INPUT_SIZE / w, INPUT_SIZE / h] * 2), MEAN_COLOUR))
+    return out
+
+
+class Rescorer:
+    """Scores boxes by the class probabilities of views of them.
+
+    Parameters
+    ----------
+    classify : callable
+        ``uint8 [N, 3, 32, 32]`` views -> class probabilities ``[N, C]``, no gradients.
+    """
+
+    def __init__(self, classify: Callable[[Tensor], Tensor]) -> None:
+        self.classify = classify
+
+    def class_probs(self, inputs: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
+        """Per row, the probability of its class for each of its views ``uint8 [K_j, 3, 32, 32]``
+        -> ``[K_j]``, all rows in one batched forward pass over the distinct views."""
+        full = [x for x in inputs if len(x)]
+        if not full:
+            return [torch.zeros(0) for _ in inputs]
+        views = torch.cat(full)
+        # Candidates repeat (threshold rungs that find the same box, rows of one image), so
+        # each distinct view is run once.
+        distinct, where = torch.unique(views.flatten(1), dim=0, return_inverse=True)
+        probs = self.classify(distinct.view(-1, *views.shape[1:]))[where]
+        probs = iter(probs.split([len(x) for x in full]))
+        return [next(probs)[:, int(c)] if len(x) else torch.zeros(0) for x, c in zip(inputs, classes)]
+
+    def crop_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
+        """Class probability of each box's own crop: ``images[j]`` ``uint8 [3, h, w]``, its
+        ``boxes[j]`` ``[K_j, 4]`` (xyxy in that image's pixels) and class -> ``[K_j]`` each."""
+        return self.class_probs([crop_windows(img, clip_nonempty(b, img.shape[-2:])) if len(b) else b
+                                 for img, b in zip(images, boxes)], classes)
+
+    def deletion_scores(self, blanked: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
+        """Class probability of each blanked view ``uint8 [K_j, 3, 32, 32]``: the evidence left
+        outside each box -> ``[K_j]`` each."""
+        return self.class_probs(blanked, classes)
+
+    def box_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int],
+                   rescore: str, blanked: Sequence[Tensor] | None = None) -> list[Tensor]:
+        """``crop``: each box's crop probability; ``crop-delete``: that minus the probability of
+        its blanked view (``blanked``, by default :func:`blank_in_thumbnail`)."""
+        kept = self.crop_scores(images, boxes, classes)
+        if rescore == "crop":
+            return kept
+        if blanked is None:
+            blanked = blank_in_thumbnail(images, boxes)
+        return [k - d for k, d in zip(kept, self.deletion_scores(blanked, classes))]

@@ -1,0 +1,121 @@
+"""The pipeline's result for one image, and its JSON record in ``predictions.json``.
+
+:class:`Result` is what :class:`~gradloc.pipeline.ProposalGenerator` returns per image;
+:func:`image_record` writes it as the documented JSON record and :func:`record_prediction`
+reads such a record back for scoring: the one writer and the one reader of the format.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypedDict
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .model import CIFAR10_CLASSES
+
+
+class Result(TypedDict):
+    """One image's proposals (best first) and the products behind them."""
+
+    boxes: Tensor        # float [K, 4], xyxy, original pixels
+    scores: Tensor       # float [K]
+    labels: Tensor       # int64 [K], CIFAR-10 indices
+    probs: Tensor        # float [10], the image's class probabilities (its 32x32 view)
+    maps: Tensor         # float [R, h, w], one saliency map per class asked for
+    masks: Tensor        # bool [R, h, w], the kept pixels of each map
+    map_classes: Tensor  # int64 [R]
+    peaks: Tensor        # float [R, 2], each map's maximum, (x, y) in original pixels
+
+
+def map_peaks(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Location of each map's maximum ``[R, 2]`` as (x, y) in original pixels (cell centre)."""
+    r, h, w = maps.shape
+    flat = maps.reshape(r, -1).argmax(1)
+    gy, gx = flat // w, flat % w
+    return torch.stack([(gx + 0.5) * size[1] / w, (gy + 0.5) * size[0] / h], 1)
+
+
+def assemble(per_class: list[tuple[int, Tensor, Tensor, Tensor, Tensor]], probs: Tensor,
+             size: tuple[int, int]) -> Result:
+    """One image's ``(class, boxes [K, 4], scores [K], map, mask)`` per class asked for -> its
+    :class:`Result`: the proposals of all classes best first, one map, mask and peak per class."""
+    boxes = torch.cat([b for _, b, _, _, _ in per_class])
+    scores = torch.cat([s for _, _, s, _, _ in per_class])
+    labels = torch.cat([torch.full((len(b),), c, dtype=torch.int64) for c, b, _, _, _ in per_class])
+    order = torch.argsort(scores, descending=True, stable=True)
+    maps = torch.stack([m for _, _, _, m, _ in per_class])
+    return Result(boxes=boxes[order], scores=scores[order], labels=labels[order], probs=probs, maps=maps,
+                  masks=torch.stack([k for _, _, _, _, k in per_class]),
+                  map_classes=torch.tensor([c for c, _, _, _, _ in per_class], dtype=torch.int64),
+                  peaks=map_peaks(maps, size))
+
+
+def _box(box) -> list[float]:
+    return [round(float(v), 2) for v in box]
+
+
+def image_record(file: str, size: tuple[int, int], result: Result) -> dict:
+    """One image's entry of ``predictions.json`` (the documented format)."""
+    probs = result["probs"].tolist()
+    return {
+        "file": file, "width": int(size[1]), "height": int(size[0]),
+        "predicted": CIFAR10_CLASSES[int(np.argmax(probs))],
+        "probs": {c: round(p, 5) for c, p in zip(CIFAR10_CLASSES, probs)},
+        "proposals": [{"box": _box(b), "score": round(float(s), 5), "label": CIFAR10_CLASSES[int(lab)]}
+                      for b, s, lab in zip(result["boxes"], result["scores"], result["labels"])],
+        "peaks": {CIFAR10_CLASSES[int(c)]: [round(float(v), 2) for v in pt]
+                  for c, pt in zip(result["map_classes"], result["peaks"])},
+    }
+
+
+def record_prediction(rec: dict) -> dict:
+    """A ``predictions.json`` record -> the per-class prediction dict :mod:`gradloc.evaluate`
+    scores: ``boxes`` and ``scores`` {class: ``[K, 4]``, ``[K]``}, ``peaks``, ``probs``."""
+    boxes: dict[int, list] = {}
+    scores: dict[int, list] = {}
+    for prop in rec.get("proposals", []):
+        c = CIFAR10_CLASSES.index(prop["label"])
+        boxes.setdefault(c, []).append(prop["box"])
+        scores.setdefault(c, []).append(float(prop.get("score", 0.0)))
+    peaks = {CIFAR10_CLASSES.index(k): tuple(v) for k, v in (rec.get("peaks") or {}).items()}
+    probs = rec.get("probs")
+    return {
+        "boxes": {c: torch.tensor(b, dtype=torch.float32).view(-1, 4) for c, b in boxes.items()},
+        "scores": {c: torch.tensor(v, dtype=torch.float32) for c, v in scores.items()},
+        "peaks": peaks or None,
+        "probs": torch.tensor([probs[c] for c in CIFAR10_CLASSES]) if probs else None,
+    }
+
+
+def result_prediction(res: Result) -> dict:
+    """A :class:`Result` -> the per-class prediction dict scored by :mod:`gradloc.evaluate`
+    (maps kept as float16 to hold memory down over large sets)."""
+    boxes, scores, maps, peaks = {}, {}, {}, {}
+    for r, c in enumerate(res["map_classes"].tolist()):
+        boxes[c] = res["boxes"][res["labels"] == c]
+        scores[c] = res["scores"][res["labels"] == c]
+        maps[c] = res["maps"][r].half()
+        peaks[c] = tuple(res["peaks"][r].tolist())
+    return {"boxes": boxes, "scores": scores, "maps": maps, "peaks": peaks, "probs": res["probs"]}
+
+
+def predictions_from_json(ds, records: list[dict]) -> tuple[list, list[dict]]:
+    """Match ``predictions.json`` image records to the images of an annotated set ``ds`` by file
+    name (the path, else its base name) -> one :func:`record_prediction` per image (None when
+    missing) and the annotated files without a record."""
+    by_name: dict[str, dict] = {}
+    for rec in records:
+        p = Path(rec["file"])
+        by_name.setdefault(p.as_posix(), rec)
+        by_name.setdefault(p.name, rec)
+    preds, missing = [], []
+    for im in ds.images:
+        rec = by_name.get(Path(im.file).as_posix()) or by_name.get(Path(im.file).name)
+        if rec is None:
+            preds.append(None)
+            missing.append({"file": im.file, "reason": "no prediction for this image"})
+            continue
+        preds.append(record_prediction(rec))
+    return preds, missing

@@ -1,0 +1,200 @@
+"""Window plans: which views of each image get saliency maps, and how their boxes go back.
+
+The post-processing (:meth:`gradloc.pipeline.ProposalGenerator.postprocess`) is one loop over
+the windows a plan produces. A plan answers a few questions, as hooks or named properties:
+
+- :meth:`WindowPlan.windows`: the saliency maps of a batch, each of one (image, class) row in
+  one window, and each window's *support* (the class probability that scales its boxes' scores);
+- :meth:`WindowPlan.place`: a window's grid boxes in the plan's *ranking frame*;
+  :meth:`~WindowPlan.to_work` and :meth:`~WindowPlan.to_original` map that frame to the working
+  image (rescoring) and to the original image (the result);
+- :meth:`WindowPlan.blanked`: the deletion views of a window's boxes (None: the whole image's
+  32x32 view with the box blanked);
+- :meth:`WindowPlan.output`: the map and mask returned per row;
+- ``contrast``: whether maps of several named classes of one image are contrasted;
+- ``rank_without_rescoring``: whether boxes are ranked (NMS, top-k) when rescoring is off.
+
+:class:`WholeImage` is the plan with one window, the image's own 32x32 view; :class:`MultiScale`
+cuts overlapping windows at several scales out of the working image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from . import multiscale as ms
+from .boxes import MEAN_COLOUR, blank_boxes, boxes_to_image, crop_windows, scale_boxes
+from .classes import class_rows
+from .network import Network
+from .preprocess import INPUT_SIZE
+
+
+@dataclass
+class Windows:
+    """A batch's saliency windows. ``counts[r]`` consecutive windows belong to row ``r``."""
+
+    row_image: Tensor    # int64 [R]
+    row_class: Tensor    # int64 [R]
+    probs: Tensor        # float [B, C], each image's class probabilities (its 32x32 view)
+    maps: Tensor         # float [N, 32, 32], one saliency map per window
+    support: Tensor      # float [N], the window's probability of its row's class
+    counts: list[int]    # windows per row, sum N
+    boxes: Tensor | None = None   # float [N, 4], the windows in working-image pixels (MultiScale)
+    views: Tensor | None = None   # uint8 [N, 3, 32, 32], the windows' views (MultiScale)
+    named: Tensor | None = None   # bool [R], the row's image was asked for named classes
+
+
+class WindowPlan:
+    """Base plan: hooks with the whole-image behaviour where one exists."""
+
+    contrast = False
+    rank_without_rescoring = True
+
+    def windows(self, net: Network, x_uint8: Tensor, sizes, specs, work) -> Windows:
+        raise NotImplementedError
+
+    def place(self, boxes: Tensor, w: Windows, n: int, size: tuple[int, int], work: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def to_work(self, boxes: Tensor, size: tuple[int, int], work: Tensor) -> Tensor:
+        return boxes
+
+    def to_original(self, boxes: Tensor, size: tuple[int, int], work: Tensor) -> Tensor:
+        return boxes
+
+    def blanked(self, boxes: Tensor, w: Windows, n: int) -> Tensor | None:
+        return None
+
+    def output(self, w: Windows, r: int, smoothed: Tensor, mask: Tensor, size, work) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class WholeImage(WindowPlan):
+    """One window per image: its 32x32 view as prepared, the map's grid boxes scaled straight to
+    the original image (clipped) and ranked there; the image's own probability as support.
+    Maps of several classes *named* for one image are contrasted (:func:`contrast_maps`). With
+    rescoring off, the boxes stay as :func:`~gradloc.proposals.propose` ranked them. The map
+    and mask returned are the window's own."""
+
+    contrast = True
+    rank_without_rescoring = False
+
+    def windows(self, net, x_uint8, sizes, specs, work) -> Windows:
+        maps, row_image, row_class, probs = net.saliency_rows(x_uint8, specs)
+        return self.from_maps(maps, row_image, row_class, probs, [kind == "list" for kind, _ in specs])
+
+    @staticmethod
+    def from_maps(maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,
+                  named: Sequence[bool] | None = None) -> Windows:
+        """The plan's windows from maps computed elsewhere (a sweep's cache)."""
+        named_rows = (torch.ones(len(row_image), dtype=torch.bool) if named is None
+                      else torch.tensor(list(named), dtype=torch.bool)[row_image])
+        return Windows(row_image, row_class, probs, maps, probs[row_image, row_class], [1] * len(row_image),
+                       named=named_rows)
+
+    def place(self, boxes, w, n, size, work):
+        return scale_boxes(boxes, (INPUT_SIZE, INPUT_SIZE), size)
+
+    def to_work(self, boxes, size, work):
+        return scale_boxes(boxes, size, work.shape[-2:])
+
+    def output(self, w, r, smoothed, mask, size, work):
+        return smoothed[0], mask[0]
+
+
+class MultiScale(WindowPlan):
+    """Overlapping windows at several scales cut from the working image (``options.scales``,
+    at most ``max_windows``), all scored in one forward pass; the ``top`` best-supported windows
+    of each row get maps, with the window's own probability as support. Boxes are placed in the
+    working image unclipped, ranked there (always), then scaled (clipped) to the original. A box
+    is blanked in its own window's view (in the whole image a small box would vanish). The map
+    returned is the windows' maps, each normalised to its maximum and weighted by its support,
+    averaged on a working grid; the mask, where any window kept a pixel. No class contrast."""
+
+    def __init__(self, scales, max_windows: int, top: int) -> None:
+        self.scales, self.max_windows, self.top = scales, max_windows, top
+
+    def windows(self, net, x_uint8, sizes, specs, work) -> Windows:
+        row_image, row_class = class_rows(specs, lambda: net.logits(x_uint8))
+        probs = net.logits(x_uint8).softmax(1).cpu()
+        if row_class is None:
+            row_class = probs.argmax(1)
+        boxes, crops = [], []
+        for i, img in enumerate(work):
+            h, w = img.shape[-2:]
+            boxes.append(ms.window_boxes(h, w, ms.resolve_scales(self.scales, sizes[i]), self.max_windows))
+            crops.append(crop_windows(img, boxes[-1]))
+        # Forward only: every window's class probabilities, shared by all classes of an image.
+        window_probs = net.class_probs(torch.cat(crops)).split([len(c) for c in crops])
+        # Gradients only for each row's best-supported windows, all rows in one batch.
+        picks = [ms.top_windows(window_probs[int(i)][:, int(c)], self.top) for i, c in zip(row_image, row_class)]
+        counts = [len(p) for p in picks]
+        views = torch.cat([crops[int(i)][p] for i, p in zip(row_image, picks)])
+        classes = torch.cat([torch.full((n,), int(c)) for c, n in zip(row_class, counts)])
+        maps, support = net.saliency_views(views, classes)
+        return Windows(row_image, row_class, probs, maps, support, counts,
+                       boxes=torch.cat([boxes[int(i)][p] for i, p in zip(row_image, picks)]), views=views)
+
+    def place(self, boxes, w, n, size, work):
+        return boxes_to_image(boxes, w.boxes[n], INPUT_SIZE)
+
+    def to_original(self, boxes, size, work):
+        return scale_boxes(boxes, work.shape[-2:], size)
+
+    def blanked(self, boxes, w, n):
+        return blank_boxes(w.views[n], boxes, MEAN_COLOUR)
+
+    def output(self, w, r, smoothed, mask, size, work):
+        h, wd = work.shape[-2:]
+        start = sum(w.counts[:r])
+        picked = w.boxes[start:start + w.counts[r]]
+        support = w.support[start:start + w.counts[r]]
+        grid = ms.work_size(h, wd)
+        return (ms.accumulate(smoothed, support, picked, (h, wd), grid),
+                ms.accumulate(mask.float(), torch.ones(len(mask)), picked, (h, wd), grid) > 0)
+
+
+def contrasted(w: Windows, enabled: bool) -> tuple[Tensor, Tensor]:
+    """The class contrast of a :class:`WholeImage` batch: rows whose image was asked for several
+    named classes ``bool [R]``, and the maps with those rows contrasted."""
+    shared = (torch.bincount(w.row_image)[w.row_image] > 1) & enabled
+    if w.named is not None:
+        shared &= w.named
+    maps = w.maps
+    if shared.any():
+        maps = maps.clone()
+        maps[shared] = contrast_maps(maps[shared], w.row_image[shared])
+    return shared, maps
+
+
+def contrast_maps(maps: Tensor, row_image: Tensor) -> Tensor:
+    """Class-contrastive maps: each row minus the strongest other row of the same image.
+
+    A gradient map of one class also lights up the image's other objects (their pixels move
+    every logit, and a probability's gradient carries the other classes' terms), so with
+    several classes asked for one image each map keeps only where it beats the others. Rows
+    are compared as shares of their own total, and the result keeps the row's scale.
+
+    Parameters
+    ----------
+    maps : Tensor, float, [R, H, W], >= 0
+    row_image : Tensor, int, [R]
+        The image of each row; rows alone in their image are returned unchanged.
+
+    Returns
+    -------
+    Tensor, [R, H, W], >= 0
+    """
+    out = maps.clone()
+    total = maps.flatten(1).sum(1).clamp_min(1e-12)[:, None, None]
+    shares = maps / total
+    for r in range(len(maps)):
+        rivals = (row_image == row_image[r]) & (torch.arange(len(maps)) != r)
+        if rivals.any():
+            kept = (shares[r] - shares[rivals].amax(0)).clamp_min(0)
+            if kept.any():  # a map beaten everywhere keeps its own evidence rather than none
+                out[r] = kept * total[r]
+    return out
