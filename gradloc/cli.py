@@ -136,11 +136,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                 predictions_json=args.predictions, aliases=aliases, workers=args.workers,
                                 baselines=not args.no_baselines, gradcam=not args.no_gradcam,
                                 selective_search=args.selective_search, limit=args.limit,
-                                sample_seed=args.sample_seed)
+                                sample_seed=args.sample_seed, exclude=read_exclude(args.exclude))
     write_report(Path(args.output), evaluation)
     print(results_table(evaluation.results))
     print(f"report: {Path(args.output) / 'report.md'}", file=sys.stderr)
     return 0
+
+
+def read_exclude(path: str | None) -> set[str] | None:
+    """File names to leave out, one per line (blank lines and # comments ignored)."""
+    if path is None:
+        return None
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
 
 
 def cmd_export_coco(args: argparse.Namespace) -> int:
@@ -222,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--limit", type=int, default=None, help="score only the first N annotated images")
     ev.add_argument("--sample-seed", type=int, default=None,
                     help="with --limit: score N images drawn at random with this seed instead of the first N")
+    ev.add_argument("--exclude", default=None,
+                    help="text file of image file names to leave out, one per line (e.g. the photographs "
+                         "a model was trained on: photos_trained.txt beside its checkpoints)")
     ev.add_argument("--no-baselines", action="store_true", help="skip the box baselines")
     ev.add_argument("--no-gradcam", action="store_true",
                     help="skip the same-network Grad-CAM and CAM baselines")

@@ -64,7 +64,7 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
                    gen=None, predictions_json: str | Path | None = None, aliases=None,
                    workers: int = 1, baselines: bool = True, gradcam: bool = True,
                    selective_search: bool = False, limit: int | None = None, sample_seed: int | None = None,
-                   method_label: str | None = None) -> dict:
+                   method_label: str | None = None, exclude: set[str] | None = None) -> dict:
     """Score the pipeline (or a finished ``localize`` run) and the baselines; write a report.
 
     Exactly one of ``gen`` (with ``images_dir``) or ``predictions_json`` must be given.
@@ -72,6 +72,7 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     ``selective_search``: also OpenCV's selective search, a class-agnostic proposal anchor
     (needs ``images_dir`` and opencv-contrib). ``limit``: score only the first N images, or with
     ``sample_seed`` N images drawn at random (annotation files are often sorted by class).
+    ``exclude``: file names left out (before ``limit``), e.g. the photographs a model trained on.
     Every method's COCO results file goes to ``out/coco/``; its AP/AR come from that file.
     Returns the :class:`Evaluation` (``.results``: ``{name: metrics}``); write it with
     :func:`gradloc.report.write_report`.
@@ -82,6 +83,8 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     from .io import atomic_write_text
 
     ds = load_annotations(annotations, aliases)
+    if exclude:  # images a model was trained on (image-level labels), kept out of its scores
+        ds.images = [im for im in ds.images if im.file not in exclude and Path(im.file).name not in exclude]
     ds.images = subset(ds.images, limit, sample_seed)
     if not ds.images:
         raise ValueError(f"no scorable annotated images in {annotations}")

@@ -223,6 +223,9 @@ def main(argv=None) -> int:
         px, py, names = load_labelled_photos(args.photos)
         keep = photo_split(names, args.photos_share, args.split_seed)
         sel = torch.tensor([n in keep for n in names])
+        (args.ckpt_dir / "photos_trained.txt").write_text(
+            f"# {args.photos}: the {len(keep)} photographs trained on (split seed {args.split_seed})\n"
+            + "".join(f"{n}\n" for n in sorted(keep)), encoding="utf-8")
         photos = (normalise(torch.from_numpy(px))[sel], torch.from_numpy(py)[sel])
         print(f"photos: {int(sel.sum())} of {len(names)} from {args.photos} (split seed {args.split_seed})", flush=True)
     if args.negatives:

@@ -261,3 +261,22 @@ def test_make_synthetic_boxes_are_exact(tmp_path):
         b = im.boxes
         assert ((b[:, 2] - b[:, 0]) == (b[:, 3] - b[:, 1])).all()  # square pasted tiles
         assert box_iou(b, b).fill_diagonal_(0).max() == 0 if len(b) > 1 else True
+
+
+def test_evaluate_excludes_listed_images(tmp_path, random_weights_file):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.RandomState(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.randint(0, 255, (30, 40, 3)).astype(np.uint8)).save(images / name)
+    ann = write_coco(tmp_path / "ann.json", images=[
+        {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+        {"id": 2, "file_name": "b.png", "width": 40, "height": 30}],
+        annotations=[{"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 5, 10, 10]},
+                     {"id": 2, "image_id": 2, "category_id": 3, "bbox": [0, 0, 20, 20]}])
+    (tmp_path / "trained.txt").write_text("# trained on\na.png\n")
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(ann), "--images", str(images), "-o", str(out), "--weights", str(random_weights_file),
+                 "--workers", "0", "--exclude", str(tmp_path / "trained.txt"), "--no-gradcam"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["info"]["images"] == 1 and metrics["results"]["whole image"]["corloc"]["n"] == 1

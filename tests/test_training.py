@@ -103,3 +103,55 @@ def test_cutout_zeroes_one_clipped_square_per_image_and_leaves_other_runs_unchan
     rows, cols = holes[:, 0].any(2), holes[:, 0].any(1)
     assert torch.equal(area, rows.sum(1) * cols.sum(1))  # each hole is one axis-aligned rectangle
     assert torch.equal(cut[~holes], plain[~holes])  # the rest is the plain augmentation
+
+
+def write_photo_set(root, n=8):
+    """A tiny COCO-format set of 64x64 photographs, one class each, and a folder of negatives."""
+    import numpy as np
+    from PIL import Image
+    (root / "set" / "images").mkdir(parents=True)
+    (root / "neg" / "x").mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    images, annotations = [], []
+    for i in range(n):
+        Image.fromarray(rng.randint(0, 255, (64, 64, 3)).astype(np.uint8)).save(root / "set" / "images" / f"p{i}.jpg")
+        Image.fromarray(rng.randint(0, 255, (64, 64, 3)).astype(np.uint8)).save(root / "neg" / "x" / f"n{i}.jpg")
+        images.append({"id": i, "file_name": f"p{i}.jpg", "width": 64, "height": 64})
+        annotations.append({"id": i, "image_id": i, "category_id": i % 10, "bbox": [0, 0, 64, 64]})
+    cats = [{"id": c, "name": name} for c, name in enumerate(
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"))]
+    (root / "set" / "annotations.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": cats}))
+    return root / "set", root / "neg"
+
+
+def test_photos_split_and_outlier_exposure(tmp_path):
+    from gradloc.datasets import load_labelled_photos, load_photo_folder, photo_split
+    photos, negatives = write_photo_set(tmp_path)
+    x, y, names = load_labelled_photos(photos)
+    assert x.shape == (8, 64, 64, 3) and y.tolist() == list(range(8)) and names == sorted(names)
+    assert load_photo_folder(negatives).shape == (8, 64, 64, 3)
+    half = photo_split(names, 0.5, 0)
+    assert len(half) == 4 and half == photo_split(list(reversed(names)), 0.5, 0)  # order-free, seeded
+    assert half != photo_split(names, 0.5, 1)
+    data = shared_file("cifar10-jpeg.tar.gz")
+    res = run("--data", data, "--ckpt-dir", tmp_path / "ck", "--depth", 10, "--width", 1, "--epochs", 1,
+              "--batch-size", 16, "--max-batches", 2, "--limit-per-class", 4, "--photos", photos,
+              "--negatives", negatives, "--extra-batch", 4)
+    assert res.returncode == 0, res.stderr
+    assert "photos: 4 of 8" in res.stdout and "negatives: 8" in res.stdout
+    trained = (tmp_path / "ck" / "photos_trained.txt").read_text().splitlines()
+    assert sorted(trained[1:]) == sorted(half)
+
+
+def test_random_resized_crops_cover_the_chosen_share():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train", ROOT / "scripts" / "train_cifar10.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    x = torch.zeros(64, 3, 64, 64)
+    x[:, :, :, 32:] = 1.0  # left half 0, right half 1
+    out = train.random_resized_crops(x, torch.Generator().manual_seed(0), out=32, min_area=1.0, ratio=(1, 1))
+    # area 1 and aspect 1: the whole image, flipped or not, so each row holds both halves
+    assert out.shape == (64, 3, 32, 32)
+    torch.testing.assert_close(out.mean((1, 2, 3)), torch.full((64,), 0.5), atol=0.02, rtol=0)
