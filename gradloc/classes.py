@@ -37,15 +37,24 @@ def parse_class_spec(spec: ClassSpec) -> tuple[str, list[int] | int | None]:
         s = spec.strip().lower()
         if s == "all":
             return "top", len(CIFAR10_CLASSES)
-        if s.startswith("top"):
-            k = int(s[3:].lstrip("-:") or 1)
-            return "top", max(1, min(k, len(CIFAR10_CLASSES)))
+        if s.startswith("top") and s not in CIFAR10_CLASSES:
+            k = s[3:].lstrip("-:") or "1"
+            if not k.isdigit() or int(k) < 1:
+                raise ValueError(f"unknown class request {spec!r}: use topK with K a number from 1 to "
+                                 f"{len(CIFAR10_CLASSES)}, 'all', or class names")
+            return "top", min(int(k), len(CIFAR10_CLASSES))
         if "," in s:
-            return "list", [class_index(p) for p in s.split(",") if p.strip()]
+            return "list", _nonempty([class_index(p) for p in s.split(",") if p.strip()], spec)
         return "list", [class_index(s)]
     if isinstance(spec, int):
         return "list", [class_index(spec)]
-    return "list", [class_index(c) for c in spec]
+    return "list", _nonempty([class_index(c) for c in spec], spec)
+
+
+def _nonempty(classes: list[int], spec) -> list[int]:
+    if not classes:
+        raise ValueError(f"no class named in {spec!r}")
+    return classes
 
 
 def class_rows(specs: Sequence[tuple[str, object]], probe: Callable[[], Tensor]) -> tuple[Tensor, Tensor | None]:

@@ -108,10 +108,14 @@ def build_generator(args: argparse.Namespace):
 
 def cmd_localize(args: argparse.Namespace) -> int:
     from .localize import localize
+    from .classes import parse_class_spec
     classes = None
-    if args.classes:
+    if args.classes is not None:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        if not classes:
+            raise ValueError(f"--classes {args.classes!r} names no class")
         classes = classes[0] if len(classes) == 1 else classes
+        parse_class_spec(classes)  # a bad request fails here, before any work
     gen = build_generator(args)
     summary = localize(gen, args.paths, Path(args.output), classes=classes, resume=args.resume,
                        workers=args.workers, vis_limit=args.vis_limit, verbose=args.verbose,
@@ -124,6 +128,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import run_evaluation
     from .report import results_table, write_report
 
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     aliases = load_aliases(args.aliases)
     if args.images is None and Path(args.annotations, "JPEGImages").is_dir():
         args.images = str(Path(args.annotations, "JPEGImages"))  # the VOC layout

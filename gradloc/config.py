@@ -69,6 +69,16 @@ class Options:
     windows: int = 8               # windows per (image, class) that get gradients, best-supported first
 
     def __post_init__(self) -> None:
+        for name, low in (("top_k", 1), ("top_n", 1), ("kernel", 1), ("samples", 1), ("steps", 1),
+                          ("max_windows", 1), ("windows", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        for name in ("box_padding", "smooth_sigma", "noise"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        if not 0 < self.nms_iou <= 1:
+            raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou!r}")
         if not self.moment_box >= 0:
             raise ValueError(f"moment_box must be a number of standard deviations >= 0 (0: off), got {self.moment_box!r}")
         if not self.fuse >= 0:

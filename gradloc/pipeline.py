@@ -54,6 +54,8 @@ class ProposalGenerator:
 
     def __init__(self, model: nn.Module, device: str = "auto", batch_size: int = 64,
                  max_pixels: int = DEFAULT_MAX_PIXELS, amp: bool = False, **options) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         unknown = set(options) - {f.name for f in fields(Options)}
         if unknown:
             raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gradloc.cli import main
@@ -170,3 +171,25 @@ def test_killed_run_resumes_without_losing_or_redoing(tmp_path, random_weights_f
     # Resuming with other settings would mix results: refused with a reason.
     other = subprocess.run(cmd + ["--resume", "--top-n", "50"], capture_output=True, text=True)
     assert other.returncode == 2 and "settings differ" in other.stderr and "Traceback" not in other.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--classes=,"], "names no class"),
+    (["--classes", "topx"], "unknown class request"),
+    (["--top-k", "-1"], "top_k must be an integer >= 1"),
+    (["--box-padding", "-0.2"], "box_padding must be a number >= 0"),
+    (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+])
+def test_out_of_range_options_are_one_line_errors(tmp_path, random_weights_file, capsys, argv, message):
+    code = main(["localize", str(SAMPLES / "cifar10" / "cat.png"), "-o", str(tmp_path / "o"),
+                 "--weights", str(random_weights_file), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_api_refuses_empty_class_lists_and_bad_batch_sizes(random_wrn):
+    from gradloc import ProposalGenerator
+    with pytest.raises(ValueError, match="batch_size"):
+        ProposalGenerator(random_wrn, device="cpu", batch_size=0)
+    with pytest.raises(ValueError, match="no class named"):
+        ProposalGenerator(random_wrn, device="cpu")(torch.zeros(3, 32, 32, dtype=torch.uint8), classes=[[]])
