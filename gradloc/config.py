@@ -58,7 +58,7 @@ class Options:
     union_box: bool = True
     box_padding: float = 0.0
     nms_iou: float = 0.5
-    top_k: int = 5                 # proposals kept per class map
+    top_k: int | None = 5          # proposals kept per class map (None: all)
     rescore: str = "crop-delete"   # crop-delete: crop probability minus that of the image without the box; crop; off
     ladder: str = "0.4,0.5,0.6,0.7"  # with rescoring and mass: mass shares tried, best box of each
     moment_box: float = 1.5        # with rescoring: also the box of the map's centroid +- this many std; 0: off
@@ -72,6 +72,8 @@ class Options:
         for name, low in (("top_k", 1), ("top_n", 1), ("kernel", 1), ("samples", 1), ("steps", 1),
                           ("max_windows", 1), ("windows", 1)):
             v = getattr(self, name)
+            if v is None and name == "top_k":  # keep every proposal
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
         for name in ("box_padding", "smooth_sigma", "noise"):

@@ -41,7 +41,8 @@ def predict(gen, ds: AnnotatedSet, images_dir: str | Path, workers: int = 1, top
     files = [Path(images_dir) / im.file for im in ds.images]
     preds: list = [None] * len(files)
     skipped = []
-    gen = gen.with_options(top_k=max(gen.options.top_k, top_k))  # truncation only: the ranking is unchanged
+    if gen.options.top_k is not None:  # truncation only: the ranking is unchanged
+        gen = gen.with_options(top_k=max(gen.options.top_k, top_k))
     for done, failed in run_files(gen, files, lambda i: ds.images[i].classes(), workers, desc=desc,
                                   progress=progress):
         skipped += [{"file": str(files[i]), "reason": reason} for i, reason in failed]
