@@ -108,6 +108,35 @@ def iter_batches(files: list[Path], batch_size: int, workers: int = 0,
     yield from loader
 
 
+def dumps_record(rec) -> str:
+    """One record as a JSON line. File names that are not valid UTF-8 (legal on Linux) reach
+    Python as surrogate escapes (PEP 383); such a record is written with ASCII escapes
+    (``\\udcXX``), valid JSON that reads back to the same name, instead of failing the run."""
+    text = json.dumps(rec, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(rec, ensure_ascii=True)
+    return text
+
+
+def read_complete_lines(path: Path) -> list[str]:
+    """The lines of a JSON-lines file up to the first that a crash cut (not valid UTF-8, e.g.
+    cut inside a multi-byte character, or not a JSON object): what came after is redone."""
+    good = []
+    for raw in Path(path).read_bytes().split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+            if not isinstance(json.loads(line), dict):
+                break
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            break
+        good.append(line)
+    return good
+
+
 class ResultStream:
     """Append-only JSON-lines log of finished images and skips, with resume.
 
@@ -119,14 +148,12 @@ class ResultStream:
         self.done: set[str] = set()
         if resume and self.path.is_file():
             good = []
-            with open(self.path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                        self.done.add(rec["file"])
-                        good.append(line if line.endswith("\n") else line + "\n")
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        break  # a line cut by the crash: it and anything after are redone
+            for line in read_complete_lines(self.path):
+                rec = json.loads(line)
+                if not isinstance(rec.get("file"), str):
+                    break  # not one of ours: it and anything after are redone
+                self.done.add(rec["file"])
+                good.append(line + "\n")
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text("".join(good), encoding="utf-8")
             os.replace(tmp, self.path)
@@ -137,7 +164,7 @@ class ResultStream:
 
     def write(self, records: list[dict]) -> None:
         for rec in records:
-            self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self._f.write(dumps_record(rec) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
 
@@ -168,17 +195,17 @@ def write_predictions_json(jsonl: Path, out: Path, header: dict) -> tuple[int, i
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("{\n")
         for k, v in header.items():
-            f.write(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)},\n")
+            f.write(f"{json.dumps(k)}: {dumps_record(v)},\n")
         f.write('"images": [')
         for rec in read_jsonl(jsonl):
             if "skipped" not in rec:
-                f.write(("," if n_img else "") + "\n  " + json.dumps(rec, ensure_ascii=False))
+                f.write(("," if n_img else "") + "\n  " + dumps_record(rec))
                 n_img += 1
         f.write('\n],\n"skipped": [')
         for rec in read_jsonl(jsonl):
             if "skipped" in rec:
                 entry = {"file": rec["file"], "reason": rec["skipped"]}
-                f.write(("," if n_skip else "") + "\n  " + json.dumps(entry, ensure_ascii=False))
+                f.write(("," if n_skip else "") + "\n  " + dumps_record(entry))
                 n_skip += 1
         f.write("\n]\n}\n")
     os.replace(tmp, out)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .io import ResultStream, atomic_write_text, find_images, write_predictions_json
+from .io import ResultStream, atomic_write_text, dumps_record, find_images, write_predictions_json
 from .model import CIFAR10_CLASSES
 from .preprocess import open_image
 from .results import image_record
@@ -51,13 +51,24 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
     settings = settings or {}
     run_file = out / "run.json"
     if resume and run_file.is_file():
-        before = json.loads(run_file.read_text(encoding="utf-8")).get("settings", {})
+        try:
+            state = json.loads(run_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot resume in {out}: {run_file} is corrupt ({exc}); "
+                             "use another output folder or delete it to start over") from None
+        before = state.get("settings") if isinstance(state, dict) else None
+        if not isinstance(before, dict):
+            raise ValueError(f"cannot resume in {out}: {run_file} does not hold a gradloc run's settings; "
+                             "use another output folder or delete it to start over")
+        if state.get("classes") != classes:
+            raise ValueError(f"cannot resume in {out}: the earlier run localised classes {state.get('classes')!r}, "
+                             f"this one asks for {classes!r}; use another output folder or the same --classes")
         changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         if changed:
             raise ValueError(f"cannot resume in {out}: settings differ from the earlier run "
                              f"({', '.join(f'{k}: {before.get(k)!r} -> {settings.get(k)!r}' for k in changed)}); "
                              "use another output folder or the same options")
-    atomic_write_text(run_file, json.dumps({"settings": settings, "classes": classes}, indent=1))
+    atomic_write_text(run_file, dumps_record({"settings": settings, "classes": classes}))
     files, walk_skips = find_images(paths)
     stream = ResultStream(out / "predictions.jsonl", resume=resume)
     already = len(stream.done)

@@ -193,3 +193,46 @@ def test_api_refuses_empty_class_lists_and_bad_batch_sizes(random_wrn):
         ProposalGenerator(random_wrn, device="cpu", batch_size=0)
     with pytest.raises(ValueError, match="no class named"):
         ProposalGenerator(random_wrn, device="cpu")(torch.zeros(3, 32, 32, dtype=torch.uint8), classes=[[]])
+
+
+def test_file_names_that_are_not_utf8_are_kept_losslessly(tmp_path, random_weights_file):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "good.png")
+    raw = os.fsencode(str(folder)) + b"/caf\xe9-\xff.png"  # Latin-1 bytes: not valid UTF-8
+    with open(raw, "wb") as f:
+        Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(f, format="PNG")
+    out = tmp_path / "out"
+    assert main(["localize", str(folder), "-o", str(out), "--weights", str(random_weights_file), "--vis-limit", "5"]) == 0
+    data = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
+    names = sorted(os.fsencode(r["file"]) for r in data["images"])
+    assert raw in names and len(names) == 2  # the name reads back to the same bytes
+
+
+def test_resume_drops_a_line_cut_inside_a_character_and_refuses_other_classes(tmp_path, random_weights_file):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / name)
+    out = tmp_path / "out"
+    common = ["localize", str(folder), "-o", str(out), "--weights", str(random_weights_file), "--vis-limit", "0"]
+    assert main(common) == 0
+    jsonl = out / "predictions.jsonl"
+    lines = jsonl.read_bytes().splitlines(keepends=True)
+    cut = lines[1].replace(b'"file"', '"fil\u00e9"'.encode())[:8]  # ends in the middle of the 2-byte é
+    jsonl.write_bytes(lines[0] + cut)
+    assert main(common + ["--resume"]) == 0
+    assert len(json.loads((out / "predictions.json").read_text())["images"]) == 3
+    assert main(common + ["--resume", "--classes", "cat"]) == 2
+    (out / "run.json").write_text("[1, 2]")
+    assert main(common + ["--resume"]) == 2
+
+
+def test_corrupt_run_state_names_the_file(tmp_path, random_weights_file, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_bytes(b'{"settings": {"meth')
+    code = main(["localize", str(SAMPLES / "cifar10" / "cat.png"), "-o", str(out), "--weights",
+                 str(random_weights_file), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "run.json is corrupt" in err and "Traceback" not in err
