@@ -91,10 +91,19 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
 
 
 def to_rgb_tensor(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
-    """Any accepted input -> ``uint8`` tensor ``[3, H, W]`` (RGB)."""
+    """Any accepted input -> ``uint8`` tensor ``[3, H, W]`` (RGB); an empty one is refused."""
+    rgb = _to_rgb_tensor(image, max_pixels)
+    if rgb.shape[1] == 0 or rgb.shape[2] == 0:
+        raise ImageError(f"image has no pixels ({rgb.shape[2]}x{rgb.shape[1]})")
+    return rgb
+
+
+def _to_rgb_tensor(image: ImageInput, max_pixels: int) -> Tensor:
     if isinstance(image, (str, Path)):
         image = open_image(image, max_pixels)
     if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ImageError(f"image has no pixels ({image.width}x{image.height})")
         image = np.asarray(pil_to_rgb(image))
     if isinstance(image, np.ndarray):
         arr = image

@@ -101,3 +101,11 @@ def test_prepare_resizes_with_antialias_and_keeps_size():
     assert work is None  # no multi-scale copy unless asked for
     assert x.shape == (3, 32, 32) and size == (320, 320)
     assert 100 < x.float().mean() < 155 and x.float().std() < 20
+
+
+@pytest.mark.parametrize("image", [np.zeros((0, 0, 3), np.uint8), np.zeros((0, 7), np.uint8),
+                                   torch.zeros(3, 5, 0, dtype=torch.uint8), Image.new("RGB", (0, 4))])
+def test_zero_size_images_get_a_clear_error(image):
+    from gradloc.preprocess import ImageError, to_rgb_tensor
+    with pytest.raises(ImageError, match="image has no pixels"):
+        to_rgb_tensor(image)
