@@ -127,12 +127,12 @@ def coco_metrics(gt: dict, dets: list[dict], img_ids: list | None = None) -> dic
     return {"per_class": coco_eval(gt, dets, img_ids), "class_agnostic": coco_eval(gt, dets, img_ids, True)}
 
 
-def evaluate_against_file(annotations: str | Path, dets: list[dict], img_ids: list | None = None) -> dict:
+def evaluate_against_file(annotations: str | Path | dict, dets: list[dict], img_ids: list | None = None) -> dict:
     """:func:`coco_eval` against a COCO annotation file as given (all its categories, as a
-    user running pycocotools on it would get), or ``{"error": reason}`` when pycocotools
-    cannot read it."""
+    user running pycocotools on it would get; a path or its parsed content), or
+    ``{"error": reason}`` when it cannot be read or pycocotools refuses it."""
     try:
-        gt = json.loads(Path(annotations).read_text(encoding="utf-8"))
+        gt = annotations if isinstance(annotations, dict) else json.loads(Path(annotations).read_text(encoding="utf-8"))
         return coco_eval(gt, dets, img_ids)
     except Exception as exc:  # pycocotools asserts and raises many types on odd files
         return {"error": f"{type(exc).__name__}: {exc}"}

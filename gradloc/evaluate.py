@@ -131,7 +131,8 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     ids = coco.image_ids(ds)
     (out / "coco").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "coco" / "ground_truth.json", json.dumps(gt))
-    against_file = ds.source == "coco"
+    # the file as given (load_annotations has just parsed it), once for every method
+    given = json.loads(Path(annotations).read_text(encoding="utf-8")) if ds.source == "coco" else None
     results = {}
     for n, preds in preds_by_name.items():
         path = out / "coco" / (slug(n) + ".json")
@@ -139,9 +140,9 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
         dets = json.loads(path.read_text(encoding="utf-8"))  # the metrics come from the file as written
         results[n] = score(ds, preds)
         results[n]["coco"] = {"results_file": str(path.relative_to(out)), **coco.coco_metrics(gt, dets, ids)}
-        if against_file:
+        if given is not None:
             results[n]["coco"]["against_annotation_file"] = coco.evaluate_against_file(
-                annotations, dets, ids if limit is not None else None)
+                given, dets, ids if limit is not None else None)
     if "best centred box" in results:
         results["best centred box"]["area"] = info["best_centred_area"]
     return Evaluation(f"gradloc evaluation: {Path(annotations).name}", results, ds,

@@ -106,10 +106,10 @@ class ProposalGenerator:
             if not idx:
                 continue
             # without a working copy, rescoring cuts boxes out of the 32x32 view itself
-            views = [x_uint8[i] if work is None or work[i] is None else work[i] for i in idx]
+            images = [x_uint8[i] if work is None or work[i] is None else work[i] for i in idx]
             sub_sizes = [sizes[i] for i in idx]
-            w = plan.windows(self.net, x_uint8[idx], sub_sizes, [specs[i] for i in idx], views)
-            for i, r in zip(idx, self.postprocess(plan, w, sub_sizes, views)):
+            w = plan.windows(self.net, x_uint8[idx], sub_sizes, [specs[i] for i in idx], images)
+            for i, r in zip(idx, self.postprocess(plan, w, sub_sizes, images)):
                 out[i] = r
         return out
 
@@ -150,7 +150,8 @@ class ProposalGenerator:
         per_image: list[list] = [[] for _ in sizes]
         for r, (start, count) in enumerate(zip(starts, w.counts)):
             i = int(w.row_image[r])
-            m, k = plan.output(w, r, smoothed[start:start + count], masks[shown, start:start + count], sizes[i], work[i])
+            m, k = plan.output(w, start, smoothed[start:start + count], masks[shown, start:start + count],
+                               sizes[i], work[i])
             per_image[i].append((classes[r], plan.to_original(row_boxes[r], sizes[i], work[i]), row_scores[r], m, k))
         return [assemble(res, w.probs[i], sizes[i]) for i, res in enumerate(per_image)]
 

@@ -68,7 +68,9 @@ class WindowPlan:
     def blanked(self, boxes: Tensor, w: Windows, n: int) -> Tensor | None:
         return None
 
-    def output(self, w: Windows, r: int, smoothed: Tensor, mask: Tensor, size, work) -> tuple[Tensor, Tensor]:
+    def output(self, w: Windows, start: int, smoothed: Tensor, mask: Tensor, size, work) -> tuple[Tensor, Tensor]:
+        """The map and mask returned for the row whose windows start at ``start`` (``smoothed``
+        and ``mask`` are those windows')."""
         raise NotImplementedError
 
 
@@ -101,7 +103,7 @@ class WholeImage(WindowPlan):
     def to_work(self, boxes, size, work):
         return scale_boxes(boxes, size, work.shape[-2:])
 
-    def output(self, w, r, smoothed, mask, size, work):
+    def output(self, w, start, smoothed, mask, size, work):
         return smoothed[0], mask[0]
 
 
@@ -118,8 +120,9 @@ class MultiScale(WindowPlan):
         self.scales, self.max_windows, self.top = scales, max_windows, top
 
     def windows(self, net, x_uint8, sizes, specs, work) -> Windows:
-        row_image, row_class = class_rows(specs, lambda: net.logits(x_uint8))
-        probs = net.logits(x_uint8).softmax(1).cpu()
+        logits = net.logits(x_uint8)  # one pass: the top-k classes and the image's probabilities
+        row_image, row_class = class_rows(specs, lambda: logits)
+        probs = logits.softmax(1).cpu()
         if row_class is None:
             row_class = probs.argmax(1)
         boxes, crops = [], []
@@ -147,11 +150,10 @@ class MultiScale(WindowPlan):
     def blanked(self, boxes, w, n):
         return blank_boxes(w.views[n], boxes, MEAN_COLOUR)
 
-    def output(self, w, r, smoothed, mask, size, work):
+    def output(self, w, start, smoothed, mask, size, work):
         h, wd = work.shape[-2:]
-        start = sum(w.counts[:r])
-        picked = w.boxes[start:start + w.counts[r]]
-        support = w.support[start:start + w.counts[r]]
+        picked = w.boxes[start:start + len(smoothed)]
+        support = w.support[start:start + len(smoothed)]
         grid = ms.work_size(h, wd)
         return (ms.accumulate(smoothed, support, picked, (h, wd), grid),
                 ms.accumulate(mask.float(), torch.ones(len(mask)), picked, (h, wd), grid) > 0)

@@ -213,19 +213,26 @@ def test_unsafe_xml_is_refused(tmp_path, text):
     assert ds.images == [] and "refused unsafe XML" in ds.problems[0]["reason"]
 
 
-def test_evaluate_cli_runs_and_scores_predictions(tmp_path, random_weights_file):
+def two_image_set(tmp_path, missing: bool = False):
+    """Two random 40x30 images, a car in a and a cat in b, as a COCO file; with ``missing``, a third
+    annotated image whose file does not exist. Returns (images folder, annotation file)."""
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.RandomState(0)
     for name in ("a.png", "b.png"):
         Image.fromarray(rng.randint(0, 255, (30, 40, 3)).astype(np.uint8)).save(images / name)
-    ann = write_coco(tmp_path / "ann.json", images=[
-        {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
-        {"id": 2, "file_name": "b.png", "width": 40, "height": 30},
-        {"id": 3, "file_name": "missing.png", "width": 40, "height": 30}],
-        annotations=[{"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 5, 10, 10]},
-                     {"id": 2, "image_id": 2, "category_id": 3, "bbox": [0, 0, 20, 20]},
-                     {"id": 3, "image_id": 3, "category_id": 3, "bbox": [0, 0, 20, 20]}])
+    entries = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+               {"id": 2, "file_name": "b.png", "width": 40, "height": 30}]
+    boxes = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 5, 10, 10]},
+             {"id": 2, "image_id": 2, "category_id": 3, "bbox": [0, 0, 20, 20]}]
+    if missing:
+        entries.append({"id": 3, "file_name": "missing.png", "width": 40, "height": 30})
+        boxes.append({"id": 3, "image_id": 3, "category_id": 3, "bbox": [0, 0, 20, 20]})
+    return images, write_coco(tmp_path / "ann.json", images=entries, annotations=boxes)
+
+
+def test_evaluate_cli_runs_and_scores_predictions(tmp_path, random_weights_file):
+    images, ann = two_image_set(tmp_path, missing=True)
     out = tmp_path / "ev"
     assert main(["evaluate", str(ann), "--images", str(images), "-o", str(out),
                  "--weights", str(random_weights_file), "--workers", "0"]) == 0
@@ -264,16 +271,7 @@ def test_make_synthetic_boxes_are_exact(tmp_path):
 
 
 def test_evaluate_excludes_listed_images(tmp_path, random_weights_file):
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.RandomState(0)
-    for name in ("a.png", "b.png"):
-        Image.fromarray(rng.randint(0, 255, (30, 40, 3)).astype(np.uint8)).save(images / name)
-    ann = write_coco(tmp_path / "ann.json", images=[
-        {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
-        {"id": 2, "file_name": "b.png", "width": 40, "height": 30}],
-        annotations=[{"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 5, 10, 10]},
-                     {"id": 2, "image_id": 2, "category_id": 3, "bbox": [0, 0, 20, 20]}])
+    images, ann = two_image_set(tmp_path)
     (tmp_path / "trained.txt").write_text("# trained on\na.png\n")
     out = tmp_path / "ev"
     assert main(["evaluate", str(ann), "--images", str(images), "-o", str(out), "--weights", str(random_weights_file),
