@@ -34,6 +34,35 @@ class AnnotationError(ValueError):
     """An annotation file cannot be read at all; the message says why."""
 
 
+def read_json(path: str | Path, what: str = "") -> object:
+    """A JSON file's content, or :class:`AnnotationError` naming the file: unreadable, not UTF-8,
+    not JSON, or nested too deeply for the parser."""
+    label = f"{what} {path}" if what else str(path)
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AnnotationError(f"cannot read {label}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(f"{label} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        raise AnnotationError(f"{label} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise AnnotationError(f"{label}: JSON nested too deeply to read") from None
+
+
+def _is_id(v) -> bool:
+    """COCO ids are integers or strings (a bool, list, object or float is no id)."""
+    return isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))
+
+
+def _finite_size(v) -> int:
+    """A positive, finite image side (ValueError otherwise)."""
+    f = float(v)
+    if not (f == f and abs(f) != float("inf")) or int(f) < 1:
+        raise ValueError(f"size {v!r} is not a positive finite number")
+    return int(f)
+
+
 @dataclass
 class AnnotatedImage:
     """One image's ground truth. ``boxes`` ``[K, 4]`` float xyxy pixels, ``labels`` ``[K]``
@@ -71,17 +100,20 @@ def load_aliases(path: str | Path | None) -> dict[str, str]:
     """The default alias table, updated from a JSON file ``{"name": "cifar class"}``."""
     aliases = dict(DEFAULT_ALIASES)
     if path:
-        try:
-            extra = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise AnnotationError(f"cannot read alias table {path}: {exc}") from None
+        extra = read_json(path, "alias table")
         if not isinstance(extra, dict):
             raise AnnotationError(f"alias table {path} must be a JSON object")
         for k, v in extra.items():
-            if v is not None and str(v).lower() not in CIFAR10_CLASSES:
+            if v is not None and (not isinstance(v, str) or v.lower() not in CIFAR10_CLASSES):
                 raise AnnotationError(f"alias {k!r} -> {v!r}: not a CIFAR-10 class")
             aliases[str(k).lower()] = None if v is None else str(v).lower()
     return aliases
+
+
+def _short(v, limit: int = 60) -> str:
+    """A value as a short repr for a problem message."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def map_class(name: str, aliases: dict[str, str]) -> int | None:
@@ -123,12 +155,7 @@ def load_coco(path: str | Path, aliases: dict[str, str] | None = None) -> Annota
     ``bbox`` is ``[x, y, width, height]``; ``iscrowd`` boxes are kept as difficult.
     """
     aliases = aliases or DEFAULT_ALIASES
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise AnnotationError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"{path} is not valid JSON: {exc}") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise AnnotationError(f"{path} is not COCO detection JSON: needs 'images' and 'annotations' lists")
@@ -136,29 +163,39 @@ def load_coco(path: str | Path, aliases: dict[str, str] | None = None) -> Annota
     unmapped: Counter = Counter()
     cats = {}
     for c in data.get("categories") or []:
-        if isinstance(c, dict) and "id" in c and "name" in c:
-            cats[c["id"]] = (c["name"], map_class(c["name"], aliases))
+        if isinstance(c, dict) and _is_id(c.get("id")) and "name" in c:
+            cats[c["id"]] = (str(c["name"]), map_class(str(c["name"]), aliases))
+        else:
+            problems.append({"file": str(path), "reason": f"category entry without an integer or string id "
+                                                          f"and a name ({_short(c)}); ignored"})
     images: dict = {}
     for im in data["images"]:
+        file = str(im.get("file_name", "?")) if isinstance(im, dict) else "?"
         try:
-            images[im["id"]] = {"file": str(im["file_name"]), "width": int(im["width"]),
-                                "height": int(im["height"]), "boxes": [], "labels": [], "difficult": [],
+            if not isinstance(im, dict) or not _is_id(im.get("id")):
+                raise ValueError(f"id must be an integer or string, got {_short(im.get('id') if isinstance(im, dict) else im)}")
+            if im["id"] in images:
+                raise ValueError(f"duplicate image id {im['id']!r} (first used by {images[im['id']]['file']!r})")
+            if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+                raise ValueError("file_name must be a non-empty string")
+            images[im["id"]] = {"file": im["file_name"], "width": _finite_size(im["width"]),
+                                "height": _finite_size(im["height"]), "boxes": [], "labels": [], "difficult": [],
                                 "image_id": im["id"], "areas": []}
-            if images[im["id"]]["width"] < 1 or images[im["id"]]["height"] < 1:
-                raise ValueError("non-positive size")
-        except (KeyError, TypeError, ValueError) as exc:
-            images.pop(im.get("id") if isinstance(im, dict) else None, None)
-            problems.append({"file": str(im.get("file_name", "?")) if isinstance(im, dict) else "?",
-                             "reason": f"image entry without valid id/file_name/width/height ({exc}); skipped"})
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            problems.append({"file": file, "reason": f"image entry without valid id/file_name/width/height ({exc}); skipped"})
     for a in data["annotations"]:
         try:
+            if not isinstance(a, dict) or not _is_id(a.get("image_id")) or a["image_id"] not in images:
+                raise KeyError("image_id names no valid image")
             img = images[a["image_id"]]
             x, y, w, h = (float(v) for v in a["bbox"])
             cat = a["category_id"]
-        except (KeyError, TypeError, ValueError) as exc:
-            problems.append({"file": str(images.get(a.get("image_id"), {}).get("file", "?"))
-                             if isinstance(a, dict) else "?",
-                             "reason": f"annotation {a.get('id', '?') if isinstance(a, dict) else '?'} "
+            if not _is_id(cat):
+                raise ValueError(f"category_id {_short(cat)} is not an integer or string")
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            img_id = a.get("image_id") if isinstance(a, dict) else None
+            problems.append({"file": str(images[img_id]["file"]) if _is_id(img_id) and img_id in images else "?",
+                             "reason": f"annotation {_short(a.get('id', '?')) if isinstance(a, dict) else '?'} "
                                        f"malformed ({type(exc).__name__}: {exc}); skipped"})
             continue
         name, label = cats.get(cat, (f"category {cat}", None))
@@ -172,7 +209,8 @@ def load_coco(path: str | Path, aliases: dict[str, str] | None = None) -> Annota
             img["labels"].append(label)
             img["difficult"].append(bool(a.get("iscrowd", 0)))
             area = a.get("area")
-            img["areas"].append(float(area) if isinstance(area, (int, float)) and area >= 0 else w * h)
+            finite = isinstance(area, (int, float)) and not isinstance(area, bool) and 0 <= area < float("inf")
+            img["areas"].append(float(area) if finite else (box[2] - box[0]) * (box[3] - box[1]))
     out = [_image(**v) for v in images.values() if v["labels"]]
     category_ids: dict[int, int] = {}
     for cat_id, (_, label) in sorted((k, v) for k, v in cats.items() if isinstance(k, int)):
@@ -194,17 +232,15 @@ def load_voc_xml(xml_path: str | Path, aliases: dict[str, str] | None = None,
         root = ET.parse(str(xml_path)).getroot()
     except DefusedXmlException as exc:
         raise AnnotationError(f"{xml_path}: refused unsafe XML ({type(exc).__name__})") from None
-    except ET.ParseError as exc:
-        raise AnnotationError(f"{xml_path}: malformed XML ({exc})") from None
+    except (ET.ParseError, ValueError, LookupError, RecursionError) as exc:  # bad encodings too
+        raise AnnotationError(f"{xml_path}: malformed XML ({type(exc).__name__}: {exc})") from None
     except OSError as exc:
         raise AnnotationError(f"cannot read {xml_path}: {exc.strerror or exc}") from None
     file = root.findtext("filename") or Path(xml_path).stem + ".jpg"
     try:
-        width = int(float(root.findtext("size/width")))
-        height = int(float(root.findtext("size/height")))
-        if width < 1 or height < 1:
-            raise ValueError
-    except (TypeError, ValueError):
+        width = _finite_size(root.findtext("size/width"))
+        height = _finite_size(root.findtext("size/height"))
+    except (TypeError, ValueError, OverflowError):
         raise AnnotationError(f"{xml_path}: missing or invalid size/width, size/height") from None
     boxes, labels, difficult = [], [], []
     for obj in root.iter("object"):

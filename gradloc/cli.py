@@ -163,13 +163,9 @@ def cmd_export_coco(args: argparse.Namespace) -> int:
     from . import coco
     from .io import atomic_write_text
 
-    try:
-        data = json.loads(Path(args.predictions).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{args.predictions} is not valid JSON: {exc}") from None
-    records = data.get("images") if isinstance(data, dict) else None
-    if not isinstance(records, list):
-        raise ValueError(f"{args.predictions} is not a gradloc predictions.json (no 'images' list)")
+    from .results import read_predictions
+
+    records, _ = read_predictions(args.predictions)
     if args.annotations:
         from .annotations import load_aliases, load_annotations
         ds = load_annotations(args.annotations, load_aliases(args.aliases))

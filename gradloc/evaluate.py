@@ -14,7 +14,7 @@ import numpy as np
 
 from .annotations import AnnotatedSet
 from .metrics import corloc, score
-from .results import predictions_from_json, result_prediction
+from .results import predictions_from_json, read_predictions, result_prediction
 
 
 @dataclass
@@ -96,10 +96,10 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     preds_by_name: dict[str, list] = {}
     skipped: list[dict] = []
     if predictions_json is not None:
-        data = json.loads(Path(predictions_json).read_text(encoding="utf-8"))
-        name = method_label or f"gradloc ({data.get('settings', {}).get('method', '?')})"
-        preds_by_name[name], skipped = predictions_from_json(ds, data.get("images", []))
-        info["settings"] = data.get("settings", {})
+        records, settings = read_predictions(predictions_json)
+        name = method_label or f"gradloc ({settings.get('method', '?')})"
+        preds_by_name[name], skipped = predictions_from_json(ds, records)
+        info["settings"] = settings
     else:
         if gen is None or images_dir is None:
             raise ValueError("give --images DIR to run the pipeline, or --predictions FILE")

@@ -23,6 +23,50 @@ ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
 INPUT_SIZE = 32
 DEFAULT_MAX_PIXELS = 100_000_000  # larger images are refused (decompression-bomb guard)
 
+# Raster formats Pillow decodes itself. Others are refused before any decoder runs: some
+# (EPS, PDF-like formats) hand the file to external programs such as Ghostscript.
+READ_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "TGA", "ICO",
+                "JPEG2000", "PCX", "SGI", "QOI", "AVIF", "HEIF")
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _read_formats() -> list[str]:
+    Image.init()
+    return [f for f in READ_FORMATS if f in Image.OPEN]
+
+
+def _to_uint8(arr: np.ndarray, top: float) -> np.ndarray:
+    """Scale numbers in [0, ``top``] to uint8; NaN counts as 0, +inf as ``top``."""
+    arr = np.nan_to_num(np.asarray(arr, np.float64), nan=0.0, posinf=top, neginf=0.0)
+    return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _float_top(arr: np.ndarray) -> float:
+    """The range float data is scaled from: [0, 1] when it fits, else its finite maximum."""
+    finite = arr[np.isfinite(arr)]
+    return max(float(finite.max()), 1.0) if finite.size else 1.0
+
+
+def _read_with_opencv(path: Path, max_pixels: int) -> Image.Image:
+    """TIFFs Pillow cannot decode (float RGB, 32-bit samples), through OpenCV's libtiff."""
+    import cv2
+    arr = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.size == 0:
+        raise ImageError("not an image file (unrecognised format)")
+    if arr.shape[0] * arr.shape[1] > max_pixels:
+        raise ImageError(f"image too large: {arr.shape[1]}x{arr.shape[0]} pixels (limit {max_pixels:,}; see --max-pixels)")
+    if arr.ndim == 3:
+        arr = arr[:, :, 2::-1] if arr.shape[2] >= 3 else arr[:, :, 0]
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.uint16:
+        out = _to_uint8(arr, 65535.0)
+    elif np.issubdtype(arr.dtype, np.floating):
+        out = _to_uint8(arr, _float_top(arr))
+    else:
+        out = _to_uint8(arr, max(float(arr.max()), 1.0))
+    return Image.fromarray(np.ascontiguousarray(out)).convert("RGB")
+
 
 class ImageError(ValueError):
     """An input cannot be turned into an image; the message is a one-line reason."""
@@ -39,12 +83,11 @@ def pil_to_rgb(im: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB: grey, palette, alpha, CMYK, 16-bit and float."""
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
-        # 16-bit data scales by 257; 32-bit int/float data by its own range.
-        top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        # 16-bit data scales by 257; 32-bit int/float data by its own range (NaN as 0).
+        top = 65535.0 if im.mode.startswith("I;16") else _float_top(arr)
         if im.mode == "I" and arr.max() <= 65535 and arr.min() >= 0:
             top = 65535.0 if arr.max() > 255 else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+        return Image.fromarray(_to_uint8(arr, top), "L").convert("RGB")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         return _flatten_alpha(im)
     return im.convert("RGB") if im.mode != "RGB" else im
@@ -67,7 +110,14 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
             raise ImageError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on odd metadata; errors still raise
-            with Image.open(path) as im:
+            try:
+                opened = Image.open(path, formats=_read_formats())
+            except Image.UnidentifiedImageError:
+                with open(path, "rb") as f:
+                    if f.read(4) in TIFF_MAGIC:
+                        return _read_with_opencv(path, max_pixels)
+                raise
+            with opened as im:
                 w, h = im.size
                 if w < 1 or h < 1:
                     raise ImageError(f"image has no pixels ({w}x{h})")
@@ -82,7 +132,8 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     except Image.DecompressionBombError as exc:
         raise ImageError(f"image too large (decompression-bomb guard): {exc}") from None
     except Image.UnidentifiedImageError:
-        raise ImageError("not an image file (unrecognised format)") from None
+        raise ImageError("not an image file, or a format gradloc does not read "
+                         "(unrecognised format; it reads JPEG, PNG, GIF, BMP, TIFF, WebP, PPM, ...)") from None
     except PermissionError:
         raise ImageError("permission denied") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -116,7 +167,7 @@ def _to_rgb_tensor(image: ImageInput, max_pixels: int) -> Tensor:
         elif arr.dtype != np.uint8:
             if not np.issubdtype(arr.dtype, np.floating):
                 raise ImageError(f"unsupported array dtype {arr.dtype}")
-            arr = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+            arr = _to_uint8(arr, 1.0)
         if arr.shape[2] == 1:
             arr = np.repeat(arr, 3, axis=2)
         elif arr.shape[2] == 4:
@@ -129,7 +180,7 @@ def _to_rgb_tensor(image: ImageInput, max_pixels: int) -> Tensor:
         if t.dtype != torch.uint8:
             if not t.is_floating_point():
                 raise ImageError(f"unsupported tensor dtype {t.dtype}")
-            t = (t.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+            t = (torch.nan_to_num(t.float(), 0.0, 1.0, 0.0).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
         return t.expand(3, -1, -1).contiguous()
     raise ImageError(f"unsupported input type {type(image).__name__}")
 

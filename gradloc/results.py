@@ -70,17 +70,52 @@ def image_record(file: str, size: tuple[int, int], result: Result) -> dict:
     }
 
 
+def read_predictions(path: str | Path) -> tuple[list[dict], dict]:
+    """A ``predictions.json`` from ``gradloc localize`` -> (its image records, its settings).
+    Refuses, with a one-line :class:`ValueError` naming the file, anything else: not JSON, nested
+    too deeply, not an object with an ``images`` list. Records that are not objects with a
+    ``file`` string are left out (they cannot be matched to an image)."""
+    from .annotations import read_json
+    data = read_json(path, "predictions file")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path} is not a gradloc predictions.json (no 'images' list)")
+    records = [r for r in data["images"] if isinstance(r, dict) and isinstance(r.get("file"), str)]
+    settings = data.get("settings")
+    return records, settings if isinstance(settings, dict) else {}
+
+
+def _finite_numbers(v, n: int) -> list[float] | None:
+    if not isinstance(v, (list, tuple)) or len(v) != n:
+        return None
+    try:
+        out = [float(x) for x in v]
+    except (TypeError, ValueError):
+        return None
+    return out if all(x == x and abs(x) != float("inf") for x in out) else None
+
+
 def record_prediction(rec: dict) -> dict:
     """A ``predictions.json`` record -> the per-class prediction dict :mod:`gradloc.evaluate`
-    scores: ``boxes`` and ``scores`` {class: ``[K, 4]``, ``[K]``}, ``peaks``, ``probs``."""
+    scores: ``boxes`` and ``scores`` {class: ``[K, 4]``, ``[K]``}, ``peaks``, ``probs``.
+    Proposals without a CIFAR-10 label and a finite box are left out."""
     boxes: dict[int, list] = {}
     scores: dict[int, list] = {}
-    for prop in rec.get("proposals", []):
+    props = rec.get("proposals")
+    for prop in props if isinstance(props, list) else []:
+        if not isinstance(prop, dict) or prop.get("label") not in CIFAR10_CLASSES:
+            continue
+        box, score = _finite_numbers(prop.get("box"), 4), _finite_numbers([prop.get("score", 0.0)], 1)
+        if box is None:
+            continue
         c = CIFAR10_CLASSES.index(prop["label"])
-        boxes.setdefault(c, []).append(prop["box"])
-        scores.setdefault(c, []).append(float(prop.get("score", 0.0)))
-    peaks = {CIFAR10_CLASSES.index(k): tuple(v) for k, v in (rec.get("peaks") or {}).items()}
+        boxes.setdefault(c, []).append(box)
+        scores.setdefault(c, []).append(score[0] if score else 0.0)
+    raw_peaks = rec.get("peaks")
+    peaks = {CIFAR10_CLASSES.index(k): tuple(p) for k, v in (raw_peaks.items() if isinstance(raw_peaks, dict) else ())
+             if k in CIFAR10_CLASSES and (p := _finite_numbers(v, 2)) is not None}
     probs = rec.get("probs")
+    if not (isinstance(probs, dict) and all(_finite_numbers([probs.get(c)], 1) for c in CIFAR10_CLASSES)):
+        probs = None
     return {
         "boxes": {c: torch.tensor(b, dtype=torch.float32).view(-1, 4) for c, b in boxes.items()},
         "scores": {c: torch.tensor(v, dtype=torch.float32) for c, v in scores.items()},
