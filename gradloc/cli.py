@@ -53,7 +53,10 @@ _HELP = {
     "class_contrast": "with several classes named for one image (not top-k): each class's map minus the strongest "
                       "other map of that image (shares of each map's total), and no union box "
                       "(default on; --no-class-contrast)",
-    "scales": "multi-scale windows: auto (on when the shorter side >= 160 px), off, or e.g. 1,2,3",
+    "scales": "large images: auto (shorter side >= 160 px: the input-size pyramid), off (the 32x32 view "
+              "only), or multi-scale windows, e.g. 1,2,3",
+    "input_sizes": "the pyramid's inputs beside the 32x32 view: the whole image with its longer side at "
+                   "each size (px), aspect kept",
     "max_windows": "multi-scale: at most this many windows scored per image (finest scales dropped first)",
     "windows": "multi-scale: windows per (image, class) that get gradients, best-supported first (default: 8)",
 }

@@ -64,7 +64,8 @@ class Options:
     moment_box: float = 1.5        # with rescoring: also the box of the map's centroid +- this many std; 0: off
     fuse: float = 0.2              # with rescoring: temperature of the best box's fusion with its neighbours; 0: off
     class_contrast: bool = True    # several classes named for one image: contrasted maps, no union box
-    scales: str = "auto"           # multi-scale windows: auto (large images), off, or e.g. "1,2,3"
+    scales: str = "auto"           # auto: large images get the input-size pyramid; off; or windows, e.g. "1,2,3"
+    input_sizes: str = "48,64,96,128"  # the pyramid's inputs beside the 32x32 view: longer side, pixels
     max_windows: int = 128         # cap on windows scored per image (finest scales dropped first)
     windows: int = 8               # windows per (image, class) that get gradients, best-supported first
 
@@ -104,6 +105,19 @@ class Options:
                 raise ValueError(f"scales must be auto, off or integers like 1,2,3; got {self.scales!r}") from None
             if not vals or min(vals) < 1:
                 raise ValueError(f"scales must be integers >= 1, got {self.scales!r}")
+        if isinstance(self.input_sizes, (list, tuple)):
+            object.__setattr__(self, "input_sizes", ",".join(str(int(v)) for v in self.input_sizes))
+        try:
+            sizes = self.pyramid_sizes()
+        except ValueError:
+            raise ValueError(f"input_sizes must be integers like 48,64,96,128; got {self.input_sizes!r}") from None
+        if not all(33 <= v <= 1024 for v in sizes):
+            raise ValueError(f"input_sizes are longer sides in pixels from 33 to 1024 (the 32x32 view is "
+                             f"always used); got {self.input_sizes!r}")
+
+    def pyramid_sizes(self) -> tuple[int, ...]:
+        """The pyramid's input sizes beyond the 32x32 view, sorted, each once."""
+        return tuple(sorted({int(v) for v in str(self.input_sizes).split(",") if v.strip()}))
 
     def method_kwargs(self) -> dict:
         """The saliency method's constructor arguments."""
@@ -116,7 +130,7 @@ class Options:
             kw.update(samples=self.samples, noise=self.noise)
         if self.method == "integrated-gradients":
             kw["steps"] = self.steps
-        if self.method in ("layer", *CAM_METHODS) and self.layer:
+        if self.method in ("layer", "grad-x-activation", *CAM_METHODS) and self.layer:
             kw["layer"] = self.layer
         if self.method in CAM_METHODS and self.model_output == "probs":
             kw["output"] = "logits"  # Grad-CAM is defined on the class score

@@ -57,15 +57,18 @@ class Network:
         probs[row_image] = logits.softmax(1).cpu()  # rows of one image share its logits
         return maps.detach().cpu(), row_image, row_class, probs
 
-    def saliency_views(self, views: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
-        """The saliency method on ``uint8 [N, 3, 32, 32]`` views, one class each, in chunks ->
-        maps ``[N, 32, 32]`` and each view's probability of its class ``[N]``."""
+    def saliency_views(self, views: Tensor, classes: Tensor,
+                       method: SaliencyMethod | None = None) -> tuple[Tensor, Tensor]:
+        """The saliency method (or ``method``) on ``uint8 [N, 3, h, w]`` views (32x32, or any
+        one size: the network is fully convolutional), one class each, in chunks -> maps
+        ``[N, h, w]`` and each view's probability of its class ``[N]``."""
+        method = method or self.method
         maps, class_probs = [], []
         for s in range(0, len(views), self.batch_size):
             xb = self.model_input(views[s:s + self.batch_size])
             cb = classes[s:s + self.batch_size].to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                m, logits = self.method(xb, cb)
+                m, logits = method(xb, cb)
             maps.append(m.detach().float().cpu())
             class_probs.append(logits.detach().float().softmax(1).gather(1, cb[:, None])[:, 0].cpu())
         return torch.cat(maps), torch.cat(class_probs)

@@ -29,7 +29,7 @@ from .proposals import boxes_from_mask, smooth_and_threshold
 from .rescoring import Rescorer, rank_and_fuse
 from .results import Result, assemble
 from .saliency import make_method
-from .windows import MultiScale, WholeImage, WindowPlan, Windows, contrasted
+from .windows import MultiScale, Pyramid, WholeImage, WindowPlan, Windows, contrasted
 
 
 class ProposalGenerator:
@@ -71,6 +71,7 @@ class ProposalGenerator:
         self.rescorer = Rescorer(self.net.class_probs)
         self.whole_image = WholeImage()
         self.multiscale = MultiScale(self.options.scales, self.options.max_windows, self.options.windows)
+        self.pyramid = Pyramid(self.options.pyramid_sizes(), self.model)
 
     @classmethod
     def pretrained(cls, weights: str | Path = "default", depth: int = 16, width: int = 4,
@@ -96,11 +97,13 @@ class ProposalGenerator:
                   work: Sequence[Tensor | None] | None = None) -> list[Result]:
         """Proposals for a prepared batch: ``uint8 [B, 3, 32, 32]``, each image's original
         ``(h, w)``, class specs, and each image at working resolution (or None). Images that
-        qualify for multi-scale (``Options.scales``) take that plan, the rest the whole image."""
+        qualify (``Options.scales``) take the input-size pyramid (``auto``) or the multi-scale
+        windows (explicit scales), the rest the whole image."""
         specs = [parse_class_spec(c) for c in (classes or [None] * len(sizes))]
         multi = [i for i in range(len(sizes)) if work is not None and work[i] is not None
                  and ms.wants_multiscale(sizes[i], self.options.scales)]
-        groups = [(self.whole_image, [i for i in range(len(sizes)) if i not in multi]), (self.multiscale, multi)]
+        large = self.pyramid if ms.parse_scales(self.options.scales) == "auto" else self.multiscale
+        groups = [(self.whole_image, [i for i in range(len(sizes)) if i not in multi]), (large, multi)]
         out: list = [None] * len(sizes)
         for plan, idx in groups:
             if not idx:

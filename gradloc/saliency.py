@@ -298,6 +298,32 @@ class GradCAM(SaliencyMethod):
         return cam[:, 0], logits
 
 
+class GradientXActivation(GradCAM):
+    """Gradient x activation at a layer (Captum's ``LayerGradientXActivation``), summed over
+    channels, positive part, bilinear upsampling to the input: the class-masked output's
+    gradient w.r.t. the final features, times those features, location by location.
+
+    On a large input (a photograph at 128 px) each location of the final features sees an
+    object at the network's own scale, where an input gradient is dominated by texture; with
+    the default ``probs`` output the map is contrastive (a class's evidence minus the
+    probability-weighted evidence of the others). Multi-size discovery
+    (:class:`~gradloc.windows.Pyramid`) uses it for every input larger than 32x32.
+    """
+
+    name = "grad-x-activation"
+
+    def __init__(self, model, output="probs", reduce="max", positive=True, layer: str = "relu"):
+        super().__init__(model, output, reduce, positive, layer)
+
+    def feature_maps(self, x: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad(), capture_output(self.layer) as store:
+            logits = self.model(x.detach().requires_grad_(True))
+            act = store["out"]
+            (g_act,) = torch.autograd.grad(self.score(logits, resolve_mask(targets, logits)), act)
+        m = (g_act.float() * act.detach().float()).sum(1)
+        return (m.clamp(min=0) if self.positive else m), logits.detach()
+
+
 class CAM(GradCAM):
     """Class activation mapping (Zhou et al. 2016): the final features weighted by the linear
     head's weights of the masked classes, ``sum_k w_ck F_k(x, y)``; :meth:`feature_maps` keeps
@@ -368,6 +394,7 @@ METHODS: dict[str, Callable[..., SaliencyMethod]] = {
     "layer": LayerInfluence,
     "gradcam": GradCAM,
     "cam": CAM,
+    "grad-x-activation": GradientXActivation,
     "occlusion": Occlusion,
 }
 

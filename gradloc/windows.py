@@ -14,15 +14,18 @@ the windows a plan produces. A plan answers a few questions, as hooks or named p
 - ``contrast``: whether maps of several named classes of one image are contrasted;
 - ``rank_without_rescoring``: whether boxes are ranked (NMS, top-k) when rescoring is off.
 
-:class:`WholeImage` is the plan with one window, the image's own 32x32 view; :class:`MultiScale`
-cuts overlapping windows at several scales out of the working image.
+:class:`WholeImage` is the plan with one window, the image's own 32x32 view; :class:`Pyramid`
+gives the network the whole image at several input sizes (the default for large images);
+:class:`MultiScale` cuts overlapping windows at several scales out of the working image.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import multiscale as ms
@@ -30,6 +33,7 @@ from .boxes import MEAN_COLOUR, blank_boxes, boxes_to_image, crop_windows, scale
 from .classes import class_rows
 from .network import Network
 from .preprocess import INPUT_SIZE
+from .saliency import GradientXActivation
 
 
 @dataclass
@@ -157,6 +161,92 @@ class MultiScale(WindowPlan):
         grid = ms.work_size(h, wd)
         return (ms.accumulate(smoothed, support, picked, (h, wd), grid),
                 ms.accumulate(mask.float(), torch.ones(len(mask)), picked, (h, wd), grid) > 0)
+
+
+PYRAMID_GRID = 64  # every size's map is resampled to this grid over the whole image
+
+
+def resize_longer_side(image: Tensor, side: int) -> Tensor:
+    """``uint8 [3, H, W]`` resized (antialiased) so its longer side is ``side``, aspect kept."""
+    h, w = image.shape[-2:]
+    f = side / max(h, w)
+    size = (max(1, round(h * f)), max(1, round(w * f)))
+    return F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True,
+                         align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[0]
+
+
+class Pyramid(WindowPlan):
+    """The whole image at several input sizes, every map boxed and every box rescored in one
+    pool, so that the evidence of small and large inputs competes on the classifier's answer.
+
+    A CIFAR-10 network recognises objects of about its input's size, so a photograph squeezed
+    into 32x32 keeps only its large objects. The network is fully convolutional: given the image
+    with its longer side at 64 or 128 pixels (aspect kept), each location of its final features
+    sees a region of the photograph at CIFAR scale. Each row gets one map per size: the 32x32
+    view's from the pipeline's method, the larger inputs' from :class:`GradientXActivation`
+    (input gradients of a large input are dominated by texture). Maps are resampled to a
+    :data:`PYRAMID_GRID` grid over the whole image; the boxes of all sizes are candidates of one
+    row, so rescoring (a crop must hold the class, the image without the box must lose it)
+    decides between a part at a fine size and the whole object at a coarse one. Sizes above the
+    working image's longer side add no detail and are skipped. Rows of images of one shape run
+    as one batch per size. The map returned is the sizes' maps, each normalised to its maximum,
+    averaged; the mask, where any size kept a pixel. No class contrast.
+    """
+
+    rank_without_rescoring = True
+
+    def __init__(self, sizes: Sequence[int], model) -> None:
+        self.sizes, self.model, self._method = tuple(sizes), model, None
+
+    @property
+    def large_input_method(self) -> GradientXActivation:
+        if self._method is None:  # built on first use: a model without a "relu" layer fails only here
+            self._method = GradientXActivation(self.model)
+        return self._method
+
+    def windows(self, net, x_uint8, sizes, specs, work) -> Windows:
+        logits = net.logits(x_uint8)
+        row_image, row_class = class_rows(specs, lambda: logits)
+        probs = logits.softmax(1).cpu()
+        if row_class is None:
+            row_class = probs.argmax(1)
+        rows_of = defaultdict(list)
+        for r, i in enumerate(row_image.tolist()):
+            rows_of[i].append(r)
+        # per row, its maps in size order: the 32x32 view first, all rows in one batch
+        first, first_support = net.saliency_views(x_uint8[row_image], row_class)
+        per_row: list[list[Tensor]] = [[self.to_grid(m)] for m in first]
+        support: list[list[Tensor]] = [[p] for p in first_support]
+        for side in self.sizes:
+            groups = defaultdict(list)  # images of one shape at this size run together
+            for i, img in enumerate(work):
+                if side <= max(img.shape[-2:]) and i in rows_of:
+                    groups[tuple(img.shape[-2:])].append(i)
+            for members in groups.values():
+                views = torch.stack([resize_longer_side(work[i], side) for i in members])
+                rows = [r for i in members for r in rows_of[i]]
+                where = torch.tensor([members.index(int(row_image[r])) for r in rows])
+                maps, p = net.saliency_views(views[where], row_class[rows], self.large_input_method)
+                for r, m, q in zip(rows, maps, p):
+                    per_row[r].append(self.to_grid(m))
+                    support[r].append(q)
+        return Windows(row_image, row_class, probs, torch.stack([m for ms_ in per_row for m in ms_]),
+                       torch.stack([q for qs in support for q in qs]), [len(ms_) for ms_ in per_row])
+
+    @staticmethod
+    def to_grid(m: Tensor) -> Tensor:
+        return F.interpolate(m[None, None].float(), size=(PYRAMID_GRID, PYRAMID_GRID), mode="bilinear",
+                             align_corners=False)[0, 0]
+
+    def place(self, boxes, w, n, size, work):
+        return scale_boxes(boxes, (PYRAMID_GRID, PYRAMID_GRID), size)
+
+    def to_work(self, boxes, size, work):
+        return scale_boxes(boxes, size, work.shape[-2:])
+
+    def output(self, w, start, smoothed, mask, size, work):
+        peak = smoothed.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+        return (smoothed / peak).mean(0), mask.any(0)
 
 
 def contrasted(w: Windows, enabled: bool) -> tuple[Tensor, Tensor]:

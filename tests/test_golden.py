@@ -2,7 +2,7 @@
 compared on every run, so that a restructuring that should not change behaviour provably does not.
 
 The inputs are the bundled samples resized to about 40, 300 and 800 px (the last two take the
-multi-scale path under ``scales="auto"``), with the tests' seeded random WRN and with the shipped
+input-size pyramid under ``scales="auto"``), with the tests' seeded random WRN and with the shipped
 weights. Each case is a setting x a class request; boxes, scores, labels (in order) and maps are
 compared with ``assert_close``. Float results can differ between CPU kinds: after moving the
 project to another kind of machine, or after a change meant to alter results, re-record with

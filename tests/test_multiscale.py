@@ -64,10 +64,10 @@ def test_pipeline_multiscale_on_a_large_image(random_wrn):
     rng = np.random.RandomState(0)
     big = rng.randint(0, 255, (300, 420, 3)).astype(np.uint8)
     small = rng.randint(0, 255, (40, 40, 3)).astype(np.uint8)
-    gen = ProposalGenerator(random_wrn, device="cpu", batch_size=16, max_windows=14)
+    gen = ProposalGenerator(random_wrn, device="cpu", batch_size=16, max_windows=14, scales="1,2,3")
     out_big, out_small = gen([big, small], classes=[["cat", "dog"], "cat"])
     assert out_big["maps"].shape[0] == 2 and max(out_big["maps"].shape[1:]) == 256  # working grid
-    assert out_small["maps"].shape == (1, 32, 32)                                     # single window
+    assert out_small["maps"].shape == (1, 40, 40)  # explicit scales: every image, on its working grid
     b = out_big["boxes"]
     assert len(b) >= 1 and (b[:, 2] <= 420).all() and (b[:, 3] <= 300).all() and (b[:, :2] >= 0).all()
     assert set(out_big["labels"].tolist()) <= {3, 5}
@@ -98,7 +98,7 @@ def test_multiscale_finds_a_small_object_in_a_large_image():
     # A flat map over the square: keep every pixel above half the maximum, no smoothing. Boxes
     # ranked by component score: any part of the square is as red as the whole, so crop
     # rescoring could pick a part (tests/test_rescore.py covers rescoring).
-    gen = ProposalGenerator(RedDetector(), device="cpu", batch_size=32, windows=4, smooth_sigma=0,
+    gen = ProposalGenerator(RedDetector(), device="cpu", batch_size=32, windows=4, smooth_sigma=0, scales="1,2,3,4",
                             threshold="fraction", threshold_value=0.5, rescore="off")
     calls = []
     method = gen.net.method

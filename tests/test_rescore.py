@@ -146,7 +146,7 @@ def test_crop_minus_deletion_on_large_images_blanks_each_box_in_its_own_window()
     import numpy as np
     canvas = np.full((384, 384, 3), 128, np.uint8)
     canvas[300:340, 40:80] = (230, 20, 20)
-    gen = ProposalGenerator(RedDetector(), device="cpu", batch_size=32, windows=4, smooth_sigma=0,
+    gen = ProposalGenerator(RedDetector(), device="cpu", batch_size=32, windows=4, smooth_sigma=0, scales="1,2,3,4",
                             threshold="fraction", threshold_value=0.5, rescore="crop-delete")
     seen = []
     deletion = gen.rescorer.deletion_scores

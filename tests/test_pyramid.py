@@ -1,0 +1,94 @@
+"""The input-size pyramid: which inputs get maps, batching, and discovery on a large image."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import box_iou
+
+from gradloc import ProposalGenerator
+from gradloc.saliency import GradientXActivation
+from gradloc.windows import PYRAMID_GRID, resize_longer_side
+
+
+class RedFeatures(nn.Module):
+    """A fully convolutional stand-in: a 1x1 'feature' per location that is the pixel's
+    redness, ReLU (the layer named ``relu``), global pooling, and a head whose class 3 ("cat")
+    logit is the mean redness. Where the evidence lies at every input size is then known."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1)
+        with torch.no_grad():
+            self.conv.weight[:] = torch.tensor([1.0, -1.0, 0.0]).view(1, 3, 1, 1)
+            self.conv.bias.zero_()
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        red = self.relu(self.conv(x)).mean((2, 3))
+        return torch.cat([torch.zeros(len(x), 3), 6 * red, torch.zeros(len(x), 6)], 1)
+
+
+def spy(gen):
+    calls = []
+    original = gen.net.saliency_views
+
+    def wrapped(views, classes, method=None):
+        calls.append((tuple(views.shape), method is not None))
+        return original(views, classes, method)
+    gen.net.saliency_views = wrapped
+    return calls
+
+
+def test_large_images_get_one_map_per_input_size_small_ones_the_32_view(random_wrn):
+    rng = np.random.RandomState(0)
+    big = rng.randint(0, 255, (300, 420, 3)).astype(np.uint8)
+    mid = rng.randint(0, 255, (200, 170, 3)).astype(np.uint8)
+    small = rng.randint(0, 255, (64, 64, 3)).astype(np.uint8)
+    gen = ProposalGenerator(random_wrn, device="cpu", input_sizes="64,256")
+    calls = spy(gen)
+    out = gen([big, mid, small], classes=[["cat", "dog"], "cat", "cat"])
+    # the 32x32 views of both large images' three rows in one batch, by the pipeline's method;
+    # then per size and image shape one batch, by gradient x activation; 256 > 200 is skipped
+    # for the smaller image; the 64x64 thumbnail takes the whole-image plan (saliency_rows)
+    assert calls[0] == ((3, 3, 32, 32), False)
+    assert sorted(calls[1:]) == sorted([((2, 3, 46, 64), True), ((1, 3, 64, 54), True), ((2, 3, 183, 256), True)])
+    assert out[0]["maps"].shape == (2, PYRAMID_GRID, PYRAMID_GRID) and out[2]["maps"].shape == (1, 32, 32)
+    for res, (h, w) in zip(out, [(300, 420), (200, 170), (64, 64)]):
+        b = res["boxes"]
+        assert len(b) and (b[:, :2] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
+    # batch independence: an image alone gets the same result
+    alone = gen(big, classes=[["cat", "dog"]])[0]
+    torch.testing.assert_close(alone["maps"], out[0]["maps"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(alone["boxes"], out[0]["boxes"])
+
+
+def test_the_pyramid_finds_a_small_object_the_32_view_cannot_box():
+    canvas = np.full((480, 640, 3), 128, np.uint8)
+    canvas[300:360, 80:140] = (230, 20, 20)  # a 60x60 red square: 3x4 pixels of a 32x32 view
+    truth = torch.tensor([[80.0, 300.0, 140.0, 360.0]])
+    out = ProposalGenerator(RedFeatures(), device="cpu")(canvas, classes="cat")[0]
+    assert box_iou(out["boxes"][:1], truth).item() > 0.5
+    assert out["maps"].shape == (1, PYRAMID_GRID, PYRAMID_GRID)
+    peak = np.unravel_index(int(out["maps"][0].argmax()), out["maps"][0].shape)
+    assert 300 <= (peak[0] + 0.5) * 480 / PYRAMID_GRID <= 360 and 80 <= (peak[1] + 0.5) * 640 / PYRAMID_GRID <= 140
+
+
+def test_gradient_x_activation_matches_captum(random_wrn):
+    captum = pytest.importorskip("captum.attr")
+    x = torch.randn(3, 3, 64, 48)
+    target = torch.tensor([1, 4, 7])
+    ours = GradientXActivation(random_wrn, output="logits", positive=False).feature_maps(x, target)[0]
+    ref = captum.LayerGradientXActivation(random_wrn, random_wrn.relu).attribute(x, target=target).sum(1)
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_resize_longer_side_keeps_the_aspect():
+    img = torch.randint(0, 255, (3, 300, 420), dtype=torch.uint8)
+    assert resize_longer_side(img, 128).shape == (3, 91, 128)
+    assert resize_longer_side(img.transpose(1, 2), 64).shape == (3, 64, 46)
+
+
+@pytest.mark.parametrize("sizes", ["32,64", "64,x", "2000"])
+def test_bad_input_sizes_are_refused(random_wrn, sizes):
+    with pytest.raises(ValueError, match="input_sizes"):
+        ProposalGenerator(random_wrn, input_sizes=sizes)
