@@ -9,11 +9,12 @@ from .config import Options
 from .pipeline import ProposalGenerator
 from .preprocess import ImageError
 from .saliency import METHODS, SaliencyMethod, make_method
+from .sensitivity import Sensitivity, class_sensitivity
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CIFAR10_CLASSES", "ImageError", "METHODS", "Options", "ProposalGenerator",
-    "SaliencyMethod", "WeightsError", "WideResNet", "load_weights", "make_method",
+    "SaliencyMethod", "Sensitivity", "WeightsError", "WideResNet", "class_sensitivity", "load_weights", "make_method",
     "wide_resnet", "__version__",
 ]

@@ -199,6 +199,25 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from .model import wide_resnet
+    from .sensitivity import class_sensitivity, save
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = ("cuda" if __import__("torch").cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model = wide_resnet(args.depth, args.width, weights=args.weights)
+    result = class_sensitivity(model, args.paths, cls=args.cls, output=args.model_output, batch_size=args.batch_size,
+                               workers=args.workers, device=device, max_pixels=args.max_pixels)
+    for s in result.skipped:
+        print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
+    save(result, Path(args.output), {"weights": str(args.weights), "class": args.cls, "output": args.model_output})
+    counts = ", ".join(f"{c} {int(n)}" for c, n in zip(CIFAR10_CLASSES, result.counts) if n)
+    print(f"gradloc: {int(result.counts.sum())} images ({counts or 'none'}), {len(result.skipped)} skipped; "
+          f"maps in {args.output}/", file=sys.stderr)
+    return 0 if result.counts.sum() else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="gradloc", description="Object discovery from classifier gradients.")
@@ -259,6 +278,25 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--relative-to", default=None,
                     help="without --annotations: write file names relative to this folder (FiftyOne's data_path)")
     ex.set_defaults(func=cmd_export_coco)
+
+    se = sub.add_parser("sensitivity", help="mean |d f_c / d x| per class over a folder (describes the model)",
+                        description="For each image's predicted class (or --class for all), the mean over the "
+                                    "folder of |d f_c / d x| on the 32x32 grid. Writes OUT/sensitivity.npy "
+                                    "[10, 32, 32], OUT/<class>.npy and .png, OUT/sensitivity.png and "
+                                    "OUT/sensitivity.json (counts).")
+    se.add_argument("paths", nargs="+", help="image files and folders")
+    se.add_argument("-o", "--output", required=True, help="output folder")
+    se.add_argument("--class", dest="cls", default=None, help="one class for every image (default: each one's predicted class)")
+    se.add_argument("--model-output", default="probs", choices=("probs", "logits", "log_probs"),
+                    help="output the class mask multiplies (default: probs)")
+    se.add_argument("--weights", default="default", help="state-dict file (default: the shipped weights)")
+    se.add_argument("--depth", type=int, default=16)
+    se.add_argument("--width", type=int, default=4)
+    se.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    se.add_argument("--batch-size", type=int, default=64)
+    se.add_argument("--workers", type=int, default=1, help="data-loader processes decoding images (0: none)")
+    se.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    se.set_defaults(func=cmd_sensitivity)
 
     sy = sub.add_parser("make-synthetic", help="paste CIFAR-10 test images onto textured canvases (COCO JSON)")
     sy.add_argument("--cifar", required=True, help="CIFAR-10 JPEG folder or its .tar.gz (test split is used)")

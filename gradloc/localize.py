@@ -27,8 +27,8 @@ def format_probs(probs: dict) -> str:
     return "  ".join(f"{c} {p:.3f}" for c, p in ranked)
 
 
-def _write_panel(vis_dir: Path, index: int, path: Path, x32: torch.Tensor, result: dict) -> None:
-    """A panel for one image; the original is re-read and shrunk for drawing."""
+def _write_panel(vis_dir: Path, index: int, path: Path, x32: torch.Tensor, result: dict) -> str:
+    """A panel for one image (the original re-read and shrunk for drawing); its file name."""
     im = Image.fromarray(np.asarray(open_image(path)))
     w, h = im.size
     scale = min(1.0, VIS_MAX_SIDE / max(w, h))
@@ -36,7 +36,30 @@ def _write_panel(vis_dir: Path, index: int, path: Path, x32: torch.Tensor, resul
         im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
     shown = dict(result, boxes=result["boxes"] * scale)
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem)[:60]
-    save_panel(vis_dir / f"{index:06d}_{safe}.png", panel(np.asarray(im), x32, shown))
+    name = f"{index:06d}_{safe}.png"
+    save_panel(vis_dir / name, panel(np.asarray(im), x32, shown))
+    return name
+
+
+def write_contact_sheet(out: Path, vis_dir: Path, files: dict[str, str]) -> Path:
+    """``out/index.html``: every panel in ``vis_dir`` (linked, not embedded: a folder of photos
+    would make one huge file), captioned by its image's path (``files``: panel name -> path)."""
+    import html
+
+    def caption(name: str) -> str:  # a path that is not UTF-8 is shown with replacement characters
+        return html.escape(name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    figures = [f'<figure><a href="vis/{html.escape(p.name)}"><img src="vis/{html.escape(p.name)}" loading="lazy" '
+               f'alt="{caption(files.get(p.name, p.name))}"></a><figcaption>{caption(files.get(p.name, p.name))}'
+               "</figcaption></figure>" for p in sorted(vis_dir.glob("*.png"))]
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>gradloc panels</title><style>"
+            "body{font-family:system-ui,sans-serif;margin:16px} .sheet{display:flex;flex-wrap:wrap;gap:10px}"
+            "figure{margin:0;font-size:12px;max-width:440px;overflow-wrap:anywhere} img{width:440px;border:1px solid #bbb}"
+            f"</style></head><body><h1>gradloc panels ({len(figures)})</h1>"
+            "<p>Boxes on each image (best first), the 32x32 input, the saliency map and the kept pixels. "
+            "Results: <code>predictions.json</code>.</p><div class=\"sheet\">" + "\n".join(figures) + "</div></body></html>\n")
+    path = out / "index.html"
+    atomic_write_text(path, page)
+    return path
 
 
 def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = False,
@@ -81,6 +104,7 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
         print("gradloc: no image files found under the given paths", file=sys.stderr)
     n_ok = n_skip = 0
     vis_dir = out / "vis"
+    panels: dict[str, str] = {}
     with stream:
         for done, failed in run_files(gen, todo, lambda i: classes, workers, desc="localize"):
             records = []
@@ -91,7 +115,8 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
                     tqdm.write(f"{todo[i]}: {format_probs(rec['probs'])}")
                 if already + n_ok + len(records) <= vis_limit:
                     try:
-                        _write_panel(vis_dir, already + n_ok + len(records) - 1, todo[i], x32, res)
+                        panels[_write_panel(vis_dir, already + n_ok + len(records) - 1, todo[i], x32, res)] = \
+                            rec["file"]
                     except Exception as exc:  # a panel is a nicety; never lose the result
                         tqdm.write(f"warning: no panel for {todo[i]}: {exc}", file=sys.stderr)
             for i, reason in failed:
@@ -103,6 +128,8 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
     header = {"format": "gradloc-predictions", "version": FORMAT_VERSION,
               "classes": list(CIFAR10_CLASSES), "settings": settings}
     n_images, n_skipped = write_predictions_json(out / "predictions.jsonl", out / "predictions.json", header)
+    if vis_dir.is_dir():
+        write_contact_sheet(out, vis_dir, panels)
     secs = time.time() - t0
     summary = {"images": n_images, "skipped": n_skipped, "resumed": already,
                "new": n_ok, "seconds": round(secs, 2)}

@@ -67,14 +67,31 @@ def top1_ious(ds: AnnotatedSet, preds: list) -> tuple[np.ndarray, np.ndarray, np
     return np.array(ious), np.array(idx, dtype=int), np.array(cls, dtype=int)
 
 
+SIZE_BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, float("inf")))
+
+
+def pair_sizes(ds: AnnotatedSet, idx: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    """COCO's size bucket of each (image, class) pair, by the box area (pixels) of the class's
+    largest box in the image: ``"small"`` below 32x32, ``"medium"`` below 96x96, else ``"large"``."""
+    out = []
+    for i, c in zip(idx.tolist(), cls.tolist()):
+        b = ds.images[i].boxes_of(c)
+        area = float(((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).max())
+        out.append(next(name for name, lo, hi in SIZE_BUCKETS if lo <= area < hi))
+    return np.array(out)
+
+
 def corloc(ds: AnnotatedSet, preds: list, deltas=DELTAS) -> dict:
-    """GT-known CorLoc at each delta, overall and per class (at each delta)."""
-    ious, _, cls = top1_ious(ds, preds)
-    out = {"n": int(len(ious))}
+    """GT-known CorLoc at each delta, overall, per class and per object size (at each delta)."""
+    ious, idx, cls = top1_ious(ds, preds)
+    sizes = pair_sizes(ds, idx, cls)
+    out = {"n": int(len(ious)), "n_by_size": {name: int((sizes == name).sum()) for name, _, _ in SIZE_BUCKETS}}
     for d in deltas:
         out[f"{d:.1f}"] = float((ious >= d).mean()) if len(ious) else float("nan")
         out[f"per_class@{d:.1f}"] = {CIFAR10_CLASSES[c]: float((ious[cls == c] >= d).mean())
                                      for c in sorted(set(cls.tolist()))}
+        out[f"by_size@{d:.1f}"] = {name: float((ious[sizes == name] >= d).mean()) if (sizes == name).any() else None
+                                   for name, _, _ in SIZE_BUCKETS}
     return out
 
 

@@ -70,15 +70,21 @@ def results_table(results: dict[str, dict]) -> str:
 
 
 def size_table(results: dict[str, dict]) -> str:
-    """AR@100 and AP by COCO object size, per class and class-agnostic, in percent."""
+    """CorLoc@0.5 by the size of the pair's largest box, AR@100 and AP by COCO object size,
+    per class and class-agnostic, in percent."""
+    counts = next(iter(results.values()))["corloc"].get("n_by_size", {}) if results else {}
+    corloc_cols = [(f"CorLoc {s} (n={counts.get(s, 0)})", s) for s in ("small", "medium", "large")]
     cols = [("AR small", "per_class", "AR_small"), ("AR medium", "per_class", "AR_medium"),
             ("AR large", "per_class", "AR_large"), ("agnostic AR small", "class_agnostic", "AR_small"),
             ("agnostic AR medium", "class_agnostic", "AR_medium"), ("agnostic AR large", "class_agnostic", "AR_large"),
             ("AP small", "per_class", "AP_small"), ("AP medium", "per_class", "AP_medium"),
             ("AP large", "per_class", "AP_large")]
-    lines = ["| method | " + " | ".join(c for c, _, _ in cols) + " |", "| --- |" + " ---: |" * len(cols)]
+    heads = [c for c, _ in corloc_cols] + [c for c, _, _ in cols]
+    lines = ["| method | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
     for name, m in results.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(_coco(m, k, s)) for _, k, s in cols) + " |")
+        by_size = m["corloc"].get("by_size@0.5", {})
+        lines.append(f"| {name} | " + " | ".join([_fmt(by_size.get(s)) for _, s in corloc_cols]
+                                                 + [_fmt(_coco(m, k, s)) for _, k, s in cols]) + " |")
     return "\n".join(lines)
 
 
@@ -168,7 +174,8 @@ def plot_examples(ds, preds: list, images_dir: Path, path: Path, n: int = 8) -> 
 
 
 def write_report(out: Path, evaluation) -> None:
-    """Write an :class:`~gradloc.evaluate.Evaluation` as metrics.json, report.md and the plots into ``out``."""
+    """Write an :class:`~gradloc.evaluate.Evaluation` as metrics.json, report.md, the plots and
+    the self-contained report.html (:mod:`gradloc.html_report`) into ``out``."""
     e = evaluation
     title, results, ds, preds_by_name, images_dir, method_name, info = (
         e.title, e.results, e.ds, e.preds_by_name, e.images_dir, e.method_name, e.info)
@@ -192,7 +199,7 @@ def write_report(out: Path, evaluation) -> None:
               "box of its image), computed by pycocotools from the results files in `coco/`; "
               "boxes were asked for the image's ground-truth classes only. "
               "Definitions: `gradloc/evaluate.py`.", "", results_table(results), "",
-              "## COCO AR@100 by object size (small < 32², medium < 96², large)", "", size_table(results), "",
+              "## By object size (small < 32², medium < 96², large; CorLoc by the pair's largest box)", "", size_table(results), "",
               "## GT-known CorLoc@0.5 per class", "", per_class_table(results), ""]
     lines += [f"![{p}]({p})" for p in plots]
     for key in ("skipped", "annotation_problems"):
@@ -203,6 +210,11 @@ def write_report(out: Path, evaluation) -> None:
             if len(items) > 50:
                 lines.append(f"- ... and {len(items) - 50} more (metrics.json has them all)")
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    from .html_report import write_html_report
+    write_html_report(out, evaluation, {"Metrics": results_table(results),
+                                        "By object size (CorLoc by the pair's largest box; COCO AR@100, AP)": size_table(results),
+                                        "GT-known CorLoc@0.5 per class": per_class_table(results)},
+                      [p for p in plots if p != "examples.png"])
 
 
 def replace_marked_block(path: Path, begin: str, end: str, text: str, heading: str) -> None:

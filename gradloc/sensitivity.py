@@ -1,0 +1,112 @@
+"""Data-set-level sensitivity: the mean input gradient of each class over a folder of images.
+
+For every image the network sees (its 32x32 view), |d f_c / d x| of the class-masked output f_c
+is taken for its predicted class (or a class given for all images), reduced over colour channels
+by the maximum, and added to that class's running sum; memory is one 32x32 map per class
+whatever the folder's size. The mean per class shows where in the frame the network's decision
+for that class is sensitive, over the whole folder: a description of the model (which
+positions it reads, a centre bias, edge artefacts), not of where objects are in the data.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .classes import class_index
+from .io import atomic_write_text, find_images, iter_batches
+from .model import CIFAR10_CLASSES
+from .preprocess import DEFAULT_MAX_PIXELS, INPUT_SIZE, normalize
+from .saliency import Gradient
+
+
+@dataclass
+class Sensitivity:
+    """Per class: the summed maps ``sums`` ``float64 [C, 32, 32]`` and image ``counts`` ``[C]``."""
+
+    sums: np.ndarray
+    counts: np.ndarray
+    skipped: list[dict] = field(default_factory=list)
+
+    @property
+    def means(self) -> np.ndarray:
+        """The mean map per class, ``float32 [C, 32, 32]`` (zeros for a class with no image)."""
+        return (self.sums / np.maximum(self.counts, 1)[:, None, None]).astype(np.float32)
+
+
+def class_sensitivity(model: nn.Module, paths: Iterable[str | Path], cls: str | int | None = None,
+                output: str = "probs", batch_size: int = 64, workers: int = 0, device: str = "cpu",
+                max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True) -> Sensitivity:
+    """The mean |d f_c / d x| per class over every image under ``paths``, streamed in batches.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (eval mode, frozen).
+    paths : image files and folders (searched recursively, as ``gradloc localize`` does).
+    cls : None for each image's predicted class, or one class (name or index) for all.
+    output : which output the class mask multiplies: ``probs`` (default), ``logits``, ``log_probs``.
+    """
+    from tqdm import tqdm
+
+    files, skipped = find_images(paths)
+    target = None if cls is None else class_index(cls)
+    method = Gradient(model.eval().requires_grad_(False).to(device), output=output, reduce="max")
+    sums = np.zeros((len(CIFAR10_CLASSES), INPUT_SIZE, INPUT_SIZE), np.float64)
+    counts = np.zeros(len(CIFAR10_CLASSES), np.int64)
+    with tqdm(total=len(files), unit="img", desc="sensitivity", disable=None if progress else True) as bar:
+        for batch in iter_batches(files, batch_size, workers, max_pixels):
+            good = [b for b in batch if b[1] is not None]
+            skipped += [{"file": str(files[b[0]]), "reason": b[3]} for b in batch if b[1] is None]
+            bar.update(len(batch))
+            if not good:
+                continue
+            x = normalize(torch.stack([b[1] for b in good]).to(device))
+            targets = (lambda z: z.argmax(1)) if target is None else torch.full((len(good),), target, device=device)
+            maps, logits = method(x, targets)
+            classes = logits.argmax(1).cpu().numpy() if target is None else np.full(len(good), target)
+            np.add.at(sums, classes, maps.detach().cpu().double().numpy())
+            counts += np.bincount(classes, minlength=len(CIFAR10_CLASSES))
+    return Sensitivity(sums, counts, skipped)
+
+
+def plot_grid(result: Sensitivity, path: Path) -> None:
+    """Every class's mean map in one figure, each scaled to its own maximum, with its count."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 5, figsize=(12, 5.4))
+    for c, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        ax.set_title(f"{CIFAR10_CLASSES[c]} (n={int(result.counts[c])})", fontsize=10)
+        if result.counts[c]:
+            ax.imshow(result.means[c], cmap="inferno", interpolation="nearest")
+    fig.suptitle("mean |d f_c / d x| over the folder, per class (each map scaled to its maximum)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save(result: Sensitivity, out: Path, settings: dict | None = None) -> None:
+    """``out/sensitivity.npy`` (``[C, 32, 32]``), per class ``<class>.npy`` and ``<class>.png``
+    (for classes with images), ``sensitivity.png`` (the grid) and ``sensitivity.json`` (counts,
+    settings, skipped files)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out.mkdir(parents=True, exist_ok=True)
+    means = result.means
+    np.save(out / "sensitivity.npy", means)
+    for c, name in enumerate(CIFAR10_CLASSES):
+        if result.counts[c]:
+            np.save(out / f"{name}.npy", means[c])
+            plt.imsave(out / f"{name}.png", np.kron(means[c], np.ones((8, 8))), cmap="inferno")
+    plot_grid(result, out / "sensitivity.png")
+    atomic_write_text(out / "sensitivity.json", json.dumps({
+        "counts": {n: int(k) for n, k in zip(CIFAR10_CLASSES, result.counts)},
+        "settings": settings or {}, "skipped": result.skipped}, indent=1, ensure_ascii=True))
