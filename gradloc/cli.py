@@ -84,8 +84,10 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--width", type=int, default=4)
     m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     m.add_argument("--batch-size", type=int, default=64)
-    m.add_argument("--amp", action="store_true",
-                   help="bf16 autocast (fast on GPUs / CPUs with native bf16; slow on AVX2-only CPUs)")
+    m.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="the network's passes: auto (default: bf16 where the device has it natively - CUDA, "
+                        "AVX-512-BF16/AMX CPUs - else fp32), fp32 (identical results on every machine), bf16")
+    m.add_argument("--amp", action="store_true", help="the same as --precision bf16")
     m.add_argument("--workers", type=int, default=1,
                    help="data-loader processes decoding images beside the compute (0: none)")
     m.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
@@ -105,7 +107,8 @@ def build_generator(args: argparse.Namespace):
             raise SystemExit("gradloc: error: --device cuda but no CUDA device is available")
     return ProposalGenerator.pretrained(weights=args.weights, depth=args.depth, width=args.width,
                                         device=args.device, batch_size=args.batch_size,
-                                        max_pixels=args.max_pixels, amp=args.amp,
+                                        max_pixels=args.max_pixels,
+                                        precision="bf16" if args.amp else args.precision,
                                         **options_from_args(args))
 
 
@@ -122,7 +125,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
     gen = build_generator(args)
     summary = localize(gen, args.paths, Path(args.output), classes=classes, resume=args.resume,
                        workers=args.workers, vis_limit=args.vis_limit, verbose=args.verbose,
-                       settings={"weights": str(args.weights), **options_from_args(args)})
+                       settings={"weights": str(args.weights), "precision": gen.precision, **options_from_args(args)})
     return 0 if summary["images"] > 0 else 1
 
 

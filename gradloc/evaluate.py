@@ -105,7 +105,7 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
             raise ValueError("give --images DIR to run the pipeline, or --predictions FILE")
         name = method_label or f"gradloc ({gen.options.method})"
         preds_by_name[name], skipped = predict(gen, ds, images_dir, workers)
-        info["settings"] = asdict(gen.options)
+        info["settings"] = {**asdict(gen.options), "precision": gen.precision}
         if gradcam:
             for method, label in (("gradcam", "Grad-CAM (final features, CAM box)"), ("cam", "CAM (CAM box)")):
                 preds_by_name[label], _ = B.predict_cam(gen.model, ds, images_dir, method, device=str(gen.device),

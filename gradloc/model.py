@@ -128,6 +128,22 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` -> ``bf16`` where the device computes it natively (CUDA with bf16 support, or a
+    CPU with AVX-512-BF16 / AMX), else ``fp32``; ``fp32`` and ``bf16`` as given."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if kind == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
 def weights_dir() -> Path:
     """Folder holding the shipped weights: inside the installed package, else the checkout's."""
     installed = Path(__file__).resolve().parent / "weights"

@@ -22,7 +22,7 @@ from . import multiscale as ms
 from .boxes import pad_boxes
 from .classes import ClassSpec, parse_class_spec
 from .config import Options
-from .model import wide_resnet
+from .model import resolve_precision, wide_resnet
 from .network import Network
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, prepare
 from .proposals import boxes_from_mask, smooth_and_threshold
@@ -45,15 +45,20 @@ class ProposalGenerator:
         Images per forward/backward pass.
     max_pixels : int
         Larger images are refused (decompression-bomb guard).
+    precision : {"auto", "fp32", "bf16"}
+        The network's passes in bf16 autocast or fp32. ``auto`` (default): bf16 where the device
+        computes it natively (CUDA, CPUs with AVX-512-BF16 / AMX; 2.4x on this project's CPU),
+        fp32 elsewhere (on AVX2-only CPUs bf16 is many times slower). Boxes agree closely between
+        the two (BENCHMARKS.md); pin ``fp32`` for results identical on every machine.
     amp : bool
-        Run the network under bf16 autocast. Pays on GPUs and CPUs with native bf16;
-        on AVX2-only CPUs it is many times slower than fp32 (see BENCHMARKS.md).
+        Older spelling: True is ``precision="bf16"``.
     **options
         Fields of :class:`~gradloc.config.Options` (``method``, ``top_n``, ``threshold``, ...).
     """
 
     def __init__(self, model: nn.Module, device: str = "auto", batch_size: int = 64,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, amp: bool = False, **options) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "auto", amp: bool = False,
+                 **options) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         unknown = set(options) - {f.name for f in fields(Options)}
@@ -65,9 +70,10 @@ class ProposalGenerator:
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         model.eval().requires_grad_(False)
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
-        self.batch_size, self.max_pixels, self.amp = batch_size, max_pixels, amp
+        self.precision = resolve_precision("bf16" if amp else precision, self.device)
+        self.batch_size, self.max_pixels, self.amp = batch_size, max_pixels, self.precision == "bf16"
         self.method = make_method(self.options.method, self.model, **self.options.method_kwargs())
-        self.net = Network(self.model, self.method, self.device, batch_size, amp)
+        self.net = Network(self.model, self.method, self.device, batch_size, self.amp)
         self.rescorer = Rescorer(self.net.class_probs)
         self.whole_image = WholeImage()
         self.multiscale = MultiScale(self.options.scales, self.options.max_windows, self.options.windows)
@@ -82,7 +88,8 @@ class ProposalGenerator:
     def with_options(self, **changes) -> "ProposalGenerator":
         """A generator on the same model with some options changed."""
         return ProposalGenerator(self.model, device=str(self.device), batch_size=self.batch_size,
-                                 max_pixels=self.max_pixels, amp=self.amp, **{**asdict(self.options), **changes})
+                                 max_pixels=self.max_pixels, precision=self.precision,
+                                 **{**asdict(self.options), **changes})
 
     @property
     def keeps_work(self) -> bool:

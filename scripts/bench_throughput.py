@@ -6,7 +6,8 @@ Measured (images per second, peak resident memory), each in a fresh subprocess, 
 ``--repeats`` times, median reported:
 
 1. limit: the network's forward plus input-gradient backward alone, on ready-made normalised
-   tensors at the same batch size (no decoding, no post-processing);
+   tensors at the same batch size (no decoding, no post-processing), in fp32 and in bf16
+   autocast; the machine's limit is the faster of the two;
 2. gradloc: ``localize`` end to end (decode, resize, gradients, threshold, morphology,
    components, boxes, JSON lines and predictions.json written);
    "gradloc --rescore off" the same with one threshold and no rescoring (the work the Captum
@@ -45,6 +46,15 @@ from gradloc.report import replace_marked_block  # noqa: E402
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
 
 
+def cpu_flags() -> list[str]:
+    """The vector-unit flags that decide precision and speed, as /proc/cpuinfo names them."""
+    try:
+        have = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in have]
+
+
 def peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -67,7 +77,7 @@ def image_list(folder: Path, n: int) -> list[Path]:
 
 # -- the four workloads, each run in its own process -----------------------------------------
 
-def run_limit(args) -> int:
+def run_limit(args, bf16: bool = False) -> int:
     import torch
     model = load_model(args.weights).to(memory_format=torch.channels_last)
     x = torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
@@ -75,8 +85,9 @@ def run_limit(args) -> int:
     while done < args.n:
         b = min(args.batch_size, args.n - done)
         xb = x[:b].detach().requires_grad_(True)
-        out = model(xb)
-        p = out.softmax(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(xb)
+        p = out.float().softmax(1)
         torch.autograd.grad(p.gather(1, p.argmax(1, keepdim=True)).sum(), xb)
         done += b
     return done
@@ -190,7 +201,8 @@ def amp_agreement(args, n: int) -> dict:
     x = torch.stack([prepare(f)[0] for f in files])  # 64x64 dev photos: single window
     out = {}
     for amp in (False, True):
-        gen = ProposalGenerator(load_model(args.weights), device="cpu", batch_size=args.batch_size, amp=amp,
+        gen = ProposalGenerator(load_model(args.weights), device="cpu", batch_size=args.batch_size,
+                                precision="bf16" if amp else "fp32",
                                 threshold="top-n", rescore="off")  # the maps' top 100 pixels, compared
         t0 = time.perf_counter()
         masks = []
@@ -203,19 +215,21 @@ def amp_agreement(args, n: int) -> dict:
     return {"agreement": agree, "fp32_img_per_s": out["fp32"][1], "bf16_img_per_s": out["bf16"][1]}
 
 
-WORKLOADS = {"limit": run_limit, "gradloc": run_gradloc,
+WORKLOADS = {"limit fp32": run_limit, "limit bf16": lambda args: run_limit(args, bf16=True),
+             # the defaults: --precision auto (bf16 where the CPU has it natively)
+             "gradloc": run_gradloc,
+             "gradloc --precision fp32": lambda args, files: run_gradloc(args, files, precision="fp32"),
              # the default post-processing but one threshold, boxes ranked by their share of the map:
-             # the Captum pipeline's work, so the two compare like for like
-             "gradloc --rescore off": lambda args, files: run_gradloc(args, files, rescore="off"),
-             "captum": run_captum, "grad-cam": run_gradcam,
-             # the defaults under bf16 autocast: only offered by default where the CPU has native bf16
-             "gradloc --amp": lambda args, files: run_gradloc(args, files, amp=True)}
+             # the Captum pipeline's work (fp32, as Captum runs), so the two compare like for like
+             "gradloc --rescore off --precision fp32": lambda args, files: run_gradloc(args, files, rescore="off",
+                                                                                      precision="fp32"),
+             "captum": run_captum, "grad-cam": run_gradcam}
 
 
 def worker_main(args) -> None:
     import torch
     torch.manual_seed(0)
-    files = image_list(Path(args.images), args.n) if args.workload != "limit" else None
+    files = image_list(Path(args.images), args.n) if not args.workload.startswith("limit") else None
     t0 = time.perf_counter()
     n = WORKLOADS[args.workload](args) if files is None else WORKLOADS[args.workload](args, files)
     secs = time.perf_counter() - t0
@@ -270,7 +284,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--weights", default="default")
     p.add_argument("--only", default=None,
-                   help="comma-separated workloads (default: all; 'gradloc --amp' only on CPUs with native bf16)")
+                   help="comma-separated workloads (default: all)")
     p.add_argument("--scaling", default=None, help="e.g. 1000,10000: gradloc time and memory at these sizes")
     p.add_argument("--amp-images", type=int, default=0,
                    help="measure bf16-autocast top-N agreement with fp32 on this many images (0: skip)")
@@ -284,11 +298,15 @@ def main() -> int:
     import torch
     from gradloc.model import cpu_has_native_bf16
     native_bf16 = cpu_has_native_bf16()
+    from gradloc.model import resolve_precision
     if args.only is None:
-        args.only = ",".join(w for w in WORKLOADS if w != "gradloc --amp" or native_bf16)
-    lines = [BEGIN, "", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-             f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU only, fp32 unless a row says "
-             f"`--amp` (bf16 autocast; native bf16 on this CPU: {'yes' if native_bf16 else 'no'}). Images: "
+        args.only = ",".join(WORKLOADS)
+    flags = cpu_flags()
+    lines = [BEGIN, "", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+             f"(CPU flags: {', '.join(flags) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}), "
+             f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU only. The defaults' "
+             f"`--precision auto` resolves to **{resolve_precision('auto', 'cpu')}** here (native bf16: "
+             f"{'yes' if native_bf16 else 'no'}). Images: "
              f"`{args.images}` ({args.n} per run), batch size {args.batch_size}, {args.workers} decoding "
              f"worker(s); median of {args.repeats} runs, each in a fresh process. Regenerate: "
              f"`python scripts/bench_throughput.py --n {args.n}"
@@ -298,16 +316,21 @@ def main() -> int:
     for w in args.only.split(","):
         results[w] = measure(w, args, args.n)
         print(w, results[w], file=sys.stderr)
-    if "limit" in results:
-        lim = results["limit"]["img_per_s"]
+    limits = [results[k]["img_per_s"] for k in ("limit fp32", "limit bf16") if k in results]
+    if limits:
+        lim = max(limits)
         lines += ["| pipeline | images/s | × limit | runs (images/s) | peak memory (MB) |",
                   "| --- | ---: | ---: | --- | ---: |"]
         for w, r in results.items():
             lines.append(f"| {w} | {r['img_per_s']:.1f} | {r['img_per_s'] / lim:.2f} | "
                          f"{', '.join(map(str, r['runs_img_per_s']))} | {r['peak_rss_mb']:.0f} |")
-        if "gradloc --rescore off" in results and "captum" in results:
-            ratio = results["gradloc --rescore off"]["img_per_s"] / results["captum"]["img_per_s"]
-            lines += ["", f"gradloc `--rescore off` / Captum pipeline (the same work): **{ratio:.2f}x**. "
+        if "gradloc" in results:
+            lines += ["", f"gradloc defaults / the machine's limit (the faster of fp32 and bf16 forward+backward): "
+                      f"**{results['gradloc']['img_per_s'] / lim:.2f}x**."]
+        off = "gradloc --rescore off --precision fp32"
+        if off in results and "captum" in results:
+            ratio = results[off]["img_per_s"] / results["captum"]["img_per_s"]
+            lines += ["", f"gradloc `--rescore off` / Captum pipeline (the same work, both fp32): **{ratio:.2f}x**. "
                       "The defaults' rescoring (two forward passes of 32x32 views per candidate box) "
                       "is the difference between the two gradloc rows."]
     if args.scaling:
@@ -325,7 +348,7 @@ def main() -> int:
         lines += ["", f"bf16 autocast on this CPU ({args.amp_images} images): {100 * a['agreement']:.1f}% of fp32's "
                   f"top-100 pixels kept; {a['bf16_img_per_s']:.1f} vs {a['fp32_img_per_s']:.1f} images/s for fp32 "
                   f"(saliency and threshold only; bf16 / fp32 = {a['bf16_img_per_s'] / a['fp32_img_per_s']:.2f}x). "
-                  "It stays off by default, so results do not depend on the processor."]
+                  "`--precision auto` uses it where the CPU has native bf16."]
         print("amp", a, file=sys.stderr)
     lines += ["", END]
     text = "\n".join(lines)

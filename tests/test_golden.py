@@ -4,7 +4,8 @@ compared on every run, so that a restructuring that should not change behaviour 
 The inputs are the bundled samples resized to about 40, 300 and 800 px (the last two take the
 input-size pyramid under ``scales="auto"``), with the tests' seeded random WRN and with the shipped
 weights. Each case is a setting x a class request; boxes, scores, labels (in order) and maps are
-compared with ``assert_close``. Float results can differ between CPU kinds: after moving the
+compared with ``assert_close``. Everything runs in fp32 (``precision="auto"`` would pick bf16 on
+CPUs that have it, and bf16 results are close, not equal). Float results can differ between CPU kinds: after moving the
 project to another kind of machine, or after a change meant to alter results, re-record with
 ``GRADLOC_RECORD_GOLDEN=1 python -m pytest tests/test_golden.py`` and say why in the commit.
 """
@@ -63,7 +64,7 @@ def snapshot(out: list[dict]) -> list[dict]:
 @pytest.mark.parametrize("setting,request_name", CASES)
 def test_golden_outputs(models, model_name, setting, request_name):
     torch.manual_seed(0)
-    gen = ProposalGenerator(models[model_name], device="cpu", batch_size=8, **SETTINGS[setting])
+    gen = ProposalGenerator(models[model_name], device="cpu", batch_size=8, precision="fp32", **SETTINGS[setting])
     got = snapshot(gen(golden_images(), classes=REQUESTS[request_name]))
     path = GOLDEN / f"{model_name}-{setting}-{request_name}.pt"
     if RECORD:
@@ -84,7 +85,8 @@ def test_golden_localize_json_of_the_samples(tmp_path):
     import json
 
     from gradloc.cli import main
-    assert main(["localize", str(SAMPLES), "-o", str(tmp_path), "--vis-limit", "0", "--workers", "0"]) == 0
+    assert main(["localize", str(SAMPLES), "-o", str(tmp_path), "--vis-limit", "0", "--workers", "0",
+                 "--precision", "fp32"]) == 0
     data = json.loads((tmp_path / "predictions.json").read_text(encoding="utf-8"))
     for rec in data["images"]:
         rec["file"] = Path(rec["file"]).relative_to(SAMPLES).as_posix()

@@ -77,3 +77,20 @@ def test_class_specs():
 def test_unknown_option_is_an_error(random_wrn):
     with pytest.raises(TypeError, match="unknown options"):
         ProposalGenerator(random_wrn, topn=3)
+
+
+def test_precision_auto_picks_bf16_only_where_it_is_native(monkeypatch, random_wrn):
+    import gradloc.model as model_module
+    from gradloc.model import resolve_precision
+    monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
+    gen = ProposalGenerator(random_wrn, device="cpu")
+    assert gen.precision == "fp32" and not gen.net.amp
+    for g in (ProposalGenerator(random_wrn, device="cpu", amp=True),
+              ProposalGenerator(random_wrn, device="cpu", precision="bf16").with_options(top_k=3)):
+        assert g.precision == "bf16" and g.net.amp  # the alias, and kept by with_options
+    with pytest.raises(ValueError, match="unknown precision"):
+        ProposalGenerator(random_wrn, device="cpu", precision="fp16")
