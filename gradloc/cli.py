@@ -122,9 +122,18 @@ def cmd_localize(args: argparse.Namespace) -> int:
             raise ValueError(f"--classes {args.classes!r} names no class")
         classes = classes[0] if len(classes) == 1 else classes
         parse_class_spec(classes)  # a bad request fails here, before any work
+    ray_options = None
+    if args.engine == "ray":
+        from .ray_engine import RayOptions
+        ray_options = RayOptions(address=args.ray_address, actors=args.actors, cpus=args.cpus_per_actor,
+                                 gpus=args.gpus_per_actor, threads=args.threads)
+    elif args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     gen = build_generator(args)
     summary = localize(gen, args.paths, Path(args.output), classes=classes, resume=args.resume,
                        workers=args.workers, vis_limit=args.vis_limit, verbose=args.verbose,
+                       engine=args.engine, ray_options=ray_options,
                        settings={"weights": str(args.weights), "precision": gen.precision, **options_from_args(args)})
     return 0 if summary["images"] > 0 else 1
 
@@ -241,6 +250,18 @@ def main(argv: list[str] | None = None) -> int:
                      help="write panels for at most this many images (0: none)")
     loc.add_argument("-v", "--verbose", action="store_true",
                      help="print each image's class-probability distribution")
+    eng = loc.add_argument_group("engine")
+    eng.add_argument("--engine", default="local", choices=("local", "ray"),
+                     help="local (default): this process; ray: a pool of Ray Data actors (pip install \"gradloc[ray]\"), "
+                          "the same output bytes")
+    eng.add_argument("--ray-address", default="local",
+                     help="with --engine ray: local (start a one-machine cluster), auto (the running one), or "
+                          "HOST:PORT; RAY_ADDRESS is honoured")
+    eng.add_argument("--actors", type=int, default=2, help="with --engine ray: actors in the pool")
+    eng.add_argument("--cpus-per-actor", type=float, default=1.0)
+    eng.add_argument("--gpus-per-actor", type=float, default=0.0)
+    eng.add_argument("--threads", type=int, default=None,
+                     help="torch threads (per actor with --engine ray; default: torch's, or --cpus-per-actor)")
     add_pipeline_options(loc)
     loc.set_defaults(func=cmd_localize)
 

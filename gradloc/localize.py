@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .ray_engine import engine_runner
 from .io import ResultStream, atomic_write_text, dumps_record, find_images, write_predictions_json
 from .model import CIFAR10_CLASSES
 from .preprocess import open_image
 from .results import image_record
-from .runner import run_files
 from .viz import panel, save_panel
 
 FORMAT_VERSION = 1
@@ -64,9 +64,11 @@ def write_contact_sheet(out: Path, vis_dir: Path, files: dict[str, str]) -> Path
 
 def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = False,
              workers: int = 1, vis_limit: int = 200, verbose: bool = False,
-             settings: dict | None = None) -> dict:
+             settings: dict | None = None, engine: str = "local", ray_options=None) -> dict:
     """Localise objects in every image under ``paths``; write results into ``out``.
 
+    ``engine``: ``local`` (this process, ``workers`` decoding processes) or ``ray``
+    (:mod:`gradloc.ray_engine`, with ``ray_options``); both write the same bytes.
     Returns a summary: counts of images done, skipped, resumed, and seconds.
     """
     t0 = time.time()
@@ -106,7 +108,7 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
     vis_dir = out / "vis"
     panels: dict[str, str] = {}
     with stream:
-        for done, failed in run_files(gen, todo, lambda i: classes, workers, desc="localize"):
+        for done, failed in engine_runner(engine, ray_options)(gen, todo, lambda i: classes, workers, desc="localize"):
             records = []
             for i, x32, size, res in done:
                 rec = image_record(str(todo[i]), size, res)

@@ -1,0 +1,154 @@
+"""The Ray Data engine: the same batches as the local engine, run by a pool of actors.
+
+The driver forms the batches exactly as :func:`gradloc.runner.run_files` does (consecutive runs
+of ``batch_size`` files, bad files included), so batch-dependent results (SmoothGrad's seeded
+noise) are the same. Each batch is one row of a Ray Dataset; a stateful actor pool
+(``map_batches`` with ``concurrency``) holds one :class:`~gradloc.pipeline.ProposalGenerator`
+per actor, decodes the batch's files with gradloc's own opener (not Ray's readers, which rename
+files, drop names starting with ``_`` or ``.`` and decode with plain PIL) and returns the batch's
+results pickled. ``preserve_order`` makes the driver receive batches in order, and it writes
+them with the local engine's writer. Ray retries a failed or lost actor task; a batch's result
+depends only on its files, so a retried batch gives the same bytes. A batch that keeps failing
+ends the run with Ray's error (no ``max_errored_blocks``): nothing is dropped silently.
+
+Fault injection for the tests (environment of the cluster's workers): ``GRADLOC_RAY_SLOW_BATCH=K``
+makes the actor that runs batch K sleep a second first (batches then finish out of order), and
+``GRADLOC_RAY_KILL_ONCE=FILE`` makes the first actor call that creates FILE end its process.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide: ``address`` ``local`` (start a one-machine cluster), ``auto`` (the
+    running cluster; ``RAY_ADDRESS`` also works) or ``HOST:PORT``; ``actors`` in the pool, CPUs
+    and GPUs per actor; ``threads`` torch threads per actor (None: Ray's share, ``cpus``)."""
+
+    address: str = "local"
+    actors: int = 2
+    cpus: float = 1.0
+    gpus: float = 0.0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.actors, bool) or not isinstance(self.actors, int) or self.actors < 1:
+            raise ValueError(f"actors must be an integer >= 1, got {self.actors!r}")
+        if not self.cpus > 0 or not self.gpus >= 0:
+            raise ValueError(f"CPUs per actor must be > 0 and GPUs >= 0, got {self.cpus!r}, {self.gpus!r}")
+
+
+def init_ray(address: str) -> None:
+    """Connect to (or, for ``local``, start) a cluster once per process."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--engine ray needs Ray: pip install \"gradloc[ray]\"") from None
+    if ray.is_initialized():
+        return
+    target = os.environ.get("RAY_ADDRESS") if address == "local" and os.environ.get("RAY_ADDRESS") else address
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address=None if target == "local" else target, **kwargs)
+
+
+class BatchWorker:
+    """One actor: a generator built once from the driver's model and settings; each call
+    runs whole batches (rows ``{"batch", "start", "paths"}``) and returns them pickled."""
+
+    def __init__(self, model, config: dict) -> None:
+        import ray
+        import torch
+
+        from .pipeline import ProposalGenerator
+        if isinstance(model, ray.ObjectRef):  # Ray Data passes constructor arguments as given
+            model = ray.get(model)
+        if config["threads"]:
+            torch.set_num_threads(int(config["threads"]))
+        self.gen = ProposalGenerator(model, device=config["device"], batch_size=config["batch_size"],
+                                     max_pixels=config["max_pixels"], precision=config["precision"],
+                                     **config["options"])
+        self.classes = config["classes"]
+
+    def __call__(self, batch: dict) -> dict:
+        from .runner import run_batch_of_files
+        _inject_faults([int(k) for k in batch["batch"]])
+        payloads = []
+        for start, paths in zip(batch["start"], batch["paths"]):
+            files = [Path(os.fsdecode(bytes(p))) for p in paths]
+            done, skipped = run_batch_of_files(self.gen, files, lambda i: self.classes)
+            shift = int(start)
+            payloads.append(pickle.dumps(([(i + shift, *rest) for i, *rest in done],
+                                          [(i + shift, r) for i, r in skipped])))
+        return {"batch": np.asarray(batch["batch"]), "payload": np.array(payloads, dtype=object)}
+
+
+def _inject_faults(batches: list[int]) -> None:
+    import time
+    slow = os.environ.get("GRADLOC_RAY_SLOW_BATCH")
+    if slow is not None and int(slow) in batches:
+        time.sleep(1.0)
+    marker = os.environ.get("GRADLOC_RAY_KILL_ONCE")
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os._exit(1)  # the actor dies mid-task; Ray restarts it and retries the batch
+
+
+def run_files_ray(gen, files: Sequence[Path], classes, options: RayOptions, desc: str = "gradloc",
+                  progress: bool = True) -> Iterator[tuple[list[tuple], list[tuple[int, str]]]]:
+    """:func:`gradloc.runner.run_files` on a Ray cluster: the same ``(done, skipped)`` per batch,
+    in the same order. ``classes``: one spec for every file (what ``localize`` asks)."""
+    import ray
+    from tqdm import tqdm
+
+    import copy
+    init_ray(options.address)
+    config = {"device": "cuda" if options.gpus > 0 else "cpu", "batch_size": gen.batch_size,
+              "max_pixels": gen.max_pixels, "precision": gen.precision, "options": asdict(gen.options),
+              "classes": classes, "threads": options.threads or max(1, int(options.cpus))}
+    # the model travels once, through the object store (workers need the same gradloc version)
+    model = ray.put(copy.deepcopy(gen.model).cpu())
+    b = gen.batch_size
+    items = [{"batch": k, "start": s, "paths": [os.fsencode(str(f)) for f in files[s:s + b]]}
+             for k, s in enumerate(range(0, len(files), b))]
+    if not items:
+        return
+    import logging
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # gradloc shows its own progress
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        BatchWorker, fn_constructor_args=(model, config), batch_size=1, batch_format="numpy",
+        concurrency=options.actors, num_cpus=options.cpus, num_gpus=options.gpus,
+        max_restarts=-1, max_task_retries=-1)
+    with tqdm(total=len(files), unit="img", desc=desc, disable=None if progress else True) as bar:
+        for row in ds.iter_rows():
+            done, skipped = pickle.loads(row["payload"])
+            bar.update(len(done) + len(skipped))
+            yield done, skipped
+
+
+def engine_runner(engine: str, options: RayOptions | None) -> Callable:
+    """The batch loop of an engine, with :func:`gradloc.runner.run_files`'s signature
+    ``(gen, files, classes, workers, desc=...)``."""
+    from .runner import run_files
+    if engine == "local":
+        return run_files
+    if engine != "ray":
+        raise ValueError(f"unknown engine {engine!r}; choose local or ray")
+    opts = options or RayOptions()
+
+    def run(gen, files, classes, workers=1, desc="gradloc"):
+        return run_files_ray(gen, files, classes(0) if files else None, opts, desc=desc)
+    return run
