@@ -139,7 +139,8 @@ def run_captum(args, files) -> int:
     from captum.attr import Saliency
     from torch.utils.data import DataLoader
 
-    from gradloc.proposals import propose, scale_boxes
+    from gradloc.boxes import scale_boxes
+    from gradloc.proposals import propose
     from gradloc.threshold import top_n
     model = load_model(args.weights).requires_grad_(True)  # as a user's model comes
     sal = Saliency(lambda x: model(x).softmax(1))
