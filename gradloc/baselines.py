@@ -89,34 +89,29 @@ def predict_cam(model: nn.Module, ds: AnnotatedSet, images_dir: str | Path, meth
     image, boxed by :func:`cam_box` at image resolution. ``maps`` holds the map at the layer's
     resolution (MaxBoxAccV2 resizes it as its protocol says); ``peaks`` the maximum of the
     upsampled map. Returns (predictions, skipped files)."""
-    from tqdm import tqdm
-
-    from .io import iter_batches
+    from .io import readable_batches
     from .saliency import make_method
 
     cam_method = make_method(method, model, layer=layer)
     files = [Path(images_dir) / im.file for im in ds.images]
     preds: list = [None] * len(files)
     skipped: list[dict] = []
-    with tqdm(total=len(files), unit="img", desc=method, disable=None if progress else True) as bar:
-        for batch in iter_batches(files, batch_size, workers, max_pixels):
-            good = [b for b in batch if b[1] is not None]
-            skipped += [{"file": str(files[b[0]]), "reason": b[3]} for b in batch if b[1] is None]
-            bar.update(len(batch))
-            if not good:
-                continue
-            row_image = [j for j, b in enumerate(good) for _ in ds.images[b[0]].classes()]
-            row_class = [c for b in good for c in ds.images[b[0]].classes()]
-            x = normalize(torch.stack([b[1] for b in good])[row_image].to(device))
-            maps, logits = cam_method.feature_maps(x, torch.tensor(row_class, device=device))
-            maps, probs = maps.cpu(), logits.float().softmax(1).cpu()
-            for r, (j, c) in enumerate(zip(row_image, row_class)):
-                i, size = good[j][0], good[j][2]
-                p = preds[i] = preds[i] or {"boxes": {}, "scores": {}, "maps": {}, "peaks": {}, "probs": probs[r]}
-                full = upsample_map(maps[r], size)
-                p["boxes"][c], p["scores"][c], p["maps"][c] = cam_box(full, size), probs[r, c:c + 1], maps[r]
-                gy, gx = np.unravel_index(int(np.argmax(full)), full.shape)
-                p["peaks"][c] = ((gx + 0.5) * size[1] / full.shape[1], (gy + 0.5) * size[0] / full.shape[0])
+    for good, bad in readable_batches(files, batch_size, workers, max_pixels, method, progress):
+        skipped += bad
+        if not good:
+            continue
+        row_image = [j for j, b in enumerate(good) for _ in ds.images[b[0]].classes()]
+        row_class = [c for b in good for c in ds.images[b[0]].classes()]
+        x = normalize(torch.stack([b[1] for b in good])[row_image].to(device))
+        maps, logits = cam_method.feature_maps(x, torch.tensor(row_class, device=device))
+        maps, probs = maps.cpu(), logits.float().softmax(1).cpu()
+        for r, (j, c) in enumerate(zip(row_image, row_class)):
+            i, size = good[j][0], good[j][2]
+            p = preds[i] = preds[i] or {"boxes": {}, "scores": {}, "maps": {}, "peaks": {}, "probs": probs[r]}
+            full = upsample_map(maps[r], size)
+            p["boxes"][c], p["scores"][c], p["maps"][c] = cam_box(full, size), probs[r, c:c + 1], maps[r]
+            gy, gx = np.unravel_index(int(np.argmax(full)), full.shape)
+            p["peaks"][c] = ((gx + 0.5) * size[1] / full.shape[1], (gy + 0.5) * size[0] / full.shape[0])
     return preds, skipped
 
 

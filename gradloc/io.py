@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError, prepare
@@ -106,6 +105,18 @@ def iter_batches(files: list[Path], batch_size: int, workers: int = 0,
                         num_workers=workers, collate_fn=_keep_list,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     yield from loader
+
+
+def readable_batches(files: list[Path], batch_size: int, workers: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     desc: str = "gradloc", progress: bool = True) -> Iterator[tuple[list[tuple], list[dict]]]:
+    """:func:`iter_batches` with a progress bar, split per batch into the decoded images
+    ``[(index, uint8 [3,32,32], (h, w), None, work)]`` and the skipped files ``[{"file", "reason"}]``."""
+    from tqdm import tqdm
+    with tqdm(total=len(files), unit="img", desc=desc, disable=None if progress else True) as bar:
+        for batch in iter_batches(files, batch_size, workers, max_pixels):
+            bar.update(len(batch))
+            yield ([b for b in batch if b[1] is not None],
+                   [{"file": str(files[b[0]]), "reason": b[3]} for b in batch if b[1] is None])
 
 
 def dumps_record(rec) -> str:

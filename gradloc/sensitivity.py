@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .classes import class_index
-from .io import atomic_write_text, find_images, iter_batches
+from .io import atomic_write_text, find_images, readable_batches
 from .model import CIFAR10_CLASSES
 from .preprocess import DEFAULT_MAX_PIXELS, INPUT_SIZE, normalize
 from .saliency import Gradient
@@ -52,26 +52,21 @@ def class_sensitivity(model: nn.Module, paths: Iterable[str | Path], cls: str | 
     cls : None for each image's predicted class, or one class (name or index) for all.
     output : which output the class mask multiplies: ``probs`` (default), ``logits``, ``log_probs``.
     """
-    from tqdm import tqdm
-
     files, skipped = find_images(paths)
     target = None if cls is None else class_index(cls)
     method = Gradient(model.eval().requires_grad_(False).to(device), output=output, reduce="max")
     sums = np.zeros((len(CIFAR10_CLASSES), INPUT_SIZE, INPUT_SIZE), np.float64)
     counts = np.zeros(len(CIFAR10_CLASSES), np.int64)
-    with tqdm(total=len(files), unit="img", desc="sensitivity", disable=None if progress else True) as bar:
-        for batch in iter_batches(files, batch_size, workers, max_pixels):
-            good = [b for b in batch if b[1] is not None]
-            skipped += [{"file": str(files[b[0]]), "reason": b[3]} for b in batch if b[1] is None]
-            bar.update(len(batch))
-            if not good:
-                continue
-            x = normalize(torch.stack([b[1] for b in good]).to(device))
-            targets = (lambda z: z.argmax(1)) if target is None else torch.full((len(good),), target, device=device)
-            maps, logits = method(x, targets)
-            classes = logits.argmax(1).cpu().numpy() if target is None else np.full(len(good), target)
-            np.add.at(sums, classes, maps.detach().cpu().double().numpy())
-            counts += np.bincount(classes, minlength=len(CIFAR10_CLASSES))
+    for good, bad in readable_batches(files, batch_size, workers, max_pixels, "sensitivity", progress):
+        skipped += bad
+        if not good:
+            continue
+        x = normalize(torch.stack([b[1] for b in good]).to(device))
+        targets = (lambda z: z.argmax(1)) if target is None else torch.full((len(good),), target, device=device)
+        maps, logits = method(x, targets)
+        classes = logits.argmax(1).cpu().numpy() if target is None else np.full(len(good), target)
+        np.add.at(sums, classes, maps.detach().cpu().double().numpy())
+        counts += np.bincount(classes, minlength=len(CIFAR10_CLASSES))
     return Sensitivity(sums, counts, skipped)
 
 
