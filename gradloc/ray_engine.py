@@ -108,11 +108,12 @@ def run_files_ray(gen, files: Sequence[Path], classes, options: RayOptions, desc
                   progress: bool = True) -> Iterator[tuple[list[tuple], list[tuple[int, str]]]]:
     """:func:`gradloc.runner.run_files` on a Ray cluster: the same ``(done, skipped)`` per batch,
     in the same order. ``classes``: one spec for every file (what ``localize`` asks)."""
-    import ray
+    import copy
+
     from tqdm import tqdm
 
-    import copy
-    init_ray(options.address)
+    init_ray(options.address)  # first: without Ray installed this is a one-line error
+    import ray
     config = {"device": "cuda" if options.gpus > 0 else "cpu", "batch_size": gen.batch_size,
               "max_pixels": gen.max_pixels, "precision": gen.precision, "options": asdict(gen.options),
               "classes": classes, "threads": options.threads or max(1, int(options.cpus))}

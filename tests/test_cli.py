@@ -236,3 +236,12 @@ def test_corrupt_run_state_names_the_file(tmp_path, random_weights_file, capsys)
                  str(random_weights_file), "--resume"])
     err = capsys.readouterr().err
     assert code == 2 and "run.json is corrupt" in err and "Traceback" not in err
+
+
+def test_engine_ray_without_ray_is_a_one_line_error(tmp_path, random_weights_file, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    code = main(["localize", str(SAMPLES / "cifar10" / "cat.png"), "-o", str(tmp_path / "o"),
+                 "--weights", str(random_weights_file), "--engine", "ray"])
+    err = capsys.readouterr().err
+    assert code == 2 and 'pip install "gradloc[ray]"' in err and "Traceback" not in err
