@@ -55,6 +55,8 @@ _HELP = {
                       "(default on; --no-class-contrast)",
     "scales": "large images: auto (shorter side >= 160 px: the input-size pyramid), off (the 32x32 view "
               "only), or multi-scale windows, e.g. 1,2,3",
+    "flip": "average each whole image's 32x32 map with its mirror image's (test-time augmentation; "
+            "default on; --no-flip)",
     "input_sizes": "the pyramid's inputs beside the 32x32 view: the whole image with its longer side at "
                    "each size (px), aspect kept",
     "max_windows": "multi-scale: at most this many windows scored per image (finest scales dropped first)",

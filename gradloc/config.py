@@ -64,6 +64,7 @@ class Options:
     moment_box: float = 1.5        # with rescoring: also the box of the map's centroid +- this many std; 0: off
     fuse: float = 0.2              # with rescoring: temperature of the best box's fusion with its neighbours; 0: off
     class_contrast: bool = True    # several classes named for one image: contrasted maps, no union box
+    flip: bool = True              # 32x32 views of the whole-image plan: map averaged with the mirrored view's
     scales: str = "auto"           # auto: large images get the input-size pyramid; off; or windows, e.g. "1,2,3"
     input_sizes: str = "48,64,96,128"  # the pyramid's inputs beside the 32x32 view: longer side, pixels
     max_windows: int = 128         # cap on windows scored per image (finest scales dropped first)

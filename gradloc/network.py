@@ -16,11 +16,13 @@ from .saliency import SaliencyMethod
 
 
 class Network:
-    """``model`` on ``device`` in chunks of ``batch_size``, under bf16 autocast when ``amp``."""
+    """``model`` on ``device`` in chunks of ``batch_size``, under bf16 autocast when ``amp``;
+    ``flip``: whole images' maps averaged with their mirror image's."""
 
     def __init__(self, model: nn.Module, method: SaliencyMethod, device: torch.device, batch_size: int,
-                 amp: bool = False) -> None:
+                 amp: bool = False, flip: bool = False) -> None:
         self.model, self.method, self.device, self.batch_size, self.amp = model, method, device, batch_size, amp
+        self.flip = flip
 
     def model_input(self, x_uint8: Tensor) -> Tensor:
         """``uint8 [B, 3, 32, 32]`` -> normalised float on the device, channels_last."""
@@ -51,6 +53,12 @@ class Network:
         targets = row_class.to(self.device) if row_class is not None else (lambda z: z.argmax(1))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             maps, logits = self.method(rows, targets)
+            if self.flip:
+                # Test-time augmentation: the mirrored view's map, mirrored back, for the same
+                # classes; the average keeps what both views agree on (a map's noise is not
+                # mirror-symmetric, an object's extent is).
+                mirrored, _ = self.method(rows.flip(-1), logits.argmax(1) if row_class is None else targets)
+                maps = (maps + mirrored.flip(-1)) / 2
         if row_class is None:
             row_class = logits.argmax(1).cpu()
         probs = torch.zeros(len(specs), logits.shape[1])

@@ -73,7 +73,7 @@ class ProposalGenerator:
         self.precision = resolve_precision("bf16" if amp else precision, self.device)
         self.batch_size, self.max_pixels, self.amp = batch_size, max_pixels, self.precision == "bf16"
         self.method = make_method(self.options.method, self.model, **self.options.method_kwargs())
-        self.net = Network(self.model, self.method, self.device, batch_size, self.amp)
+        self.net = Network(self.model, self.method, self.device, batch_size, self.amp, self.options.flip)
         self.rescorer = Rescorer(self.net.class_probs)
         self.whole_image = WholeImage()
         self.multiscale = MultiScale(self.options.scales, self.options.max_windows, self.options.windows)

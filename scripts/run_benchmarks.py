@@ -110,7 +110,8 @@ def main() -> int:
         f"{', class contrast (several classes per image: contrasted maps, no union box)' if gen.options.class_contrast else ''}"
         ", component score "
         f"{gen.options.component_score}, NMS "
-        f"{gen.options.nms_iou}, output {gen.options.model_output}. "
+        f"{gen.options.nms_iou}, output {gen.options.model_output}, "
+        f"{'mirror-averaged maps, ' if gen.options.flip else ''}precision {gen.precision}. "
         f"Machine: {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}. Regenerate: "
         f"`python scripts/run_benchmarks.py --write BENCHMARKS.md` (`--only large` for one section).", "", END])

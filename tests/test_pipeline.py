@@ -94,3 +94,15 @@ def test_precision_auto_picks_bf16_only_where_it_is_native(monkeypatch, random_w
         assert g.precision == "bf16" and g.net.amp  # the alias, and kept by with_options
     with pytest.raises(ValueError, match="unknown precision"):
         ProposalGenerator(random_wrn, device="cpu", precision="fp16")
+
+
+def test_flip_averaging_makes_maps_mirror_equivariant(random_wrn):
+    rng = np.random.RandomState(3)
+    img = rng.randint(0, 255, (32, 32, 3)).astype(np.uint8)
+    mirror = np.ascontiguousarray(img[:, ::-1])
+    on = ProposalGenerator(random_wrn, device="cpu", precision="fp32")
+    a, b = on([img, mirror], classes="cat")
+    torch.testing.assert_close(a["maps"], b["maps"].flip(-1), rtol=1e-4, atol=1e-6)
+    off = ProposalGenerator(random_wrn, device="cpu", precision="fp32", flip=False)
+    a, b = off([img, mirror], classes="cat")
+    assert not torch.allclose(a["maps"], b["maps"].flip(-1), rtol=1e-3, atol=1e-5)
