@@ -16,12 +16,11 @@ import cv2
 import numpy as np
 
 from .io import atomic_write_text
-from .metrics import recall_and_mbo, top1_ious
+from .metrics import top1_ious
 from .model import CIFAR10_CLASSES
 
 EXAMPLES_PER_CLASS = 3   # best and worst pairs shown per class
 THUMB_SIDE = 220         # contact-sheet thumbnails, longer side in pixels
-RECALL_KS = (1, 2, 3, 5, 10)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fff; }
@@ -50,24 +49,6 @@ def markdown_table_to_html(text: str) -> str:
     out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr></thead><tbody>"]
     out += ["<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in body]
     return "\n".join(out + ["</tbody></table>"])
-
-
-def plot_recall_curve(ds, preds_by_name: dict, path: Path) -> None:
-    """Recall of ground-truth boxes at IoU 0.5 by the number of proposals kept per class."""
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, preds in preds_by_name.items():
-        r = recall_and_mbo(ds, preds, ks=RECALL_KS)
-        ax.plot(RECALL_KS, [100 * (r.get(f"recall@{k}") or 0) for k in RECALL_KS], marker=".", label=name)
-    ax.set_xscale("log")
-    ax.set_xticks(RECALL_KS, [str(k) for k in RECALL_KS])
-    ax.set_xlabel("proposals per (image, class)")
-    ax.set_ylabel("recall of GT boxes at IoU 0.5 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def example_thumbnail(rgb: np.ndarray, truth: np.ndarray, proposals: np.ndarray) -> bytes:
@@ -115,12 +96,9 @@ def contact_sheet(ds, preds: list, images_dir: Path, per_class: int = EXAMPLES_P
 
 def write_html_report(out: Path, evaluation, tables: dict[str, str], plots: list[str]) -> Path:
     """``out/report.html`` for an :class:`~gradloc.evaluate.Evaluation`: ``tables`` {heading:
-    Markdown pipe table}, the PNG ``plots`` written in ``out`` (embedded), the recall curve and
-    the contact sheet of the evaluated method."""
+    Markdown pipe table}, the PNG ``plots`` written in ``out`` (embedded) and the contact sheet
+    of the evaluated method."""
     e = evaluation
-    if e.preds_by_name:
-        plot_recall_curve(e.ds, e.preds_by_name, out / "recall_curve.png")
-        plots = plots + ["recall_curve.png"]
     body = [f"<h1>{html.escape(e.title)}</h1>", "<ul>"]
     body += [f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in e.info.items()
              if not isinstance(v, (list, dict))]

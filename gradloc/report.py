@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .metrics import top1_ious  # noqa: E402
+from .metrics import recall_and_mbo, top1_ious  # noqa: E402
 from .io import atomic_write_text  # noqa: E402
 from .model import CIFAR10_CLASSES  # noqa: E402
 
@@ -98,19 +98,43 @@ def per_class_table(results: dict[str, dict], delta: str = "0.5") -> str:
     return "\n".join(lines)
 
 
-def plot_corloc_curve(ds, preds_by_name: dict, path: Path) -> None:
-    deltas = np.linspace(0.05, 0.95, 19)
+def _line_plot(xs, series: dict, xlabel: str, ylabel: str, path: Path, logx: bool = False) -> None:
+    """One line per method ``series`` {name: values at ``xs``}, saved to ``path``."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, preds in preds_by_name.items():
-        ious, _, _ = top1_ious(ds, preds)
-        ax.plot(deltas, [(ious >= d).mean() * 100 for d in deltas], label=name, marker=".")
-    ax.set_xlabel("IoU threshold δ")
-    ax.set_ylabel("GT-known CorLoc (%)")
+    for name, ys in series.items():
+        ax.plot(xs, ys, label=name, marker=".")
+    if logx:
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_corloc_curve(ds, preds_by_name: dict, path: Path) -> None:
+    deltas = np.linspace(0.05, 0.95, 19)
+    series = {}
+    for name, preds in preds_by_name.items():
+        ious, _, _ = top1_ious(ds, preds)
+        series[name] = [(ious >= d).mean() * 100 for d in deltas]
+    _line_plot(deltas, series, "IoU threshold δ", "GT-known CorLoc (%)", path)
+
+
+RECALL_KS = (1, 2, 3, 5, 10)
+
+
+def plot_recall_curve(ds, preds_by_name: dict, path: Path) -> None:
+    """Recall of ground-truth boxes at IoU 0.5 by the number of proposals kept per class."""
+    series = {}
+    for name, preds in preds_by_name.items():
+        r = recall_and_mbo(ds, preds, ks=RECALL_KS)
+        series[name] = [100 * (r.get(f"recall@{k}") or 0) for k in RECALL_KS]
+    _line_plot(list(RECALL_KS), series, "proposals per (image, class)", "recall of GT boxes at IoU 0.5 (%)",
+               path, logx=True)
 
 
 def plot_iou_histogram(ds, preds_by_name: dict, path: Path) -> None:
@@ -185,7 +209,8 @@ def write_report(out: Path, evaluation) -> None:
     if preds_by_name:
         plot_corloc_curve(ds, preds_by_name, out / "corloc_vs_iou.png")
         plot_iou_histogram(ds, preds_by_name, out / "iou_histogram.png")
-        plots += ["corloc_vs_iou.png", "iou_histogram.png"]
+        plot_recall_curve(ds, preds_by_name, out / "recall_curve.png")
+        plots += ["corloc_vs_iou.png", "iou_histogram.png", "recall_curve.png"]
     plot_per_class(results, out / "per_class.png")
     plots.append("per_class.png")
     if images_dir is not None and method_name in preds_by_name:
