@@ -32,6 +32,8 @@ class BoxRecipe:
     top_k: int
     rescore: str
     moment_box: float
+    peaks: int
+    peak_fractions: tuple
     fuse: float
     class_contrast: bool
 
@@ -62,17 +64,19 @@ class Options:
     rescore: str = "crop-delete"   # crop-delete: crop probability minus that of the image without the box; crop; off
     ladder: str = "0.4,0.5,0.6,0.7"  # with rescoring and mass: mass shares tried, best box of each
     moment_box: float = 1.5        # with rescoring: also the box of the map's centroid +- this many std; 0: off
+    peaks: int = 3                 # with rescoring, pyramid: also the regions around the map's strongest local maxima; 0: off
+    peak_fractions: str = "0.6,0.4,0.2"  # each peak's regions: shares of its value
     fuse: float = 0.2              # with rescoring: temperature of the best box's fusion with its neighbours; 0: off
     class_contrast: bool = True    # several classes named for one image: contrasted maps, no union box
     flip: bool = True              # 32x32 views of the whole-image plan: map averaged with the mirrored view's
     scales: str = "auto"           # auto: large images get the input-size pyramid; off; or windows, e.g. "1,2,3"
-    input_sizes: str = "48,64,96,128"  # the pyramid's inputs beside the 32x32 view: longer side, pixels
+    input_sizes: str = "48,64,96,128,192,256"  # the pyramid's inputs beside the 32x32 view: longer side, pixels
     max_windows: int = 128         # cap on windows scored per image (finest scales dropped first)
     windows: int = 8               # windows per (image, class) that get gradients, best-supported first
 
     def __post_init__(self) -> None:
         for name, low in (("top_k", 1), ("top_n", 1), ("kernel", 1), ("samples", 1), ("steps", 1),
-                          ("max_windows", 1), ("windows", 1)):
+                          ("max_windows", 1), ("windows", 1), ("peaks", 0)):
             v = getattr(self, name)
             if v is None and name == "top_k":  # keep every proposal
                 continue
@@ -97,6 +101,14 @@ class Options:
             raise ValueError(f"ladder must be numbers like 0.4,0.5,0.6; got {self.ladder!r}") from None
         if not all(0 < v <= 1 for v in rungs):
             raise ValueError(f"ladder values are shares of the map's mass in (0, 1]; got {self.ladder!r}")
+        if isinstance(self.peak_fractions, (list, tuple)):
+            object.__setattr__(self, "peak_fractions", ",".join(f"{float(v):g}" for v in self.peak_fractions))
+        try:
+            fracs = self.peak_shares()
+        except ValueError:
+            raise ValueError(f"peak_fractions must be numbers like 0.6,0.4,0.2; got {self.peak_fractions!r}") from None
+        if not fracs or not all(0 < v < 1 for v in fracs):
+            raise ValueError(f"peak_fractions are shares of a peak's value in (0, 1); got {self.peak_fractions!r}")
         if isinstance(self.scales, (list, tuple)):
             object.__setattr__(self, "scales", ",".join(str(int(v)) for v in self.scales))
         if self.scales not in ("auto", "off"):
@@ -140,24 +152,30 @@ class Options:
     def box_recipe(self) -> BoxRecipe:
         """The post-processing actually applied. Grad-CAM and CAM are boxed by the CAM paper's
         recipe (raw map, 20% of the maximum unless a threshold is given, 3x3, largest component);
-        without rescoring there is no moment box and no fusion (both need rescored boxes)."""
+        without rescoring there is no moment box, no peak region and no fusion (all need rescored
+        boxes)."""
         d = {k: getattr(self, k) for k in ("smooth_sigma", "threshold", "morph", "kernel", "component_score",
                                            "union_box", "box_padding", "nms_iou", "top_k", "rescore",
-                                           "moment_box", "fuse", "class_contrast")}
+                                           "moment_box", "peaks", "fuse", "class_contrast")}
+        d["peak_fractions"] = tuple(self.peak_shares())
         value = self.top_n if self.threshold == "top-n" else self.threshold_value
         if self.method in CAM_METHODS:
             d.update(smooth_sigma=0.0, kernel=3, component_score="area", union_box=False, top_k=1,
-                     rescore="off", fuse=0.0, moment_box=0.0, class_contrast=False)
+                     rescore="off", fuse=0.0, moment_box=0.0, peaks=0, class_contrast=False)
             if self.threshold in ("top-n", "mass") and self.threshold_value is None:
                 d["threshold"], value = "fraction", 0.2
         elif self.rescore == "off":
-            d.update(fuse=0.0, moment_box=0.0)
+            d.update(fuse=0.0, moment_box=0.0, peaks=0)
         ladder = d["rescore"] != "off" and d["threshold"] == "mass" and self.ladder_shares()
         return BoxRecipe(values=tuple(self.ladder_shares()) if ladder else (value,), **d)
 
     def threshold_values(self) -> list[float | None]:
         """The threshold values boxes are made at (see :class:`BoxRecipe`)."""
         return list(self.box_recipe().values)
+
+    def peak_shares(self) -> list[float]:
+        """The peak regions' shares of their peak's value, parsed from ``"0.6,0.4,..."``."""
+        return [float(v) for v in str(self.peak_fractions).split(",") if v.strip()]
 
     def ladder_shares(self) -> list[float]:
         """The ladder's mass shares, parsed from ``"0.4,0.5,..."``."""

@@ -139,7 +139,8 @@ class ProposalGenerator:
             boxes, scores, blanked = [], [], []
             for n in range(start, start + count):
                 # the box around all components of a contrasted map spans several objects
-                b, sc = boxes_from_mask(smoothed[n], masks[:, n], o, union_box=False if shared[r] else None)
+                b, sc = boxes_from_mask(smoothed[n], masks[:, n], o, union_box=False if shared[r] else None,
+                                        peaks=plan.peak_regions)
                 b = pad_boxes(b, o.box_padding)
                 boxes.append(plan.place(b, w, n, sizes[i], work[i]))
                 scores.append(sc * w.support[n])

@@ -121,6 +121,56 @@ def moment_box(saliency: np.ndarray, k: float = 1.5) -> Tensor:
     return torch.tensor([box], dtype=torch.float32)
 
 
+def peak_boxes(saliency: np.ndarray, count: int = 3, fractions: tuple = (0.6, 0.4, 0.2),
+               min_peak: float = 0.2) -> Tensor:
+    """Boxes of the regions around a map's strongest local maxima.
+
+    A photograph's map has a peak on each object it responds to, and a mass threshold over the
+    whole map joins them (or keeps only the largest). Here each of the ``count`` strongest local
+    maxima (at least ``min_peak`` of the map's maximum; a pixel is a local maximum if no pixel
+    within a window of 1/16 of the grid is higher) is grown into the 8-connected region at or
+    above each ``fraction`` of *its own* value, and that region's box is a candidate: a small
+    object's box does not depend on a brighter object elsewhere in the picture. A maximum inside
+    a stronger peak's tightest region is the same object and is skipped.
+
+    Parameters
+    ----------
+    saliency : ndarray, float, shape [H, W]
+    count : int
+        Peaks used, strongest first.
+    fractions : tuple of float
+        Shares of a peak's value that bound its regions, each in (0, 1).
+    min_peak : float
+        Peaks below this share of the map's maximum are ignored.
+
+    Returns
+    -------
+    Tensor, float32, [K, 4], xyxy on the grid, K <= count * len(fractions): strongest peak first,
+    each peak's regions from the highest fraction down
+    """
+    m = np.nan_to_num(np.asarray(saliency, np.float32))
+    top = float(m.max()) if m.size else 0.0
+    if not top > 0 or count < 1:
+        return torch.zeros(0, 4)
+    k = max(3, (max(m.shape) // 16) | 1)
+    ys, xs = np.nonzero((m >= cv2.dilate(m, np.ones((k, k), np.uint8))) & (m >= min_peak * top))
+    boxes, taken, used = [], np.zeros(m.shape, bool), 0
+    for j in np.argsort(-m[ys, xs], kind="stable"):
+        y, x = ys[j], xs[j]
+        if taken[y, x]:  # on the tightest region of a stronger peak (a plateau, a second maximum of one blob)
+            continue
+        for n, f in enumerate(sorted(fractions, reverse=True)):
+            _, labels, stats, _ = cv2.connectedComponentsWithStats((m >= f * m[y, x]).astype(np.uint8), connectivity=8)
+            x0, y0, w, h = stats[labels[y, x], :4]
+            boxes.append([x0, y0, x0 + w, y0 + h])
+            if n == 0:
+                taken |= labels == labels[y, x]
+        used += 1
+        if used == count:
+            break
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+
 def rank(boxes: Tensor, scores: Tensor, nms_iou: float = 0.5, top_k: int | None = 5) -> tuple[Tensor, Tensor]:
     """NMS at ``nms_iou``, then the ``top_k`` best of ``boxes`` ``[K, 4]`` (xyxy), best first."""
     if len(boxes) > 1:
@@ -171,12 +221,14 @@ def smooth_and_threshold(maps: Tensor, recipe) -> tuple[Tensor, Tensor]:
     return maps, torch.stack([threshold(maps, recipe.threshold, v) for v in values])
 
 
-def boxes_from_mask(m: Tensor, masks: Tensor, recipe, union_box: bool | None = None) -> tuple[Tensor, Tensor]:
+def boxes_from_mask(m: Tensor, masks: Tensor, recipe, union_box: bool | None = None,
+                    peaks: bool = False) -> tuple[Tensor, Tensor]:
     """One map ``[h, w]`` and its masks ``[L, h, w]`` -> grid boxes ``[K, 4]`` (xyxy) and scores
     ``[K]``: morphology, connected components, NMS. With one mask, its ``top_k`` best boxes; with
     a ladder of masks, the best box of each. With the recipe's ``moment_box``, also the map's
-    :func:`moment_box` (scored 0: only rescoring ranks it). ``union_box`` overrides the recipe's.
-    The kernel is in 32x32-grid pixels."""
+    :func:`moment_box`, and with ``peaks``, the recipe's :func:`peak_boxes` (both scored 0: only
+    rescoring ranks them). ``union_box`` overrides the recipe's. The kernel is in 32x32-grid
+    pixels."""
     f = max(m.shape) / GRID
     kernel = recipe.kernel if f == 1 else (int(round(recipe.kernel * f)) | 1)
     kw = dict(morph=recipe.morph, kernel=kernel, score=recipe.component_score, nms_iou=recipe.nms_iou,
@@ -187,5 +239,8 @@ def boxes_from_mask(m: Tensor, masks: Tensor, recipe, union_box: bool | None = N
         found = [propose(m.numpy(), k.numpy(), top_k=1, **kw) for k in masks]
     if recipe.moment_box > 0:
         box = moment_box(m.numpy(), recipe.moment_box)
+        found.append((box, torch.zeros(len(box))))
+    if peaks and recipe.peaks > 0:
+        box = peak_boxes(m.numpy(), recipe.peaks, recipe.peak_fractions)
         found.append((box, torch.zeros(len(box))))
     return torch.cat([b for b, _ in found]), torch.cat([s for _, s in found])

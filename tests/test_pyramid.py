@@ -92,3 +92,18 @@ def test_resize_longer_side_keeps_the_aspect():
 def test_bad_input_sizes_are_refused(random_wrn, sizes):
     with pytest.raises(ValueError, match="input_sizes"):
         ProposalGenerator(random_wrn, input_sizes=sizes)
+
+
+def test_peak_regions_find_a_small_object_beside_a_stronger_one():
+    canvas = np.full((480, 640, 3), 128, np.uint8)
+    canvas[40:280, 300:620] = (250, 0, 0)    # a large, very red region
+    canvas[360:420, 60:120] = (170, 90, 90)  # a small, faintly red square
+    small = torch.tensor([[60.0, 360.0, 120.0, 420.0]])
+    gen = ProposalGenerator(RedFeatures(), device="cpu", top_k=None, nms_iou=1.0)
+
+    def best_iou(g):
+        return box_iou(g(canvas, classes="cat")[0]["boxes"], small).max().item()
+    # the mass threshold keeps the strong region (and their union); the small square's own
+    # peak gives it a box of its own
+    assert best_iou(gen.with_options(peaks=0)) < 0.5
+    assert best_iou(gen) > 0.5

@@ -167,3 +167,38 @@ def test_moment_box_is_a_rescoring_candidate_only():
     assert len(with_rescoring) == 3 and with_rescoring[-1].tolist() == moment_box(m.numpy(), 1.5)[0].tolist()
     assert len(boxes_from_mask(m, masks, Options(moment_box=0).box_recipe())[0]) == 2
     assert len(boxes_from_mask(m, masks[:1], Options(rescore="off").box_recipe())[0]) == 1
+
+
+def test_peak_boxes_box_each_peak_by_its_own_value():
+    from gradloc.proposals import peak_boxes
+    m = two_blobs()
+    # the weak blob's region at half *its* value is its own 3x3, not lost to the strong blob
+    assert peak_boxes(m, 2, (0.5,)).tolist() == [[3, 2, 8, 6], [25, 20, 28, 23]]
+    assert peak_boxes(m, 1, (0.5,)).tolist() == [[3, 2, 8, 6]]  # strongest first
+    assert peak_boxes(m, 2, (0.5,), min_peak=0.6).tolist() == [[3, 2, 8, 6]]  # 1.0 < 0.6 * 2.0
+    smooth = torch.nn.functional.avg_pool2d(torch.from_numpy(m)[None, None], 3, 1, 1)[0, 0].numpy()
+    b = peak_boxes(smooth, 1, (0.9, 0.1))
+    assert len(b) == 2 and (b[0, 2:] - b[0, :2] < b[1, 2:] - b[1, :2]).all()  # lower share, larger region
+    assert peak_boxes(np.zeros((32, 32)), 3).shape == (0, 4)
+    assert peak_boxes(m, 0).shape == (0, 4)
+
+
+def test_peak_regions_are_rescoring_candidates_of_plans_that_ask():
+    from gradloc.config import Options
+    m = torch.from_numpy(two_blobs())
+    masks = (m > 0)[None].expand(2, 32, 32)
+    recipe = Options(peaks=2, peak_fractions="0.5").box_recipe()
+    plain, _ = boxes_from_mask(m, masks, recipe)
+    with_peaks, scores = boxes_from_mask(m, masks, recipe, peaks=True)
+    assert len(with_peaks) == len(plain) + 2 and with_peaks[-1].tolist() == [25, 20, 28, 23]
+    assert (scores[len(plain):] == 0).all()
+    off = Options(rescore="off").box_recipe()  # no rescoring: no peak regions (nothing would rank them)
+    assert len(boxes_from_mask(m, masks[:1], off, peaks=True)[0]) == len(boxes_from_mask(m, masks[:1], off)[0])
+
+
+@pytest.mark.parametrize("bad", [dict(peaks=-1), dict(peak_fractions="0.5,1.2"), dict(peak_fractions="x"),
+                                 dict(peak_fractions="")])
+def test_bad_peak_options_are_refused(bad):
+    from gradloc.config import Options
+    with pytest.raises(ValueError, match="peak"):
+        Options(**bad)
