@@ -52,6 +52,9 @@ _HELP = {
              "strongest local maxima (default: %(default)s; 0: off)",
     "peak_fractions": "the regions of a peak: where the map is at least each of these shares of the peak's "
                       "value (default: %(default)s)",
+    "merge_iou": "with rescoring: a candidate box overlapping an earlier one of its map's row with at least this "
+                 "IoU shares that one's score instead of being scored itself (default: %(default)s; above 1: "
+                 "every candidate scored)",
     "fuse": "with rescoring: the best box becomes the score-weighted mean of the boxes overlapping it "
             "(IoU >= 0.3), weights softmax(score / T); this sets T (default: %(default)s; 0: off)",
     "class_contrast": "with several classes named for one image (not top-k): each class's map minus the strongest "

@@ -66,6 +66,7 @@ class Options:
     moment_box: float = 1.5        # with rescoring: also the box of the map's centroid +- this many std; 0: off
     peaks: int = 3                 # with rescoring, pyramid: also the regions around the map's strongest local maxima; 0: off
     peak_fractions: str = "0.6,0.4,0.2"  # each peak's regions: shares of its value
+    merge_iou: float = 0.85        # with rescoring: a candidate overlapping an earlier one this much shares its score; > 1: off
     fuse: float = 0.2              # with rescoring: temperature of the best box's fusion with its neighbours; 0: off
     class_contrast: bool = True    # several classes named for one image: contrasted maps, no union box
     flip: bool = True              # 32x32 views of the whole-image plan: map averaged with the mirrored view's
@@ -89,6 +90,8 @@ class Options:
             raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou!r}")
         if not self.moment_box >= 0:
             raise ValueError(f"moment_box must be a number of standard deviations >= 0 (0: off), got {self.moment_box!r}")
+        if not self.merge_iou > 0:
+            raise ValueError(f"merge_iou must be an IoU > 0 (above 1: every candidate scored), got {self.merge_iou!r}")
         if not self.fuse >= 0:
             raise ValueError(f"fuse must be a temperature >= 0 (0: off), got {self.fuse!r}")
         if self.rescore not in RESCORES:

@@ -74,7 +74,7 @@ class ProposalGenerator:
         self.batch_size, self.max_pixels, self.amp = batch_size, max_pixels, self.precision == "bf16"
         self.method = make_method(self.options.method, self.model, **self.options.method_kwargs())
         self.net = Network(self.model, self.method, self.device, batch_size, self.amp, self.options.flip)
-        self.rescorer = Rescorer(self.net.class_probs)
+        self.rescorer = Rescorer(self.net.class_probs, self.options.merge_iou)
         self.whole_image = WholeImage()
         self.multiscale = MultiScale(self.options.scales, self.options.max_windows, self.options.windows)
         self.pyramid = Pyramid(self.options.pyramid_sizes(), self.model)

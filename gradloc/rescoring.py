@@ -4,8 +4,9 @@ A saliency map does not say how large its object is, so candidates of several si
 to the classifier: a box's **crop** (cut out, resized to 32x32) should hold the class, and the
 image with the box **blanked** to the mean colour should not. ``crop-delete`` scores a box by the
 difference, so a part of an object (a head) loses to the whole. All views of a batch go through
-one forward pass, each distinct view once. Then the best box is **fused** with the candidates
-overlapping it (weighted box fusion, Solovyev et al. 2021).
+one forward pass, each distinct view once, and near-duplicate candidates (threshold rungs or
+sizes that find almost the same box) share one box's score. Then the best box is **fused** with
+the candidates overlapping it (weighted box fusion, Solovyev et al. 2021).
 """
 from __future__ import annotations
 
@@ -21,6 +22,32 @@ from .proposals import rank
 
 RESCORES = ("off", "crop", "crop-delete")
 FUSE_MIN_IOU = 0.3  # boxes fused with the best one overlap it at least this much
+
+
+def near_duplicates(boxes: Tensor, min_iou: float) -> tuple[Tensor, Tensor]:
+    """Greedy grouping of near-identical boxes, in their order.
+
+    Each box ``[K, 4]`` (xyxy) joins the first earlier *representative* it overlaps with IoU >=
+    ``min_iou``, or becomes one. ``min_iou`` > 1 keeps every box its own.
+
+    Returns
+    -------
+    representatives : Tensor, int64, [M], indices into ``boxes``, increasing
+    owner : Tensor, int64, [K], for each box the position of its representative in ``representatives``
+    """
+    if len(boxes) == 0 or min_iou > 1:
+        return torch.arange(len(boxes)), torch.arange(len(boxes))
+    iou = box_iou(boxes.float(), boxes.float())
+    reps: list[int] = []
+    owner = torch.empty(len(boxes), dtype=torch.int64)
+    for i in range(len(boxes)):
+        near = (iou[i, reps] >= min_iou).nonzero() if reps else []
+        if len(near):
+            owner[i] = int(near[0])
+        else:
+            owner[i] = len(reps)
+            reps.append(i)
+    return torch.tensor(reps, dtype=torch.int64), owner
 
 
 def fuse_best(boxes: Tensor, scores: Tensor, temperature: float, min_iou: float = FUSE_MIN_IOU) -> Tensor:
@@ -72,10 +99,14 @@ class Rescorer:
     ----------
     classify : callable
         ``uint8 [N, 3, 32, 32]`` views -> class probabilities ``[N, C]``, no gradients.
+    merge_iou : float
+        Candidates of a row overlapping an earlier one with IoU >= this share its score
+        (:func:`near_duplicates`): their views differ by a few pixels, and so do their scores.
+        Above 1, every candidate is scored.
     """
 
-    def __init__(self, classify: Callable[[Tensor], Tensor]) -> None:
-        self.classify = classify
+    def __init__(self, classify: Callable[[Tensor], Tensor], merge_iou: float = 1.01) -> None:
+        self.classify, self.merge_iou = classify, merge_iou
 
     def class_probs(self, inputs: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
         """Per row, the probability of its class for each of its views ``uint8 [K_j, 3, 32, 32]``
@@ -105,10 +136,13 @@ class Rescorer:
     def box_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int],
                    rescore: str, blanked: Sequence[Tensor] | None = None) -> list[Tensor]:
         """``crop``: each box's crop probability; ``crop-delete``: that minus the probability of
-        its blanked view (``blanked``, by default :func:`blank_in_thumbnail`)."""
-        kept = self.crop_scores(images, boxes, classes)
-        if rescore == "crop":
-            return kept
-        if blanked is None:
-            blanked = blank_in_thumbnail(images, boxes)
-        return [k - d for k, d in zip(kept, self.deletion_scores(blanked, classes))]
+        its blanked view (``blanked``, by default :func:`blank_in_thumbnail`). Only each row's
+        representatives (:func:`near_duplicates` at ``merge_iou``) are scored."""
+        groups = [near_duplicates(b, self.merge_iou) for b in boxes]
+        reps = [b[r] for b, (r, _) in zip(boxes, groups)]
+        scores = self.crop_scores(images, reps, classes)
+        if rescore != "crop":
+            blanked = (blank_in_thumbnail(images, reps) if blanked is None
+                       else [v[r] for v, (r, _) in zip(blanked, groups)])
+            scores = [k - d for k, d in zip(scores, self.deletion_scores(blanked, classes))]
+        return [s[owner] for s, (_, owner) in zip(scores, groups)]

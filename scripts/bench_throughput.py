@@ -221,6 +221,10 @@ WORKLOADS = {"limit fp32": run_limit, "limit bf16": lambda args: run_limit(args,
              # the defaults: --precision auto (bf16 where the CPU has it natively)
              "gradloc": run_gradloc,
              "gradloc --precision fp32": lambda args, files: run_gradloc(args, files, precision="fp32"),
+             # every candidate rescored, near-duplicates too (the defaults before --merge-iou 0.85)
+             "gradloc --merge-iou 1.01": lambda args, files: run_gradloc(args, files, merge_iou=1.01),
+             # the cheaper rescoring: crop probabilities only, no deletion views
+             "gradloc --rescore crop": lambda args, files: run_gradloc(args, files, rescore="crop"),
              # the default post-processing but one threshold, boxes ranked by their share of the map:
              # the Captum pipeline's work (fp32, as Captum runs), so the two compare like for like
              "gradloc --rescore off --no-flip --precision fp32": lambda args, files: run_gradloc(
@@ -333,8 +337,8 @@ def main() -> int:
         if off in results and "captum" in results:
             ratio = results[off]["img_per_s"] / results["captum"]["img_per_s"]
             lines += ["", f"gradloc `--rescore off` / Captum pipeline (the same work, both fp32): **{ratio:.2f}x**. "
-                      "The defaults add rescoring (two forward passes of 32x32 views per candidate box) "
-                      "and the mirror image's map (one more forward+backward)."]
+                      "The defaults add rescoring (two forward passes of 32x32 views per distinct candidate "
+                      "box) and the mirror image's map (one more forward+backward)."]
     if args.scaling:
         lines += ["", "Scaling of `gradloc localize` (one run each):", "",
                   "| images | seconds | ms / image | peak memory (MB) |", "| ---: | ---: | ---: | ---: |"]

@@ -125,10 +125,12 @@ def main() -> int:
                              gen=gen, workers=args.workers, selective_search=True,
                              method_label="gradloc (defaults: input-size pyramid)")
         times = {"defaults + Grad-CAM + CAM + selective search + baselines": time.time() - t0}
-        for label, changes in (("gradloc one window (--scales off)", {"scales": "off"}),
+        for label, changes in (("gradloc pyramid without peak regions, sizes to 128 (the previous defaults: "
+                                "--peaks 0 --input-sizes 48,64,96,128)", {"peaks": 0, "input_sizes": "48,64,96,128"}),
+                               ("gradloc one window (--scales off)", {"scales": "off"}),
                                ("gradloc multi-scale windows (--scales 1,2,3)", {"scales": "1,2,3"})):
             t0 = time.time()
-            res.update(run_evaluation(real / "annotations.json", args.cache / f"report-real-{changes['scales']}",
+            res.update(run_evaluation(real / "annotations.json", args.cache / f"report-real-{changes.get('scales', 'nopeaks')}",
                                       images_dir=real / "images", gen=gen.with_options(**changes),
                                       workers=args.workers, gradcam=False, baselines=False, method_label=label))
             times[label] = time.time() - t0
@@ -136,7 +138,7 @@ def main() -> int:
             "Real photographs: coco-real-dev (95 COCO photographs, ~640x480, 121 (image, class) pairs)",
             "Objects anywhere in the frame, often small (median box ~0.5% of the image), several per image, "
             "among people and clutter. One pair is 0.8 points. Selective search is class-agnostic: the same "
-            "100 boxes for every class of an image, an anchor for recall. The two other gradloc rows are the "
+            "100 boxes for every class of an image, an anchor for recall. The other gradloc rows are the "
             "earlier plans for large images, kept as options.",
             res, times, 95)
 

@@ -95,12 +95,13 @@ def test_rescoring_needs_the_image(random_wrn):
 
 def test_describe_threshold_names_what_runs():
     assert describe_threshold(Options()) == ("mass ladder 0.4,0.5,0.6,0.7 (best box of each rung), "
-                                              "crop-minus-deletion rescoring, +moment box (1.5 std), best box "
-                                              "fused with its neighbours (T=0.2)")
-    assert describe_threshold(Options(fuse=0, moment_box=0)).endswith("crop-minus-deletion rescoring")
+                                              "crop-minus-deletion rescoring, +moment box (1.5 std), +regions "
+                                              "of the 3 strongest peaks at 0.6,0.4,0.2 of their value (pyramid), "
+                                              "best box fused with its neighbours (T=0.2)")
+    assert describe_threshold(Options(fuse=0, moment_box=0, peaks=0)).endswith("crop-minus-deletion rescoring")
     assert describe_threshold(Options(rescore="off")) == "mass 0.5"
     # no ladder outside the mass threshold: crop rescoring re-ranks that threshold's boxes
-    assert describe_threshold(Options(threshold="top-n", top_n=250, rescore="crop", fuse=0, moment_box=0)) == "top-250, crop rescoring"
+    assert describe_threshold(Options(threshold="top-n", top_n=250, rescore="crop", fuse=0, moment_box=0, peaks=0)) == "top-250, crop rescoring"
     assert describe_threshold(Options(threshold="otsu", rescore="off")) == "otsu"
 
 
@@ -137,7 +138,7 @@ def test_crop_minus_deletion_prefers_the_whole_object_to_a_part_of_it():
     blanked = gen.rescorer.deletion_scores(blank_in_thumbnail([image], [res["boxes"]]), [3])[0]
     torch.testing.assert_close(res["scores"], crop - blanked)
     assert blanked[0] < 0.2 < blanked[1] and float(crop[0]) == pytest.approx(float(crop[1]), abs=0.02)
-    assert describe_threshold(Options(rescore="crop-delete", fuse=0, moment_box=0)).endswith("crop-minus-deletion rescoring")
+    assert describe_threshold(Options(rescore="crop-delete", fuse=0, moment_box=0, peaks=0)).endswith("crop-minus-deletion rescoring")
 
 
 def test_crop_minus_deletion_on_large_images_blanks_each_box_in_its_own_window():
@@ -197,3 +198,31 @@ def test_identical_views_are_scored_once_and_each_row_gets_its_class():
     direct = window_probs(torch.cat([r for r in rows if len(r)]))
     torch.testing.assert_close(torch.cat(got), torch.cat([direct[:4, 3], direct[4:, 0]]))
     assert got[0][0] > got[0][1] and len(got[2]) == 0
+
+
+def test_near_duplicates_group_each_box_with_the_first_it_overlaps():
+    from gradloc.rescoring import near_duplicates
+    boxes = torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 11], [0, 0, 20, 20], [20, 20, 30, 31.0]])
+    reps, owner = near_duplicates(boxes, 0.85)
+    assert reps.tolist() == [0, 1, 3] and owner.tolist() == [0, 1, 0, 2, 1]
+    reps, owner = near_duplicates(boxes, 1.01)  # off: each its own
+    assert reps.tolist() == owner.tolist() == [0, 1, 2, 3, 4]
+    assert [len(t) for t in near_duplicates(torch.zeros(0, 4), 0.85)] == [0, 0]
+
+
+def test_near_duplicate_candidates_share_a_score_and_are_not_scored_twice():
+    gen = ProposalGenerator(RedDetector(), device="cpu")
+    img = torch.full((3, 64, 64), 128, dtype=torch.uint8)
+    img[:, 16:48, 16:48] = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)
+    boxes = torch.tensor([[16, 16, 48, 48], [16, 16, 48, 49], [0, 0, 20, 20.0]])
+    seen = []
+    classify = gen.rescorer.classify
+    gen.rescorer.classify = lambda x: seen.append(len(x)) or classify(x)
+    merged = gen.rescorer.box_scores([img], [boxes], [3], "crop-delete")[0]
+    assert seen == [2, 2]  # two representatives: their crops, then their blanked views
+    assert merged[0] == merged[1] and merged[0] > merged[2]
+    gen.rescorer.merge_iou = 1.01
+    each = gen.rescorer.box_scores([img], [boxes], [3], "crop-delete")[0]
+    torch.testing.assert_close(each[[0, 2]], merged[[0, 2]])
+    with pytest.raises(ValueError, match="merge_iou"):
+        Options(merge_iou=0)
