@@ -48,13 +48,16 @@ _HELP = {
     "ladder": "mass shares tried when rescoring, comma-separated (default: %(default)s)",
     "moment_box": "with rescoring: also propose the box of the saliency map's centroid +- this many standard "
                   "deviations per axis (default: %(default)s; 0: off)",
+    "frame_box": "with rescoring, on whole small images: also propose the centred box of this share of each "
+                 "side, the hypothesis that the object fills the picture, for rescoring to judge "
+                 "(default: %(default)s; 0: off)",
     "peaks": "with rescoring, on the input-size pyramid: also propose the regions around each map's N "
              "strongest local maxima (default: %(default)s; 0: off)",
     "peak_fractions": "the regions of a peak: where the map is at least each of these shares of the peak's "
                       "value (default: %(default)s)",
-    "merge_iou": "with rescoring: a candidate box overlapping an earlier one of its map's row with at least this "
-                 "IoU shares that one's score instead of being scored itself (default: %(default)s; above 1: "
-                 "every candidate scored)",
+    "merge_iou": "with rescoring: a candidate box overlapping an earlier candidate of the same (image, class) "
+                 "with at least this IoU takes that one's score instead of being scored (default: %(default)s; "
+                 "above 1: every candidate scored)",
     "fuse": "with rescoring: the best box becomes the score-weighted mean of the boxes overlapping it "
             "(IoU >= 0.3), weights softmax(score / T); this sets T (default: %(default)s; 0: off)",
     "class_contrast": "with several classes named for one image (not top-k): each class's map minus the strongest "

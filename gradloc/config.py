@@ -32,6 +32,7 @@ class BoxRecipe:
     top_k: int
     rescore: str
     moment_box: float
+    frame_box: float
     peaks: int
     peak_fractions: tuple
     fuse: float
@@ -64,6 +65,7 @@ class Options:
     rescore: str = "crop-delete"   # crop-delete: crop probability minus that of the image without the box; crop; off
     ladder: str = "0.4,0.5,0.6,0.7"  # with rescoring and mass: mass shares tried, best box of each
     moment_box: float = 1.5        # with rescoring: also the box of the map's centroid +- this many std; 0: off
+    frame_box: float = 0.9         # with rescoring, whole images: also the centred box of this share of each side; 0: off
     peaks: int = 3                 # with rescoring, pyramid: also the regions around the map's strongest local maxima; 0: off
     peak_fractions: str = "0.6,0.4,0.2"  # each peak's regions: shares of its value
     merge_iou: float = 0.85        # with rescoring: a candidate overlapping an earlier one this much shares its score; > 1: off
@@ -92,6 +94,8 @@ class Options:
             raise ValueError(f"moment_box must be a number of standard deviations >= 0 (0: off), got {self.moment_box!r}")
         if not self.merge_iou > 0:
             raise ValueError(f"merge_iou must be an IoU > 0 (above 1: every candidate scored), got {self.merge_iou!r}")
+        if not 0 <= self.frame_box <= 1:
+            raise ValueError(f"frame_box must be a share of the image's side in [0, 1] (0: off), got {self.frame_box!r}")
         if not self.fuse >= 0:
             raise ValueError(f"fuse must be a temperature >= 0 (0: off), got {self.fuse!r}")
         if self.rescore not in RESCORES:
@@ -155,20 +159,21 @@ class Options:
     def box_recipe(self) -> BoxRecipe:
         """The post-processing actually applied. Grad-CAM and CAM are boxed by the CAM paper's
         recipe (raw map, 20% of the maximum unless a threshold is given, 3x3, largest component);
-        without rescoring there is no moment box, no peak region and no fusion (all need rescored
+        without rescoring there is no moment box, frame box, peak region or fusion (all need rescored
         boxes)."""
         d = {k: getattr(self, k) for k in ("smooth_sigma", "threshold", "morph", "kernel", "component_score",
                                            "union_box", "box_padding", "nms_iou", "top_k", "rescore",
-                                           "moment_box", "peaks", "fuse", "class_contrast")}
+                                           "moment_box", "frame_box", "peaks", "fuse", "class_contrast")}
         d["peak_fractions"] = tuple(self.peak_shares())
         value = self.top_n if self.threshold == "top-n" else self.threshold_value
         if self.method in CAM_METHODS:
             d.update(smooth_sigma=0.0, kernel=3, component_score="area", union_box=False, top_k=1,
-                     rescore="off", fuse=0.0, moment_box=0.0, peaks=0, class_contrast=False)
+                     rescore="off", fuse=0.0, moment_box=0.0, frame_box=0.0, peaks=0,
+                     class_contrast=False)
             if self.threshold in ("top-n", "mass") and self.threshold_value is None:
                 d["threshold"], value = "fraction", 0.2
         elif self.rescore == "off":
-            d.update(fuse=0.0, moment_box=0.0, peaks=0)
+            d.update(fuse=0.0, moment_box=0.0, frame_box=0.0, peaks=0)
         ladder = d["rescore"] != "off" and d["threshold"] == "mass" and self.ladder_shares()
         return BoxRecipe(values=tuple(self.ladder_shares()) if ladder else (value,), **d)
 

@@ -138,9 +138,10 @@ class ProposalGenerator:
             i = int(w.row_image[r])
             boxes, scores, blanked = [], [], []
             for n in range(start, start + count):
-                # the box around all components of a contrasted map spans several objects
+                # the box around all components of a contrasted map spans several objects, and none
+                # of an image's several named objects fills its frame
                 b, sc = boxes_from_mask(smoothed[n], masks[:, n], o, union_box=False if shared[r] else None,
-                                        peaks=plan.peak_regions)
+                                        peaks=plan.peak_regions, frame=plan.frame_candidate and not shared[r])
                 b = pad_boxes(b, o.box_padding)
                 boxes.append(plan.place(b, w, n, sizes[i], work[i]))
                 scores.append(sc * w.support[n])

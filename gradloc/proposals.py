@@ -222,12 +222,13 @@ def smooth_and_threshold(maps: Tensor, recipe) -> tuple[Tensor, Tensor]:
 
 
 def boxes_from_mask(m: Tensor, masks: Tensor, recipe, union_box: bool | None = None,
-                    peaks: bool = False) -> tuple[Tensor, Tensor]:
+                    peaks: bool = False, frame: bool = False) -> tuple[Tensor, Tensor]:
     """One map ``[h, w]`` and its masks ``[L, h, w]`` -> grid boxes ``[K, 4]`` (xyxy) and scores
     ``[K]``: morphology, connected components, NMS. With one mask, its ``top_k`` best boxes; with
     a ladder of masks, the best box of each. With the recipe's ``moment_box``, also the map's
-    :func:`moment_box`, and with ``peaks``, the recipe's :func:`peak_boxes` (both scored 0: only
-    rescoring ranks them). ``union_box`` overrides the recipe's. The kernel is in 32x32-grid
+    :func:`moment_box`; with ``frame``, the centred box of the recipe's ``frame_box`` share of
+    each side; with ``peaks``, the recipe's :func:`peak_boxes` (all scored 0: only rescoring
+    ranks them). ``union_box`` overrides the recipe's. The kernel is in 32x32-grid
     pixels."""
     f = max(m.shape) / GRID
     kernel = recipe.kernel if f == 1 else (int(round(recipe.kernel * f)) | 1)
@@ -240,6 +241,10 @@ def boxes_from_mask(m: Tensor, masks: Tensor, recipe, union_box: bool | None = N
     if recipe.moment_box > 0:
         box = moment_box(m.numpy(), recipe.moment_box)
         found.append((box, torch.zeros(len(box))))
+    if frame and recipe.frame_box > 0:  # the hypothesis that the object fills the view, for rescoring to judge
+        h, w = m.shape
+        f = (1 - recipe.frame_box) / 2
+        found.append((torch.tensor([[f * w, f * h, (1 - f) * w, (1 - f) * h]]), torch.zeros(1)))
     if peaks and recipe.peaks > 0:
         box = peak_boxes(m.numpy(), recipe.peaks, recipe.peak_fractions)
         found.append((box, torch.zeros(len(box))))

@@ -131,8 +131,9 @@ def run_files_ray(gen, files: Sequence[Path], classes, options: RayOptions, desc
     ctx.enable_progress_bars = False
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         BatchWorker, fn_constructor_args=(model, config), batch_size=1, batch_format="numpy",
-        concurrency=options.actors, num_cpus=options.cpus, num_gpus=options.gpus,
-        max_restarts=-1, max_task_retries=-1)
+        # Ray Data's actor pools restart dead actors and retry their tasks without limit by
+        # default (max_restarts / max_task_retries -1), so a retried batch gives the same bytes
+        compute=ray.data.ActorPoolStrategy(size=options.actors), num_cpus=options.cpus, num_gpus=options.gpus)
     with tqdm(total=len(files), unit="img", desc=desc, disable=None if progress else True) as bar:
         for row in ds.iter_rows():
             done, skipped = pickle.loads(row["payload"])

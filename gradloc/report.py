@@ -42,6 +42,8 @@ def describe_threshold(options) -> str:
     how = {"crop": "crop rescoring", "crop-delete": "crop-minus-deletion rescoring"}.get(o.rescore)
     if how and o.moment_box > 0:
         how += f", +moment box ({o.moment_box:g} std)"
+    if how and o.frame_box > 0:
+        how += f", +frame box ({o.frame_box:g} of each side, whole images)"
     if how and o.peaks > 0:
         how += f", +regions of the {o.peaks} strongest peaks at {o.peak_fractions} of their value (pyramid)"
     if how and o.fuse > 0:

@@ -14,7 +14,9 @@ the windows a plan produces. A plan answers a few questions, as hooks or named p
 - ``contrast``: whether maps of several named classes of one image are contrasted;
 - ``rank_without_rescoring``: whether boxes are ranked (NMS, top-k) when rescoring is off;
 - ``peak_regions``: whether the regions around each map's strongest peaks are candidates too
-  (:func:`~gradloc.proposals.peak_boxes`): only where a map spans a scene of several objects.
+  (:func:`~gradloc.proposals.peak_boxes`): only where a map spans a scene of several objects;
+- ``frame_candidate``: whether a centred box of nearly the whole view is a candidate too (the
+  object fills the picture): only where the view is a whole thumbnail.
 
 :class:`WholeImage` is the plan with one window, the image's own 32x32 view; :class:`Pyramid`
 gives the network the whole image at several input sizes (the default for large images);
@@ -59,6 +61,7 @@ class WindowPlan:
     contrast = False
     rank_without_rescoring = True
     peak_regions = False
+    frame_candidate = False
 
     def windows(self, net: Network, x_uint8: Tensor, sizes, specs, work) -> Windows:
         raise NotImplementedError
@@ -90,6 +93,7 @@ class WholeImage(WindowPlan):
 
     contrast = True
     rank_without_rescoring = False
+    frame_candidate = True
 
     def windows(self, net, x_uint8, sizes, specs, work) -> Windows:
         maps, row_image, row_class, probs = net.saliency_rows(x_uint8, specs)

@@ -57,7 +57,7 @@ def test_rescoring_follows_the_classifier_evidence_in_each_crop(red):
     # The blob holds 360 / 792 = 45.5% of the mass: rung 0.45 keeps exactly the blob; rung 1.0
     # keeps both, and the patch (more mass) is its best box.
     gen = ProposalGenerator(RedDetector(), device="cpu", rescore="crop", ladder="0.45,1", smooth_sigma=0,
-                            kernel=1, union_box=False, moment_box=0, fuse=0)
+                            kernel=1, union_box=False, moment_box=0, frame_box=0, fuse=0)
     image = torch.full((3, 64, 64), 128, dtype=torch.uint8)
     small, large = torch.tensor([[4.0, 4, 16, 16]]), torch.tensor([[32.0, 32, 56, 56]])
     x0, y0, x1, y1 = (small if red == "small" else large)[0].int().tolist()
@@ -95,13 +95,14 @@ def test_rescoring_needs_the_image(random_wrn):
 
 def test_describe_threshold_names_what_runs():
     assert describe_threshold(Options()) == ("mass ladder 0.4,0.5,0.6,0.7 (best box of each rung), "
-                                              "crop-minus-deletion rescoring, +moment box (1.5 std), +regions "
+                                              "crop-minus-deletion rescoring, +moment box (1.5 std), +frame box "
+                                              "(0.9 of each side, whole images), +regions "
                                               "of the 3 strongest peaks at 0.6,0.4,0.2 of their value (pyramid), "
                                               "best box fused with its neighbours (T=0.2)")
-    assert describe_threshold(Options(fuse=0, moment_box=0, peaks=0)).endswith("crop-minus-deletion rescoring")
+    assert describe_threshold(Options(fuse=0, moment_box=0, frame_box=0, peaks=0)).endswith("crop-minus-deletion rescoring")
     assert describe_threshold(Options(rescore="off")) == "mass 0.5"
     # no ladder outside the mass threshold: crop rescoring re-ranks that threshold's boxes
-    assert describe_threshold(Options(threshold="top-n", top_n=250, rescore="crop", fuse=0, moment_box=0, peaks=0)) == "top-250, crop rescoring"
+    assert describe_threshold(Options(threshold="top-n", top_n=250, rescore="crop", fuse=0, moment_box=0, frame_box=0, peaks=0)) == "top-250, crop rescoring"
     assert describe_threshold(Options(threshold="otsu", rescore="off")) == "otsu"
 
 
@@ -127,7 +128,7 @@ def test_crop_minus_deletion_prefers_the_whole_object_to_a_part_of_it():
     image = torch.full((3, 64, 64), 128, dtype=torch.uint8)
     image[:, 16:48, 16:48] = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)
     part, whole = torch.tensor([[16.0, 16, 24, 24]]), torch.tensor([[16.0, 16, 48, 48]])
-    kw = dict(ladder="0.55,1", smooth_sigma=0, kernel=1, union_box=False, moment_box=0, fuse=0)
+    kw = dict(ladder="0.55,1", smooth_sigma=0, kernel=1, union_box=False, moment_box=0, frame_box=0, fuse=0)
     args = (maps, torch.tensor([0]), torch.tensor([3]), torch.ones(1, 10), [(64, 64)], [image])
     gen = ProposalGenerator(RedDetector(), device="cpu", rescore="crop-delete", **kw)
     res = gen.proposals_from_maps(*args)[0]
@@ -138,7 +139,7 @@ def test_crop_minus_deletion_prefers_the_whole_object_to_a_part_of_it():
     blanked = gen.rescorer.deletion_scores(blank_in_thumbnail([image], [res["boxes"]]), [3])[0]
     torch.testing.assert_close(res["scores"], crop - blanked)
     assert blanked[0] < 0.2 < blanked[1] and float(crop[0]) == pytest.approx(float(crop[1]), abs=0.02)
-    assert describe_threshold(Options(rescore="crop-delete", fuse=0, moment_box=0, peaks=0)).endswith("crop-minus-deletion rescoring")
+    assert describe_threshold(Options(rescore="crop-delete", fuse=0, moment_box=0, frame_box=0, peaks=0)).endswith("crop-minus-deletion rescoring")
 
 
 def test_crop_minus_deletion_on_large_images_blanks_each_box_in_its_own_window():
@@ -172,7 +173,8 @@ def test_fusion_replaces_the_best_box_by_the_score_weighted_mean_of_its_neighbou
     image = torch.full((3, 64, 64), 128, dtype=torch.uint8)
     image[:, 20:44, 20:44] = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)
     args = (maps, torch.tensor([0]), torch.tensor([3]), torch.ones(1, 10), [(64, 64)], [image])
-    kw = dict(ladder="0.8,1", smooth_sigma=0, kernel=1, union_box=False, nms_iou=1.0, top_k=None, moment_box=0)
+    kw = dict(ladder="0.8,1", smooth_sigma=0, kernel=1, union_box=False, nms_iou=1.0, top_k=None, moment_box=0,
+              frame_box=0)
     plain = ProposalGenerator(RedDetector(), device="cpu", fuse=0, **kw).proposals_from_maps(*args)[0]
     # rung 0.8: (nearly) the square, 24 px in the image; rung 1: square and halo, 32 px
     assert len(plain["boxes"]) == 2 and box_iou(plain["boxes"][:1], plain["boxes"][1:]).item() > 0.3

@@ -163,9 +163,9 @@ def test_moment_box_is_a_rescoring_candidate_only():
     m = torch.zeros(32, 32)
     m[8:24, 4:12] = 1.0
     masks = (m > 0)[None].expand(2, 32, 32)
-    with_rescoring, _ = boxes_from_mask(m, masks, Options().box_recipe())
+    with_rescoring, _ = boxes_from_mask(m, masks, Options(frame_box=False).box_recipe())
     assert len(with_rescoring) == 3 and with_rescoring[-1].tolist() == moment_box(m.numpy(), 1.5)[0].tolist()
-    assert len(boxes_from_mask(m, masks, Options(moment_box=0).box_recipe())[0]) == 2
+    assert len(boxes_from_mask(m, masks, Options(moment_box=0, frame_box=False).box_recipe())[0]) == 2
     assert len(boxes_from_mask(m, masks[:1], Options(rescore="off").box_recipe())[0]) == 1
 
 
@@ -187,7 +187,7 @@ def test_peak_regions_are_rescoring_candidates_of_plans_that_ask():
     from gradloc.config import Options
     m = torch.from_numpy(two_blobs())
     masks = (m > 0)[None].expand(2, 32, 32)
-    recipe = Options(peaks=2, peak_fractions="0.5").box_recipe()
+    recipe = Options(peaks=2, peak_fractions="0.5", frame_box=False).box_recipe()
     plain, _ = boxes_from_mask(m, masks, recipe)
     with_peaks, scores = boxes_from_mask(m, masks, recipe, peaks=True)
     assert len(with_peaks) == len(plain) + 2 and with_peaks[-1].tolist() == [25, 20, 28, 23]
@@ -202,3 +202,20 @@ def test_bad_peak_options_are_refused(bad):
     from gradloc.config import Options
     with pytest.raises(ValueError, match="peak"):
         Options(**bad)
+
+
+def test_frame_box_is_a_centred_box_scored_only_by_rescoring_where_asked():
+    from gradloc.config import Options
+    m = torch.from_numpy(two_blobs())
+    masks = (m > 0)[None].expand(2, 32, 32)
+    recipe = Options(moment_box=0).box_recipe()
+    boxes, scores = boxes_from_mask(m, masks, recipe, frame=True)
+    assert boxes[-1].tolist() == pytest.approx([1.6, 1.6, 30.4, 30.4]) and scores[-1] == 0
+    assert len(boxes_from_mask(m, masks, recipe)[0]) == len(boxes) - 1  # plans that do not ask: none
+    wide = torch.zeros(20, 48)
+    wide[5, 7] = 1.0
+    full = Options(moment_box=0, frame_box=1).box_recipe()
+    assert boxes_from_mask(wide, (wide > 0)[None], full, frame=True)[0][-1].tolist() == [0, 0, 48, 20]
+    assert Options(rescore="off").box_recipe().frame_box == 0
+    with pytest.raises(ValueError, match="frame_box"):
+        Options(frame_box=1.5)
