@@ -100,16 +100,15 @@ class Options:
             raise ValueError(f"fuse must be a temperature >= 0 (0: off), got {self.fuse!r}")
         if self.rescore not in RESCORES:
             raise ValueError(f"unknown rescore {self.rescore!r}; choose from {', '.join(RESCORES)}")
-        if isinstance(self.ladder, (list, tuple)):  # normalised once, so settings compare as text
-            object.__setattr__(self, "ladder", ",".join(f"{float(v):g}" for v in self.ladder))
+        for name in ("ladder", "peak_fractions"):  # number lists normalised once, so settings compare as text
+            if isinstance(getattr(self, name), (list, tuple)):
+                object.__setattr__(self, name, ",".join(f"{float(v):g}" for v in getattr(self, name)))
         try:
             rungs = self.ladder_shares()
         except ValueError:
             raise ValueError(f"ladder must be numbers like 0.4,0.5,0.6; got {self.ladder!r}") from None
         if not all(0 < v <= 1 for v in rungs):
             raise ValueError(f"ladder values are shares of the map's mass in (0, 1]; got {self.ladder!r}")
-        if isinstance(self.peak_fractions, (list, tuple)):
-            object.__setattr__(self, "peak_fractions", ",".join(f"{float(v):g}" for v in self.peak_fractions))
         try:
             fracs = self.peak_shares()
         except ValueError:
@@ -183,8 +182,13 @@ class Options:
 
     def peak_shares(self) -> list[float]:
         """The peak regions' shares of their peak's value, parsed from ``"0.6,0.4,..."``."""
-        return [float(v) for v in str(self.peak_fractions).split(",") if v.strip()]
+        return _numbers(self.peak_fractions)
 
     def ladder_shares(self) -> list[float]:
         """The ladder's mass shares, parsed from ``"0.4,0.5,..."``."""
-        return [float(v) for v in str(self.ladder).split(",") if v.strip()]
+        return _numbers(self.ladder)
+
+
+def _numbers(text) -> list[float]:
+    """``"0.4,0.5,..."`` -> ``[0.4, 0.5, ...]`` (ValueError on anything else)."""
+    return [float(v) for v in str(text).split(",") if v.strip()]

@@ -119,13 +119,22 @@ class WideResNet(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`VECTOR_FLAGS` (the units that decide precision and speed) the CPU
+    advertises, as /proc/cpuinfo names them (Linux; none when unknown)."""
+    try:
+        have = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return [f for f in VECTOR_FLAGS if f in have]
+
+
 def cpu_has_native_bf16() -> bool:
     """True where the CPU advertises AVX-512 BF16 or AMX-BF16 (Linux; False when unknown)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
 PRECISIONS = ("auto", "fp32", "bf16")

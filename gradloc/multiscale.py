@@ -14,7 +14,6 @@ Boxes here are float xyxy in working-grid pixels unless stated.
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor

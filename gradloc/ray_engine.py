@@ -3,7 +3,7 @@
 The driver forms the batches exactly as :func:`gradloc.runner.run_files` does (consecutive runs
 of ``batch_size`` files, bad files included), so batch-dependent results (SmoothGrad's seeded
 noise) are the same. Each batch is one row of a Ray Dataset; a stateful actor pool
-(``map_batches`` with ``concurrency``) holds one :class:`~gradloc.pipeline.ProposalGenerator`
+(``map_batches`` with an ``ActorPoolStrategy``) holds one :class:`~gradloc.pipeline.ProposalGenerator`
 per actor, decodes the batch's files with gradloc's own opener (not Ray's readers, which rename
 files, drop names starting with ``_`` or ``.`` and decode with plain PIL) and returns the batch's
 results pickled. ``preserve_order`` makes the driver receive batches in order, and it writes

@@ -86,7 +86,8 @@ class WindowPlan:
 
 class WholeImage(WindowPlan):
     """One window per image: its 32x32 view as prepared, the map's grid boxes scaled straight to
-    the original image (clipped) and ranked there; the image's own probability as support.
+    the original image (clipped) and ranked there; the image's own probability as support. A
+    centred box of nearly the whole image is a candidate too (:attr:`frame_candidate`).
     Maps of several classes *named* for one image are contrasted (:func:`contrast_maps`). With
     rescoring off, the boxes stay as :func:`~gradloc.proposals.propose` ranked them. The map
     and mask returned are the window's own."""
@@ -194,8 +195,8 @@ class Pyramid(WindowPlan):
     (input gradients of a large input are dominated by texture). Maps are resampled to a
     :data:`PYRAMID_GRID` grid over the whole image. Each map gives the pipeline's boxes plus the
     regions around its strongest peaks (:attr:`peak_regions`); the boxes of all sizes are
-    candidates of one row, so rescoring (a crop must hold the class, the image without the box must lose it)
-    decides between a part at a fine size and the whole object at a coarse one. Sizes above the
+    candidates of one row, so rescoring (a crop must hold the class, the image without the box
+    must lose it) decides between a part at a fine size and the whole object at a coarse one. Sizes above the
     working image's longer side add no detail and are skipped. Rows of images of one shape run
     as one batch per size. The map returned is the sizes' maps, each normalised to its maximum,
     averaged; the mask, where any size kept a pixel. No class contrast.

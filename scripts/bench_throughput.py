@@ -11,8 +11,8 @@ Measured (images per second, peak resident memory), each in a fresh subprocess, 
 2. gradloc: ``localize`` end to end (decode, resize, gradients, threshold, morphology,
    components, boxes, JSON lines and predictions.json written);
    "gradloc --rescore off --no-flip" the same with one threshold, no rescoring and no mirror
-   (the work the Captum pipeline below does; the default rescores every candidate box with two
-   forward passes and adds the mirror image's map);
+   (the work the Captum pipeline below does; the default rescores each distinct candidate box
+   with two forward passes and adds the mirror image's map);
 3. captum: a Captum pipeline as a user writes it (PIL + torchvision transforms in a DataLoader,
    a forward for the predicted class, ``captum.attr.Saliency`` on the softmax output, max |g|
    over channels), then gradloc's same threshold and proposal functions and JSON output;
@@ -45,15 +45,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from gradloc.report import replace_marked_block  # noqa: E402
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
-
-
-def cpu_flags() -> list[str]:
-    """The vector-unit flags that decide precision and speed, as /proc/cpuinfo names them."""
-    try:
-        have = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return []
-    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in have]
 
 
 def peak_rss_mb() -> float:
@@ -302,9 +293,8 @@ def main() -> int:
         return 0
     args.images = Path(args.images) if args.images else prepare_images(args)
     import torch
-    from gradloc.model import cpu_has_native_bf16
+    from gradloc.model import cpu_flags, cpu_has_native_bf16, resolve_precision
     native_bf16 = cpu_has_native_bf16()
-    from gradloc.model import resolve_precision
     if args.only is None:
         args.only = ",".join(WORKLOADS)
     flags = cpu_flags()
