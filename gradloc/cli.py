@@ -49,8 +49,8 @@ _HELP = {
     "moment_box": "with rescoring: also propose the box of the saliency map's centroid +- this many standard "
                   "deviations per axis (default: %(default)s; 0: off)",
     "frame_box": "with rescoring, on whole small images: also propose the centred box of this share of each "
-                 "side, the hypothesis that the object fills the picture, for rescoring to judge "
-                 "(default: %(default)s; 0: off)",
+                 "side, the hypothesis that the object fills the picture, scored by the whole image's probability "
+                 "minus a blank image's (default: %(default)s; 0: off)",
     "peaks": "with rescoring, on the input-size pyramid: also propose the regions around each map's N "
              "strongest local maxima (default: %(default)s; 0: off)",
     "peak_fractions": "the regions of a peak: where the map is at least each of these shares of the peak's "

@@ -25,7 +25,7 @@ from .config import Options
 from .model import resolve_precision, wide_resnet
 from .network import Network
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, prepare
-from .proposals import boxes_from_mask, smooth_and_threshold
+from .proposals import boxes_from_mask, frame_box, smooth_and_threshold
 from .rescoring import Rescorer, rank_and_fuse
 from .results import Result, assemble
 from .saliency import make_method
@@ -133,20 +133,26 @@ class ProposalGenerator:
         smoothed, masks = smooth_and_threshold(maps, o)
         shown = (len(masks) - 1) // 2  # with a ladder, the middle rung's mask (the lower of two) is returned
         starts = [sum(w.counts[:r]) for r in range(len(w.counts))]
-        row_boxes, row_scores, row_blanked = [], [], []
+        row_boxes, row_scores, row_blanked, whole = [], [], [], []
         for r, (start, count) in enumerate(zip(starts, w.counts)):
             i = int(w.row_image[r])
             boxes, scores, blanked = [], [], []
             for n in range(start, start + count):
-                # the box around all components of a contrasted map spans several objects, and none
-                # of an image's several named objects fills its frame
+                # the box around all components of a contrasted map spans several objects
                 b, sc = boxes_from_mask(smoothed[n], masks[:, n], o, union_box=False if shared[r] else None,
-                                        peaks=plan.peak_regions, frame=plan.frame_candidate and not shared[r])
+                                        peaks=plan.peak_regions)
                 b = pad_boxes(b, o.box_padding)
                 boxes.append(plan.place(b, w, n, sizes[i], work[i]))
                 scores.append(sc * w.support[n])
                 if o.rescore == "crop-delete":
                     blanked.append(plan.blanked(b, w, n))
+            # the frame hypothesis, last of the row, is judged by the whole view's probability of the
+            # class (from the map's own pass); none of an image's several named objects fills its frame
+            framed = plan.frame_candidate and o.frame_box > 0 and not shared[r]
+            if framed:
+                boxes.append(plan.place(frame_box(smoothed.shape[-2:], o.frame_box), w, start, sizes[i], work[i]))
+                scores.append(torch.zeros(1))
+            whole.append(float(w.probs[i, int(w.row_class[r])]) if framed else None)
             row_boxes.append(torch.cat(boxes))
             row_scores.append(torch.cat(scores))
             row_blanked.append(None if not blanked or blanked[0] is None else torch.cat(blanked))
@@ -155,7 +161,7 @@ class ProposalGenerator:
             images = [work[int(i)] for i in w.row_image]
             in_work = [plan.to_work(b, sizes[int(i)], work[int(i)]) for b, i in zip(row_boxes, w.row_image)]
             given = None if any(b is None for b in row_blanked) else row_blanked
-            row_scores = self.rescorer.box_scores(images, in_work, classes, o.rescore, given)
+            row_scores = self.rescorer.box_scores(images, in_work, classes, o.rescore, given, whole)
         if o.rescore != "off" or plan.rank_without_rescoring:
             row_boxes, row_scores = map(list, zip(*(rank_and_fuse(b, s, o.nms_iou, o.top_k, o.fuse)
                                                     for b, s in zip(row_boxes, row_scores))))

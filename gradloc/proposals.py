@@ -171,6 +171,14 @@ def peak_boxes(saliency: np.ndarray, count: int = 3, fractions: tuple = (0.6, 0.
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
 
 
+def frame_box(shape: tuple[int, int], share: float) -> Tensor:
+    """The centred box of ``share`` of each side of a grid of ``shape`` ``(h, w)``: the
+    hypothesis that the object fills the view -> ``[1, 4]`` (xyxy)."""
+    h, w = shape
+    f = (1 - share) / 2
+    return torch.tensor([[f * w, f * h, (1 - f) * w, (1 - f) * h]])
+
+
 def rank(boxes: Tensor, scores: Tensor, nms_iou: float = 0.5, top_k: int | None = 5) -> tuple[Tensor, Tensor]:
     """NMS at ``nms_iou``, then the ``top_k`` best of ``boxes`` ``[K, 4]`` (xyxy), best first."""
     if len(boxes) > 1:
@@ -222,13 +230,12 @@ def smooth_and_threshold(maps: Tensor, recipe) -> tuple[Tensor, Tensor]:
 
 
 def boxes_from_mask(m: Tensor, masks: Tensor, recipe, union_box: bool | None = None,
-                    peaks: bool = False, frame: bool = False) -> tuple[Tensor, Tensor]:
+                    peaks: bool = False) -> tuple[Tensor, Tensor]:
     """One map ``[h, w]`` and its masks ``[L, h, w]`` -> grid boxes ``[K, 4]`` (xyxy) and scores
     ``[K]``: morphology, connected components, NMS. With one mask, its ``top_k`` best boxes; with
     a ladder of masks, the best box of each. With the recipe's ``moment_box``, also the map's
-    :func:`moment_box`; with ``frame``, the centred box of the recipe's ``frame_box`` share of
-    each side; with ``peaks``, the recipe's :func:`peak_boxes` (all scored 0: only rescoring
-    ranks them). ``union_box`` overrides the recipe's. The kernel is in 32x32-grid
+    :func:`moment_box`; with ``peaks``, the recipe's :func:`peak_boxes` (both scored 0: only
+    rescoring ranks them). ``union_box`` overrides the recipe's. The kernel is in 32x32-grid
     pixels."""
     f = max(m.shape) / GRID
     kernel = recipe.kernel if f == 1 else (int(round(recipe.kernel * f)) | 1)
@@ -241,10 +248,6 @@ def boxes_from_mask(m: Tensor, masks: Tensor, recipe, union_box: bool | None = N
     if recipe.moment_box > 0:
         box = moment_box(m.numpy(), recipe.moment_box)
         found.append((box, torch.zeros(len(box))))
-    if frame and recipe.frame_box > 0:  # the hypothesis that the object fills the view, for rescoring to judge
-        h, w = m.shape
-        f = (1 - recipe.frame_box) / 2
-        found.append((torch.tensor([[f * w, f * h, (1 - f) * w, (1 - f) * h]]), torch.zeros(1)))
     if peaks and recipe.peaks > 0:
         box = peak_boxes(m.numpy(), recipe.peaks, recipe.peak_fractions)
         found.append((box, torch.zeros(len(box))))

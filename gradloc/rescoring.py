@@ -107,6 +107,7 @@ class Rescorer:
 
     def __init__(self, classify: Callable[[Tensor], Tensor], merge_iou: float = 1.01) -> None:
         self.classify, self.merge_iou = classify, merge_iou
+        self._blank: Tensor | None = None
 
     def class_probs(self, inputs: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
         """Per row, the probability of its class for each of its views ``uint8 [K_j, 3, 32, 32]``
@@ -133,16 +134,40 @@ class Rescorer:
         outside each box -> ``[K_j]`` each."""
         return self.class_probs(blanked, classes)
 
+    def blank_probs(self) -> Tensor:
+        """Class probabilities ``[C]`` of the 32x32 view that is all mean colour (no evidence at
+        all), computed once."""
+        if self._blank is None:
+            view = torch.tensor(MEAN_COLOUR).round().to(torch.uint8).view(1, 3, 1, 1)
+            self._blank = self.classify(view.expand(1, 3, INPUT_SIZE, INPUT_SIZE).contiguous())[0]
+        return self._blank
+
     def box_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int],
-                   rescore: str, blanked: Sequence[Tensor] | None = None) -> list[Tensor]:
+                   rescore: str, blanked: Sequence[Tensor] | None = None,
+                   whole: Sequence[float | None] | None = None) -> list[Tensor]:
         """``crop``: each box's crop probability; ``crop-delete``: that minus the probability of
         its blanked view (``blanked``, by default :func:`blank_in_thumbnail`). Only each row's
-        representatives (:func:`near_duplicates` at ``merge_iou``) are scored."""
+        representatives (:func:`near_duplicates` at ``merge_iou``) are scored.
+
+        ``whole``: per row, None or the probability of its class for the whole view (known from
+        the map's pass). The row's last box is then the frame hypothesis (the object fills the
+        view) and, when it represents itself, is scored without views of its own: the whole
+        view's probability, minus the blank view's (:meth:`blank_probs`) for ``crop-delete``.
+        A frame of nearly the whole view crops to nearly the whole view and blanks to nearly
+        nothing, so its two views would cost two forward passes to say what is known.
+        """
         groups = [near_duplicates(b, self.merge_iou) for b in boxes]
-        reps = [b[r] for b, (r, _) in zip(boxes, groups)]
+        whole = list(whole) if whole is not None else [None] * len(boxes)
+        framed = [p is not None and len(r) > 0 and int(r[-1]) == len(b) - 1
+                  for p, b, (r, _) in zip(whole, boxes, groups)]
+        reps = [b[r[:-1] if f else r] for b, (r, _), f in zip(boxes, groups, framed)]
         scores = self.crop_scores(images, reps, classes)
         if rescore != "crop":
             blanked = (blank_in_thumbnail(images, reps) if blanked is None
-                       else [v[r] for v, (r, _) in zip(blanked, groups)])
+                       else [v[r[:-1] if f else r] for v, (r, _), f in zip(blanked, groups, framed)])
             scores = [k - d for k, d in zip(scores, self.deletion_scores(blanked, classes))]
+        if any(framed):
+            base = self.blank_probs() if rescore != "crop" else None
+            scores = [torch.cat([s, torch.tensor([p - (float(base[c]) if base is not None else 0.0)])]) if f else s
+                      for s, f, p, c in zip(scores, framed, whole, classes)]
         return [s[owner] for s, (_, owner) in zip(scores, groups)]

@@ -16,7 +16,8 @@ the windows a plan produces. A plan answers a few questions, as hooks or named p
 - ``peak_regions``: whether the regions around each map's strongest peaks are candidates too
   (:func:`~gradloc.proposals.peak_boxes`): only where a map spans a scene of several objects;
 - ``frame_candidate``: whether a centred box of nearly the whole view is a candidate too (the
-  object fills the picture): only where the view is a whole thumbnail.
+  object fills the picture), scored by the whole view's probability: only where the view is a
+  whole thumbnail.
 
 :class:`WholeImage` is the plan with one window, the image's own 32x32 view; :class:`Pyramid`
 gives the network the whole image at several input sizes (the default for large images);

@@ -204,18 +204,11 @@ def test_bad_peak_options_are_refused(bad):
         Options(**bad)
 
 
-def test_frame_box_is_a_centred_box_scored_only_by_rescoring_where_asked():
+def test_frame_box_is_the_centred_box_of_a_share_of_each_side():
     from gradloc.config import Options
-    m = torch.from_numpy(two_blobs())
-    masks = (m > 0)[None].expand(2, 32, 32)
-    recipe = Options(moment_box=0).box_recipe()
-    boxes, scores = boxes_from_mask(m, masks, recipe, frame=True)
-    assert boxes[-1].tolist() == pytest.approx([1.6, 1.6, 30.4, 30.4]) and scores[-1] == 0
-    assert len(boxes_from_mask(m, masks, recipe)[0]) == len(boxes) - 1  # plans that do not ask: none
-    wide = torch.zeros(20, 48)
-    wide[5, 7] = 1.0
-    full = Options(moment_box=0, frame_box=1).box_recipe()
-    assert boxes_from_mask(wide, (wide > 0)[None], full, frame=True)[0][-1].tolist() == [0, 0, 48, 20]
+    from gradloc.proposals import frame_box
+    assert frame_box((32, 32), 0.9).tolist() == [pytest.approx([1.6, 1.6, 30.4, 30.4])]
+    assert frame_box((20, 48), 1).tolist() == [[0, 0, 48, 20]]
     assert Options(rescore="off").box_recipe().frame_box == 0
     with pytest.raises(ValueError, match="frame_box"):
         Options(frame_box=1.5)
