@@ -100,8 +100,9 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                    help="the network's passes: auto (default: bf16 where the device has it natively - CUDA, "
                         "AVX-512-BF16/AMX CPUs - else fp32), fp32 (identical results on every machine), bf16")
     m.add_argument("--amp", action="store_true", help="the same as --precision bf16")
-    m.add_argument("--workers", type=int, default=1,
-                   help="data-loader processes decoding images beside the compute (0: none)")
+    m.add_argument("--workers", type=int, default=None,
+                   help="data-loader processes decoding images beside the compute (0: none; default: 1, "
+                        "or 0 on machines of 2 cores or fewer, where one would take a core from the network)")
     m.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="refuse larger images (decompression-bomb guard)")
 
@@ -330,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     se.add_argument("--width", type=int, default=4)
     se.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     se.add_argument("--batch-size", type=int, default=64)
-    se.add_argument("--workers", type=int, default=1, help="data-loader processes decoding images (0: none)")
+    se.add_argument("--workers", type=int, default=None,
+                    help="data-loader processes decoding images (0: none; default: 1, or 0 on 2 cores or fewer)")
     se.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
     se.set_defaults(func=cmd_sensitivity)
 

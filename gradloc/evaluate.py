@@ -30,7 +30,7 @@ class Evaluation:
     images_dir: Path | None = None
 
 
-def predict(gen, ds: AnnotatedSet, images_dir: str | Path, workers: int = 1, top_k: int = 10,
+def predict(gen, ds: AnnotatedSet, images_dir: str | Path, workers: int | None = None, top_k: int = 10,
             progress: bool = True, desc: str = "evaluate") -> tuple[list, list[dict]]:
     """Run ``gen`` on every annotated image, for each of its ground-truth classes.
 
@@ -63,7 +63,7 @@ def subset(items: list, limit: int | None, seed: int | None = None) -> list:
 
 def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path | None = None,
                    gen=None, predictions_json: str | Path | None = None, aliases=None,
-                   workers: int = 1, baselines: bool = True, gradcam: bool = True,
+                   workers: int | None = None, baselines: bool = True, gradcam: bool = True,
                    selective_search: bool = False, limit: int | None = None, sample_seed: int | None = None,
                    method_label: str | None = None, exclude: set[str] | None = None) -> dict:
     """Score the pipeline (or a finished ``localize`` run) and the baselines; write a report.

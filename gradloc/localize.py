@@ -63,7 +63,7 @@ def write_contact_sheet(out: Path, vis_dir: Path, files: dict[str, str]) -> Path
 
 
 def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = False,
-             workers: int = 1, vis_limit: int = 200, verbose: bool = False,
+             workers: int | None = None, vis_limit: int = 200, verbose: bool = False,
              settings: dict | None = None, engine: str = "local", ray_options=None) -> dict:
     """Localise objects in every image under ``paths``; write results into ``out``.
 

@@ -151,6 +151,6 @@ def engine_runner(engine: str, options: RayOptions | None) -> Callable:
         raise ValueError(f"unknown engine {engine!r}; choose local or ray")
     opts = options or RayOptions()
 
-    def run(gen, files, classes, workers=1, desc="gradloc"):
+    def run(gen, files, classes, workers=None, desc="gradloc"):
         return run_files_ray(gen, files, classes(0) if files else None, opts, desc=desc)
     return run

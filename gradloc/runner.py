@@ -35,7 +35,7 @@ def _run_decoded(gen, batch: list[tuple], classes, step) -> tuple[list[tuple], l
     return done, skipped
 
 
-def run_files(gen, files: Sequence[Path], classes: Callable[[int], object], workers: int = 1,
+def run_files(gen, files: Sequence[Path], classes: Callable[[int], object], workers: int | None = None,
               step: Callable | None = None, keep_work: bool | None = None, desc: str = "gradloc",
               progress: bool = True) -> Iterator[tuple[list[tuple], list[tuple[int, str]]]]:
     """Run ``gen`` over ``files`` in batches of ``gen.batch_size``.

@@ -214,6 +214,8 @@ WORKLOADS = {"limit fp32": run_limit, "limit bf16": lambda args: run_limit(args,
              "gradloc --precision fp32": lambda args, files: run_gradloc(args, files, precision="fp32"),
              # every candidate rescored, near-duplicates too (the defaults before --merge-iou 0.85)
              "gradloc --merge-iou 1.01": lambda args, files: run_gradloc(args, files, merge_iou=1.01),
+             # no mirror image's map: one forward+backward per image instead of two
+             "gradloc --no-flip": lambda args, files: run_gradloc(args, files, flip=False),
              # the cheaper rescoring: crop probabilities only, no deletion views
              "gradloc --rescore crop": lambda args, files: run_gradloc(args, files, rescore="crop"),
              # the default post-processing but one threshold, boxes ranked by their share of the map:
@@ -277,7 +279,8 @@ def main() -> int:
     p.add_argument("--images", default=None, help="folder of images (default: dev benchmark or generated)")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=1, help="data-loader workers for the pipelines")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loader workers for the pipelines (default: as gradloc localize picks them)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--weights", default="default")
     p.add_argument("--only", default=None,
@@ -291,6 +294,8 @@ def main() -> int:
         args.workload = args.worker
         worker_main(args)
         return 0
+    from gradloc.io import decoding_workers
+    args.workers = decoding_workers(args.workers)
     args.images = Path(args.images) if args.images else prepare_images(args)
     import torch
     from gradloc.model import cpu_flags, cpu_has_native_bf16, resolve_precision

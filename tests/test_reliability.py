@@ -177,3 +177,13 @@ def test_float_arrays_and_tensors_with_nan(tmp_path):
     assert to_rgb_tensor(arr)[:, 0, 0].tolist() == [255] * 3 and to_rgb_tensor(arr)[:, 1, 1].tolist() == [0] * 3
     t = torch.from_numpy(arr).permute(2, 0, 1)
     assert to_rgb_tensor(t)[:, 1, 1].tolist() == [0] * 3
+
+
+def test_decoding_workers_default_to_none_on_two_cores_and_refuse_negatives(monkeypatch):
+    import gradloc.io as gio
+    monkeypatch.setattr(gio.os, "cpu_count", lambda: 2)
+    assert gio.decoding_workers() == 0 and gio.decoding_workers(3) == 3
+    monkeypatch.setattr(gio.os, "cpu_count", lambda: 16)
+    assert gio.decoding_workers() == 1 and gio.decoding_workers(0) == 0
+    with pytest.raises(ValueError, match="workers must be an integer >= 0"):
+        gio.decoding_workers(-1)
