@@ -160,11 +160,12 @@ class Rescorer:
         whole = list(whole) if whole is not None else [None] * len(boxes)
         framed = [p is not None and len(r) > 0 and int(r[-1]) == len(b) - 1
                   for p, b, (r, _) in zip(whole, boxes, groups)]
-        reps = [b[r[:-1] if f else r] for b, (r, _), f in zip(boxes, groups, framed)]
+        viewed = [r[:-1] if f else r for (r, _), f in zip(groups, framed)]  # the representatives scored by views
+        reps = [b[v] for b, v in zip(boxes, viewed)]
         scores = self.crop_scores(images, reps, classes)
         if rescore != "crop":
             blanked = (blank_in_thumbnail(images, reps) if blanked is None
-                       else [v[r[:-1] if f else r] for v, (r, _), f in zip(blanked, groups, framed)])
+                       else [b[v] for b, v in zip(blanked, viewed)])
             scores = [k - d for k, d in zip(scores, self.deletion_scores(blanked, classes))]
         if any(framed):
             base = self.blank_probs() if rescore != "crop" else None
