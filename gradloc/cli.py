@@ -60,6 +60,9 @@ _HELP = {
                  "above 1: every candidate scored)",
     "fuse": "with rescoring: the best box becomes the score-weighted mean of the boxes overlapping it "
             "(IoU >= 0.3), weights softmax(score / T); this sets T (default: %(default)s; 0: off)",
+    "consensus": "with rescoring, on the input-size pyramid: a row whose 32x32 view gives its class more than "
+                 "this probability (the object is large) picks the box its candidates agree on most (IoU with "
+                 "the score-weighted candidates), fused at temperature 0.5 (default: %(default)s; above 1: off)",
     "class_contrast": "with several classes named for one image (not top-k): each class's map minus the strongest "
                       "other map of that image (shares of each map's total), and no union box "
                       "(default on; --no-class-contrast)",

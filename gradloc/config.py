@@ -36,6 +36,7 @@ class BoxRecipe:
     peaks: int
     peak_fractions: tuple
     fuse: float
+    consensus: float
     class_contrast: bool
 
 
@@ -70,6 +71,7 @@ class Options:
     peak_fractions: str = "0.6,0.4,0.2"  # each peak's regions: shares of its value
     merge_iou: float = 0.85        # with rescoring: a candidate overlapping an earlier one this much shares its score; > 1: off
     fuse: float = 0.2              # with rescoring: temperature of the best box's fusion with its neighbours; 0: off
+    consensus: float = 0.5         # with rescoring, pyramid: rows whose 32x32 view gives the class more than this pick by candidates' agreement; > 1: off
     class_contrast: bool = True    # several classes named for one image: contrasted maps, no union box
     flip: bool = True              # 32x32 views of the whole-image plan: map averaged with the mirrored view's
     scales: str = "auto"           # auto: large images get the input-size pyramid; off; or windows, e.g. "1,2,3"
@@ -96,6 +98,8 @@ class Options:
             raise ValueError(f"merge_iou must be an IoU > 0 (above 1: every candidate scored), got {self.merge_iou!r}")
         if not 0 <= self.frame_box <= 1:
             raise ValueError(f"frame_box must be a share of the image's side in [0, 1] (0: off), got {self.frame_box!r}")
+        if not self.consensus >= 0:
+            raise ValueError(f"consensus must be a probability >= 0 (above 1: off), got {self.consensus!r}")
         if not self.fuse >= 0:
             raise ValueError(f"fuse must be a temperature >= 0 (0: off), got {self.fuse!r}")
         if self.rescore not in RESCORES:
@@ -162,17 +166,18 @@ class Options:
         boxes)."""
         d = {k: getattr(self, k) for k in ("smooth_sigma", "threshold", "morph", "kernel", "component_score",
                                            "union_box", "box_padding", "nms_iou", "top_k", "rescore",
-                                           "moment_box", "frame_box", "peaks", "fuse", "class_contrast")}
+                                           "moment_box", "frame_box", "peaks", "fuse", "consensus",
+                                           "class_contrast")}
         d["peak_fractions"] = tuple(self.peak_shares())
         value = self.top_n if self.threshold == "top-n" else self.threshold_value
         if self.method in CAM_METHODS:
             d.update(smooth_sigma=0.0, kernel=3, component_score="area", union_box=False, top_k=1,
                      rescore="off", fuse=0.0, moment_box=0.0, frame_box=0.0, peaks=0,
-                     class_contrast=False)
+                     consensus=2.0, class_contrast=False)
             if self.threshold in ("top-n", "mass") and self.threshold_value is None:
                 d["threshold"], value = "fraction", 0.2
         elif self.rescore == "off":
-            d.update(fuse=0.0, moment_box=0.0, frame_box=0.0, peaks=0)
+            d.update(fuse=0.0, moment_box=0.0, frame_box=0.0, peaks=0, consensus=2.0)
         ladder = d["rescore"] != "off" and d["threshold"] == "mass" and self.ladder_shares()
         return BoxRecipe(values=tuple(self.ladder_shares()) if ladder else (value,), **d)
 

@@ -26,6 +26,8 @@ Metric definitions (each unit is an (image, ground-truth class) pair unless stat
   i.e. 15/224 of the image's longer side.
 - Recall@k at IoU 0.5 and mean best overlap (MBO@k) (unit: ground-truth box): the best
   IoU among the top-k proposals for its class.
+- Oracle CorLoc@0.5: the pair's best *candidate* (any box generated before selection)
+  hits; beside it, the share of those pairs whose chosen box hits (selection's success).
 - Classification accuracy (unit: image): the predicted class is one of the image's classes.
 - COCO AP and AR@1/10/100 over IoU 0.5:0.95, by object size, per class and class-agnostic:
   pycocotools on the method's COCO results file (:mod:`gradloc.coco`, not here).
@@ -93,6 +95,34 @@ def corloc(ds: AnnotatedSet, preds: list, deltas=DELTAS) -> dict:
         out[f"by_size@{d:.1f}"] = {name: float((ious[sizes == name] >= d).mean()) if (sizes == name).any() else None
                                    for name, _, _ in SIZE_BUCKETS}
     return out
+
+
+def oracle_corloc(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> dict | None:
+    """CorLoc of the best candidate: per pair, whether *any* candidate box the method generated
+    for the class (before selection; ``candidates`` {class: [M, 4]}) overlaps a box of the class
+    with IoU >= ``delta``, overall and by object size, beside the share of those pairs whose
+    chosen box hits too. Oracle minus CorLoc is what selection loses; 1 minus oracle, what
+    generation misses. None when the predictions carry no candidates (baselines, files)."""
+    best, chosen, idx, cls = [], [], [], []
+    for i, im, p, c in _pairs(ds, preds):
+        cands = (p.get("candidates") or {}).get(c)
+        if cands is None:
+            return None
+        gt = im.boxes_of(c)
+        best.append(float(box_iou(cands, gt).max()) if len(cands) else 0.0)
+        top = p["boxes"].get(c)
+        chosen.append(float(box_iou(top[:1], gt).max()) if top is not None and len(top) else 0.0)
+        idx.append(i)
+        cls.append(c)
+    if not best:
+        return None
+    best, chosen = np.array(best) >= delta, np.array(chosen) >= delta
+    sizes = pair_sizes(ds, np.array(idx, dtype=int), np.array(cls, dtype=int))
+    share = lambda hit, sel: float(hit[sel].mean()) if sel.any() else None  # noqa: E731
+    return {"delta": delta, "oracle": share(best, np.ones(len(best), bool)),
+            "chosen_given_oracle": share(chosen, best),
+            "oracle_by_size": {name: share(best, sizes == name) for name, _, _ in SIZE_BUCKETS},
+            "chosen_given_oracle_by_size": {name: share(chosen, best & (sizes == name)) for name, _, _ in SIZE_BUCKETS}}
 
 
 def top1_localization(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> float | None:
@@ -227,6 +257,7 @@ def score(ds: AnnotatedSet, preds: list) -> dict:
     cl = corloc(ds, preds)
     return {
         "corloc": cl,
+        "oracle": oracle_corloc(ds, preds),
         "top1_loc": top1_localization(ds, preds),
         "maxboxacc": max_box_acc_v2(ds, preds),
         "pointing": pointing_game(ds, preds),

@@ -25,9 +25,9 @@ from .config import Options
 from .model import resolve_precision, wide_resnet
 from .network import Network
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, prepare
-from .proposals import boxes_from_mask, frame_box, smooth_and_threshold
-from .rescoring import Rescorer, rank_and_fuse
-from .results import Result, assemble
+from .proposals import candidate_boxes, frame_box, smooth_and_threshold
+from .rescoring import CONSENSUS_TEMPERATURE, Rescorer, consensus_scores, rank_and_fuse
+from .results import Candidates, Result, assemble
 from .saliency import make_method
 from .windows import MultiScale, Pyramid, WholeImage, WindowPlan, Windows, contrasted
 
@@ -133,17 +133,19 @@ class ProposalGenerator:
         smoothed, masks = smooth_and_threshold(maps, o)
         shown = (len(masks) - 1) // 2  # with a ladder, the middle rung's mask (the lower of two) is returned
         starts = [sum(w.counts[:r]) for r in range(len(w.counts))]
-        row_boxes, row_scores, row_blanked, whole = [], [], [], []
+        row_boxes, row_scores, row_blanked, whole, row_kinds, row_sides = [], [], [], [], [], []
         for r, (start, count) in enumerate(zip(starts, w.counts)):
             i = int(w.row_image[r])
-            boxes, scores, blanked = [], [], []
+            boxes, scores, blanked, kinds, sides = [], [], [], [], []
             for n in range(start, start + count):
                 # the box around all components of a contrasted map spans several objects
-                b, sc = boxes_from_mask(smoothed[n], masks[:, n], o, union_box=False if shared[r] else None,
-                                        peaks=plan.peak_regions)
+                b, sc, kd = candidate_boxes(smoothed[n], masks[:, n], o, union_box=False if shared[r] else None,
+                                            peaks=plan.peak_regions)
                 b = pad_boxes(b, o.box_padding)
                 boxes.append(plan.place(b, w, n, sizes[i], work[i]))
                 scores.append(sc * w.support[n])
+                kinds += kd
+                sides += [w.side(n)] * len(b)
                 if o.rescore == "crop-delete":
                     blanked.append(plan.blanked(b, w, n))
             # the frame hypothesis, last of the row, is judged by the whole view's probability of the
@@ -152,25 +154,40 @@ class ProposalGenerator:
             if framed:
                 boxes.append(plan.place(frame_box(smoothed.shape[-2:], o.frame_box), w, start, sizes[i], work[i]))
                 scores.append(torch.zeros(1))
+                kinds.append("frame")
+                sides.append(w.side(start))
             whole.append(float(w.probs[i, int(w.row_class[r])]) if framed else None)
             row_boxes.append(torch.cat(boxes))
             row_scores.append(torch.cat(scores))
             row_blanked.append(None if not blanked or blanked[0] is None else torch.cat(blanked))
+            row_kinds.append(kinds)
+            row_sides.append(sides)
         classes = w.row_class.tolist()
+        row_evidence = [torch.zeros(len(b), 2) for b in row_boxes]
         if o.rescore != "off":
             images = [work[int(i)] for i in w.row_image]
             in_work = [plan.to_work(b, sizes[int(i)], work[int(i)]) for b, i in zip(row_boxes, w.row_image)]
             given = None if any(b is None for b in row_blanked) else row_blanked
-            row_scores = self.rescorer.box_scores(images, in_work, classes, o.rescore, given, whole)
+            row_evidence = self.rescorer.box_evidence(images, in_work, classes, o.rescore, given, whole)
+            row_scores = [e[:, 0] - e[:, 1] for e in row_evidence]
+        candidates = [Candidates(plan.to_original(b, sizes[int(i)], work[int(i)]), s, e, k, torch.tensor(sd))
+                      for b, s, e, k, sd, i in zip(row_boxes, row_scores, row_evidence, row_kinds, row_sides,
+                                                   w.row_image)]
         if o.rescore != "off" or plan.rank_without_rescoring:
-            row_boxes, row_scores = map(list, zip(*(rank_and_fuse(b, s, o.nms_iou, o.top_k, o.fuse)
-                                                    for b, s in zip(row_boxes, row_scores))))
+            ranked = []
+            for b, s, i, c in zip(row_boxes, row_scores, w.row_image.tolist(), classes):
+                # a class the whole photograph's 32x32 view already recognises is large: pick by agreement
+                agree = plan.consensus and o.rescore != "off" and float(w.probs[i, c]) > o.consensus and len(b) > 1
+                ranked.append(rank_and_fuse(b, consensus_scores(b, s), o.nms_iou, o.top_k, CONSENSUS_TEMPERATURE)
+                              if agree else rank_and_fuse(b, s, o.nms_iou, o.top_k, o.fuse))
+            row_boxes, row_scores = map(list, zip(*ranked))
         per_image: list[list] = [[] for _ in sizes]
         for r, (start, count) in enumerate(zip(starts, w.counts)):
             i = int(w.row_image[r])
             m, k = plan.output(w, start, smoothed[start:start + count], masks[shown, start:start + count],
                                sizes[i], work[i])
-            per_image[i].append((classes[r], plan.to_original(row_boxes[r], sizes[i], work[i]), row_scores[r], m, k))
+            per_image[i].append((classes[r], plan.to_original(row_boxes[r], sizes[i], work[i]), row_scores[r], m, k,
+                                 candidates[r]))
         return [assemble(res, w.probs[i], sizes[i]) for i, res in enumerate(per_image)]
 
     def proposals_from_maps(self, maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,

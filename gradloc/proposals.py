@@ -229,14 +229,14 @@ def smooth_and_threshold(maps: Tensor, recipe) -> tuple[Tensor, Tensor]:
     return maps, torch.stack([threshold(maps, recipe.threshold, v) for v in values])
 
 
-def boxes_from_mask(m: Tensor, masks: Tensor, recipe, union_box: bool | None = None,
-                    peaks: bool = False) -> tuple[Tensor, Tensor]:
-    """One map ``[h, w]`` and its masks ``[L, h, w]`` -> grid boxes ``[K, 4]`` (xyxy) and scores
-    ``[K]``: morphology, connected components, NMS. With one mask, its ``top_k`` best boxes; with
-    a ladder of masks, the best box of each. With the recipe's ``moment_box``, also the map's
-    :func:`moment_box`; with ``peaks``, the recipe's :func:`peak_boxes` (both scored 0: only
-    rescoring ranks them). ``union_box`` overrides the recipe's. The kernel is in 32x32-grid
-    pixels."""
+def candidate_boxes(m: Tensor, masks: Tensor, recipe, union_box: bool | None = None,
+                    peaks: bool = False) -> tuple[Tensor, Tensor, list[str]]:
+    """One map ``[h, w]`` and its masks ``[L, h, w]`` -> grid boxes ``[K, 4]`` (xyxy), scores
+    ``[K]`` and each box's kind (``"component"``, ``"moment"``, ``"peak"``): morphology,
+    connected components, NMS. With one mask, its ``top_k`` best boxes; with a ladder of masks,
+    the best box of each. With the recipe's ``moment_box``, also the map's :func:`moment_box`;
+    with ``peaks``, the recipe's :func:`peak_boxes` (both scored 0: only rescoring ranks them).
+    ``union_box`` overrides the recipe's. The kernel is in 32x32-grid pixels."""
     f = max(m.shape) / GRID
     kernel = recipe.kernel if f == 1 else (int(round(recipe.kernel * f)) | 1)
     kw = dict(morph=recipe.morph, kernel=kernel, score=recipe.component_score, nms_iou=recipe.nms_iou,
@@ -245,10 +245,20 @@ def boxes_from_mask(m: Tensor, masks: Tensor, recipe, union_box: bool | None = N
         found = [propose(m.numpy(), masks[0].numpy(), top_k=recipe.top_k, **kw)]
     else:
         found = [propose(m.numpy(), k.numpy(), top_k=1, **kw) for k in masks]
+    kinds = ["component"] * sum(len(b) for b, _ in found)
     if recipe.moment_box > 0:
         box = moment_box(m.numpy(), recipe.moment_box)
         found.append((box, torch.zeros(len(box))))
+        kinds += ["moment"] * len(box)
     if peaks and recipe.peaks > 0:
         box = peak_boxes(m.numpy(), recipe.peaks, recipe.peak_fractions)
         found.append((box, torch.zeros(len(box))))
-    return torch.cat([b for b, _ in found]), torch.cat([s for _, s in found])
+        kinds += ["peak"] * len(box)
+    return torch.cat([b for b, _ in found]), torch.cat([s for _, s in found]), kinds
+
+
+def boxes_from_mask(m: Tensor, masks: Tensor, recipe, union_box: bool | None = None,
+                    peaks: bool = False) -> tuple[Tensor, Tensor]:
+    """:func:`candidate_boxes` without the kinds: grid boxes ``[K, 4]`` and scores ``[K]``."""
+    boxes, scores, _ = candidate_boxes(m, masks, recipe, union_box, peaks)
+    return boxes, scores

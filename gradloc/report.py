@@ -92,6 +92,31 @@ def size_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def oracle_table(results: dict[str, dict]) -> str:
+    """Per method with candidates: CorLoc@0.5 of the chosen box beside the oracle's (the best
+    candidate, before selection) and the share of oracle hits that selection keeps, overall and
+    by object size, in percent. Empty when no method carries candidates."""
+    rows = [(n, m) for n, m in results.items() if m.get("oracle")]
+    if not rows:
+        return ""
+    heads = []
+    for s in ("all", "small", "medium", "large"):
+        heads += [f"chosen {s}", f"oracle {s}", f"kept {s}"]
+    lines = ["| method | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
+    for name, m in rows:
+        o, cl = m["oracle"], m["corloc"]
+        cells = [_fmt(cl["0.5"]), _fmt(o["oracle"]), _fmt(o["chosen_given_oracle"])]
+        for s in ("small", "medium", "large"):
+            cells += [_fmt(cl["by_size@0.5"].get(s)), _fmt(o["oracle_by_size"].get(s)),
+                      _fmt(o["chosen_given_oracle_by_size"].get(s))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+ORACLE_HEADING = ("Generation and selection (CorLoc@0.5 of the chosen box; oracle: of the best candidate "
+                  "before selection; kept: share of oracle hits the chosen box keeps)")
+
+
 def per_class_table(results: dict[str, dict], delta: str = "0.5") -> str:
     classes = sorted({c for m in results.values() for c in m["corloc"][f"per_class@{delta}"]},
                      key=CIFAR10_CLASSES.index)
@@ -230,6 +255,8 @@ def write_report(out: Path, evaluation) -> None:
               "Definitions: `gradloc/evaluate.py`.", "", results_table(results), "",
               "## By object size (small < 32², medium < 96², large; CorLoc by the pair's largest box)", "", size_table(results), "",
               "## GT-known CorLoc@0.5 per class", "", per_class_table(results), ""]
+    if oracle_table(results):
+        lines += [f"## {ORACLE_HEADING}", "", oracle_table(results), ""]
     lines += [f"![{p}]({p})" for p in plots]
     for key in ("skipped", "annotation_problems"):
         items = info.get(key) or []
@@ -242,7 +269,8 @@ def write_report(out: Path, evaluation) -> None:
     from .html_report import write_html_report
     write_html_report(out, evaluation, {"Metrics": results_table(results),
                                         "By object size (CorLoc by the pair's largest box; COCO AR@100, AP)": size_table(results),
-                                        "GT-known CorLoc@0.5 per class": per_class_table(results)},
+                                        "GT-known CorLoc@0.5 per class": per_class_table(results),
+                                        **({ORACLE_HEADING: oracle_table(results)} if oracle_table(results) else {})},
                       [p for p in plots if p != "examples.png"])
 
 

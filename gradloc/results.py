@@ -6,6 +6,7 @@ reads such a record back for scoring: the one writer and the one reader of the f
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
@@ -14,6 +15,19 @@ import torch
 from torch import Tensor
 
 from .model import CIFAR10_CLASSES
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Every candidate box of one (image, class) row before selection, in original pixels:
+    what rescoring saw, so that generation failures (no candidate near the object) can be told
+    from selection failures (one was, another was chosen)."""
+
+    boxes: Tensor      # float [M, 4], xyxy, original pixels, in generation order
+    scores: Tensor     # float [M], the score selection ranked by
+    evidence: Tensor   # float [M, 2], the crop's class probability and the blanked view's (0 without rescoring)
+    kinds: list[str]   # "component" (a threshold rung's component), "moment", "peak" or "frame"
+    sides: Tensor      # int64 [M], the input side (px) of the map the box came from
 
 
 class Result(TypedDict):
@@ -27,6 +41,7 @@ class Result(TypedDict):
     masks: Tensor        # bool [R, h, w], the kept pixels of each map
     map_classes: Tensor  # int64 [R]
     peaks: Tensor        # float [R, 2], each map's maximum, (x, y) in original pixels
+    candidates: list     # [R] Candidates, one per map, in map_classes' order
 
 
 def map_peaks(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -37,19 +52,19 @@ def map_peaks(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.stack([(gx + 0.5) * size[1] / w, (gy + 0.5) * size[0] / h], 1)
 
 
-def assemble(per_class: list[tuple[int, Tensor, Tensor, Tensor, Tensor]], probs: Tensor,
-             size: tuple[int, int]) -> Result:
-    """One image's ``(class, boxes [K, 4], scores [K], map, mask)`` per class asked for -> its
-    :class:`Result`: the proposals of all classes best first, one map, mask and peak per class."""
-    boxes = torch.cat([b for _, b, _, _, _ in per_class])
-    scores = torch.cat([s for _, _, s, _, _ in per_class])
-    labels = torch.cat([torch.full((len(b),), c, dtype=torch.int64) for c, b, _, _, _ in per_class])
+def assemble(per_class: list[tuple], probs: Tensor, size: tuple[int, int]) -> Result:
+    """One image's ``(class, boxes [K, 4], scores [K], map, mask, candidates)`` per class asked
+    for -> its :class:`Result`: the proposals of all classes best first, one map, mask, peak and
+    :class:`Candidates` per class."""
+    boxes = torch.cat([row[1] for row in per_class])
+    scores = torch.cat([row[2] for row in per_class])
+    labels = torch.cat([torch.full((len(row[1]),), row[0], dtype=torch.int64) for row in per_class])
     order = torch.argsort(scores, descending=True, stable=True)
-    maps = torch.stack([m for _, _, _, m, _ in per_class])
+    maps = torch.stack([row[3] for row in per_class])
     return Result(boxes=boxes[order], scores=scores[order], labels=labels[order], probs=probs, maps=maps,
-                  masks=torch.stack([k for _, _, _, _, k in per_class]),
-                  map_classes=torch.tensor([c for c, _, _, _, _ in per_class], dtype=torch.int64),
-                  peaks=map_peaks(maps, size))
+                  masks=torch.stack([row[4] for row in per_class]),
+                  map_classes=torch.tensor([row[0] for row in per_class], dtype=torch.int64),
+                  peaks=map_peaks(maps, size), candidates=[row[5] for row in per_class])
 
 
 def _box(box) -> list[float]:
@@ -127,13 +142,15 @@ def record_prediction(rec: dict) -> dict:
 def result_prediction(res: Result) -> dict:
     """A :class:`Result` -> the per-class prediction dict scored by :mod:`gradloc.evaluate`
     (maps kept as float16 to hold memory down over large sets)."""
-    boxes, scores, maps, peaks = {}, {}, {}, {}
+    boxes, scores, maps, peaks, candidates = {}, {}, {}, {}, {}
     for r, c in enumerate(res["map_classes"].tolist()):
+        candidates[c] = res["candidates"][r].boxes
         boxes[c] = res["boxes"][res["labels"] == c]
         scores[c] = res["scores"][res["labels"] == c]
         maps[c] = res["maps"][r].half()
         peaks[c] = tuple(res["peaks"][r].tolist())
-    return {"boxes": boxes, "scores": scores, "maps": maps, "peaks": peaks, "probs": res["probs"]}
+    return {"boxes": boxes, "scores": scores, "maps": maps, "peaks": peaks, "probs": res["probs"],
+            "candidates": candidates}
 
 
 def predictions_from_json(ds, records: list[dict]) -> tuple[list, list[dict]]:

@@ -15,6 +15,9 @@ the windows a plan produces. A plan answers a few questions, as hooks or named p
 - ``rank_without_rescoring``: whether boxes are ranked (NMS, top-k) when rescoring is off;
 - ``peak_regions``: whether the regions around each map's strongest peaks are candidates too
   (:func:`~gradloc.proposals.peak_boxes`): only where a map spans a scene of several objects;
+- ``consensus``: whether rows whose 32x32 view gives the class a high probability are ranked by
+  the candidates' agreement (:func:`~gradloc.rescoring.consensus_scores`): only where candidates
+  come from many input sizes;
 - ``frame_candidate``: whether a centred box of nearly the whole view is a candidate too (the
   object fills the picture), scored by the whole view's probability: only where the view is a
   whole thumbnail.
@@ -54,6 +57,11 @@ class Windows:
     boxes: Tensor | None = None   # float [N, 4], the windows in working-image pixels (MultiScale)
     views: Tensor | None = None   # uint8 [N, 3, 32, 32], the windows' views (MultiScale)
     named: Tensor | None = None   # bool [R], the row's image was asked for named classes
+    sides: list[int] | None = None  # each window's input side in pixels (None: all 32x32 views)
+
+    def side(self, n: int) -> int:
+        """The longer side of the input window ``n``'s map was computed at."""
+        return INPUT_SIZE if self.sides is None else self.sides[n]
 
 
 class WindowPlan:
@@ -63,6 +71,7 @@ class WindowPlan:
     rank_without_rescoring = True
     peak_regions = False
     frame_candidate = False
+    consensus = False
 
     def windows(self, net: Network, x_uint8: Tensor, sizes, specs, work) -> Windows:
         raise NotImplementedError
@@ -204,6 +213,9 @@ class Pyramid(WindowPlan):
     """
 
     rank_without_rescoring = True
+    # Rows whose 32x32 view recognises the class pick by the candidates' agreement
+    # (Options.consensus): many sizes' boxes hold a large object, and their consensus is it.
+    consensus = True
     # A photograph's map has a peak on each object it responds to; a mass threshold over the
     # whole map joins them. (On object-centred thumbnails peak regions cut the one object into
     # parts: Tiny ImageNet 1,500, 72.7 -> 67.0, so the other plans leave them out.)
@@ -231,6 +243,7 @@ class Pyramid(WindowPlan):
         first, first_support = net.saliency_views(x_uint8[row_image], row_class)
         per_row: list[list[Tensor]] = [[self.to_grid(m)] for m in first]
         support: list[list[Tensor]] = [[p] for p in first_support]
+        sides: list[list[int]] = [[INPUT_SIZE] for _ in first]
         for side in self.sizes:
             groups = defaultdict(list)  # images of one shape at this size run together
             for i, img in enumerate(work):
@@ -244,8 +257,10 @@ class Pyramid(WindowPlan):
                 for r, m, q in zip(rows, maps, p):
                     per_row[r].append(self.to_grid(m))
                     support[r].append(q)
+                    sides[r].append(side)
         return Windows(row_image, row_class, probs, torch.stack([m for ms_ in per_row for m in ms_]),
-                       torch.stack([q for qs in support for q in qs]), [len(ms_) for ms_ in per_row])
+                       torch.stack([q for qs in support for q in qs]), [len(ms_) for ms_ in per_row],
+                       sides=[s for ss in sides for s in ss])
 
     @staticmethod
     def to_grid(m: Tensor) -> Tensor:
