@@ -103,21 +103,17 @@ def oracle_corloc(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> dict | N
     with IoU >= ``delta``, overall and by object size, beside the share of those pairs whose
     chosen box hits too. Oracle minus CorLoc is what selection loses; 1 minus oracle, what
     generation misses. None when the predictions carry no candidates (baselines, files)."""
-    best, chosen, idx, cls = [], [], [], []
-    for i, im, p, c in _pairs(ds, preds):
+    best = []
+    for _, im, p, c in _pairs(ds, preds):
         cands = (p.get("candidates") or {}).get(c)
         if cands is None:
             return None
-        gt = im.boxes_of(c)
-        best.append(float(box_iou(cands, gt).max()) if len(cands) else 0.0)
-        top = p["boxes"].get(c)
-        chosen.append(float(box_iou(top[:1], gt).max()) if top is not None and len(top) else 0.0)
-        idx.append(i)
-        cls.append(c)
+        best.append(float(box_iou(cands, im.boxes_of(c)).max()) if len(cands) else 0.0)
     if not best:
         return None
-    best, chosen = np.array(best) >= delta, np.array(chosen) >= delta
-    sizes = pair_sizes(ds, np.array(idx, dtype=int), np.array(cls, dtype=int))
+    chosen, idx, cls = top1_ious(ds, preds)  # the same pairs, in the same order
+    best, chosen = np.array(best) >= delta, chosen >= delta
+    sizes = pair_sizes(ds, idx, cls)
     share = lambda hit, sel: float(hit[sel].mean()) if sel.any() else None  # noqa: E731
     return {"delta": delta, "oracle": share(best, np.ones(len(best), bool)),
             "chosen_given_oracle": share(chosen, best),

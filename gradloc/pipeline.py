@@ -26,7 +26,7 @@ from .model import resolve_precision, wide_resnet
 from .network import Network
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, prepare
 from .proposals import candidate_boxes, frame_box, smooth_and_threshold
-from .rescoring import CONSENSUS_TEMPERATURE, Rescorer, consensus_scores, rank_and_fuse
+from .rescoring import Rescorer, evidence_scores, rank_and_fuse
 from .results import Candidates, Result, assemble
 from .saliency import make_method
 from .windows import MultiScale, Pyramid, WholeImage, WindowPlan, Windows, contrasted
@@ -169,17 +169,16 @@ class ProposalGenerator:
             in_work = [plan.to_work(b, sizes[int(i)], work[int(i)]) for b, i in zip(row_boxes, w.row_image)]
             given = None if any(b is None for b in row_blanked) else row_blanked
             row_evidence = self.rescorer.box_evidence(images, in_work, classes, o.rescore, given, whole)
-            row_scores = [e[:, 0] - e[:, 1] for e in row_evidence]
+            row_scores = [evidence_scores(e) for e in row_evidence]
         candidates = [Candidates(plan.to_original(b, sizes[int(i)], work[int(i)]), s, e, k, torch.tensor(sd))
                       for b, s, e, k, sd, i in zip(row_boxes, row_scores, row_evidence, row_kinds, row_sides,
                                                    w.row_image)]
         if o.rescore != "off" or plan.rank_without_rescoring:
-            ranked = []
-            for b, s, i, c in zip(row_boxes, row_scores, w.row_image.tolist(), classes):
-                # a class the whole photograph's 32x32 view already recognises is large: pick by agreement
-                agree = plan.consensus and o.rescore != "off" and float(w.probs[i, c]) > o.consensus and len(b) > 1
-                ranked.append(rank_and_fuse(b, consensus_scores(b, s), o.nms_iou, o.top_k, CONSENSUS_TEMPERATURE)
-                              if agree else rank_and_fuse(b, s, o.nms_iou, o.top_k, o.fuse))
+            # a class the whole photograph's 32x32 view already recognises is large: pick by agreement
+            # (the recipe's consensus is above 1, i.e. off, without rescoring)
+            ranked = [rank_and_fuse(b, s, o.nms_iou, o.top_k, o.fuse,
+                                    consensus=plan.consensus and float(w.probs[i, c]) > o.consensus)
+                      for b, s, i, c in zip(row_boxes, row_scores, w.row_image.tolist(), classes)]
             row_boxes, row_scores = map(list, zip(*ranked))
         per_image: list[list] = [[] for _ in sizes]
         for r, (start, count) in enumerate(zip(starts, w.counts)):

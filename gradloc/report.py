@@ -255,8 +255,9 @@ def write_report(out: Path, evaluation) -> None:
               "Definitions: `gradloc/evaluate.py`.", "", results_table(results), "",
               "## By object size (small < 32², medium < 96², large; CorLoc by the pair's largest box)", "", size_table(results), "",
               "## GT-known CorLoc@0.5 per class", "", per_class_table(results), ""]
-    if oracle_table(results):
-        lines += [f"## {ORACLE_HEADING}", "", oracle_table(results), ""]
+    oracle = oracle_table(results)
+    if oracle:
+        lines += [f"## {ORACLE_HEADING}", "", oracle, ""]
     lines += [f"![{p}]({p})" for p in plots]
     for key in ("skipped", "annotation_problems"):
         items = info.get(key) or []
@@ -270,7 +271,7 @@ def write_report(out: Path, evaluation) -> None:
     write_html_report(out, evaluation, {"Metrics": results_table(results),
                                         "By object size (CorLoc by the pair's largest box; COCO AR@100, AP)": size_table(results),
                                         "GT-known CorLoc@0.5 per class": per_class_table(results),
-                                        **({ORACLE_HEADING: oracle_table(results)} if oracle_table(results) else {})},
+                                        **({ORACLE_HEADING: oracle} if oracle else {})},
                       [p for p in plots if p != "examples.png"])
 
 

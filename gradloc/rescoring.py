@@ -71,9 +71,13 @@ def fuse_best(boxes: Tensor, scores: Tensor, temperature: float, min_iou: float 
 
 
 def rank_and_fuse(boxes: Tensor, scores: Tensor, nms_iou: float = 0.5, top_k: int | None = 5,
-                  fuse: float = 0.0) -> tuple[Tensor, Tensor]:
+                  fuse: float = 0.0, consensus: bool = False) -> tuple[Tensor, Tensor]:
     """:func:`~gradloc.proposals.rank` (NMS, top-k), with the best box replaced by
-    :func:`fuse_best` of all candidates at temperature ``fuse`` when ``fuse`` > 0."""
+    :func:`fuse_best` of all candidates at temperature ``fuse`` when ``fuse`` > 0. With
+    ``consensus``, the candidates are ranked by :func:`consensus_scores` and fused at
+    :data:`CONSENSUS_TEMPERATURE` instead."""
+    if consensus and len(boxes) > 1:
+        scores, fuse = consensus_scores(boxes, scores), CONSENSUS_TEMPERATURE
     fused = fuse_best(boxes, scores, fuse) if fuse > 0 and len(boxes) > 1 else None
     boxes, scores = rank(boxes, scores, nms_iou, None)
     if fused is not None:
@@ -99,6 +103,12 @@ def consensus_scores(boxes: Tensor, scores: Tensor, temperature: float = CONSENS
     boxes, scores = boxes.float(), scores.float()
     agreement = box_iou(boxes, boxes) @ (scores / temperature).softmax(0)
     return (scores.max() - (1 - agreement)).clamp_min(-1)
+
+
+def evidence_scores(evidence: Tensor) -> Tensor:
+    """Scores ``[K]`` from :meth:`Rescorer.box_evidence` ``[K, 2]``: the crop's class
+    probability minus the blanked view's (0 under ``crop``)."""
+    return evidence[:, 0] - evidence[:, 1]
 
 
 def blank_in_thumbnail(images: Sequence[Tensor], boxes: Sequence[Tensor]) -> list[Tensor]:
@@ -202,4 +212,4 @@ class Rescorer:
                    whole: Sequence[float | None] | None = None) -> list[Tensor]:
         """``crop``: each box's crop probability; ``crop-delete``: that minus the probability of
         its blanked view (:meth:`box_evidence`, same arguments)."""
-        return [e[:, 0] - e[:, 1] for e in self.box_evidence(images, boxes, classes, rescore, blanked, whole)]
+        return [evidence_scores(e) for e in self.box_evidence(images, boxes, classes, rescore, blanked, whole)]
