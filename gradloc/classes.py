@@ -46,8 +46,12 @@ def parse_class_spec(spec: ClassSpec) -> tuple[str, list[int] | int | None]:
         if "," in s:
             return "list", _nonempty([class_index(p) for p in s.split(",") if p.strip()], spec)
         return "list", [class_index(s)]
-    if isinstance(spec, int):
+    if isinstance(spec, int) and not isinstance(spec, bool):
         return "list", [class_index(spec)]
+    if not isinstance(spec, (list, tuple)) or not all(
+            isinstance(c, str) or (isinstance(c, int) and not isinstance(c, bool)) for c in spec):
+        raise ValueError(f"class request {spec!r} is not a class name, an integer index, a list of them, "
+                         "'all' or 'topK'")
     return "list", _nonempty([class_index(c) for c in spec], spec)
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``gradloc localize | evaluate | export-coco | make-synthetic``. Argument parsing only."""
+"""Command line: ``gradloc localize | evaluate | export | export-coco | sensitivity | make-synthetic``. Argument parsing only."""
 from __future__ import annotations
 
 import argparse
@@ -209,12 +209,30 @@ def cmd_export_coco(args: argparse.Namespace) -> int:
             print(f"gradloc: {f}: annotated, but no prediction for it", file=sys.stderr)
         what = f"{len(dets)} results for {len(ds.images) - len(missing)} annotated images"
     else:
-        dataset = coco.dataset_from_predictions(records, args.relative_to)
+        from .export import coco_dataset, relative_names, select
+        kept = select(records)
+        names = [r["file"] for r in kept] if args.relative_to is None else \
+            relative_names([r["file"] for r in kept], args.relative_to)
+        dataset = coco_dataset(kept, names)
         text = json.dumps(dataset)
         what = f"a COCO dataset of {len(dataset['images'])} images and {len(dataset['annotations'])} scored boxes"
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(args.output), text)
     print(f"wrote {what} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export, select
+    from .results import read_predictions
+
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    records, _ = read_predictions(args.predictions)
+    kept = select(records, args.min_score, args.top_k)
+    images, boxes = export(kept, args.format, Path(args.output), args.relative_to)
+    print(f"wrote {boxes} boxes on {images} images as {args.format} to {args.output}"
+          + (f" ({len(records) - images} skipped images left out)" if len(records) > images else ""), file=sys.stderr)
     return 0
 
 
@@ -318,6 +336,19 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--relative-to", default=None,
                     help="without --annotations: write file names relative to this folder (FiftyOne's data_path)")
     ex.set_defaults(func=cmd_export_coco)
+
+    xp = sub.add_parser("export", help="a predictions.json as COCO, Pascal VOC or YOLO labels (pseudo-labels)",
+                        description="Writes OUT/annotations.json (coco), OUT/<image path>.xml (voc: 1-based inclusive "
+                                    "corners) or OUT/<image path>.txt and OUT/classes.txt (yolo: class cx cy w h, "
+                                    "normalised), each image at its path relative to --relative-to.")
+    xp.add_argument("predictions", help="predictions.json written by gradloc localize")
+    xp.add_argument("--format", required=True, choices=("coco", "voc", "yolo"))
+    xp.add_argument("-o", "--output", required=True, help="output folder")
+    xp.add_argument("--min-score", type=float, default=None, help="leave out boxes scoring under this")
+    xp.add_argument("--top-k", type=int, default=None, help="at most this many boxes per class and image, best first")
+    xp.add_argument("--relative-to", default=None,
+                    help="the folder image paths are made relative to (default: the images' common folder)")
+    xp.set_defaults(func=cmd_export)
 
     se = sub.add_parser("sensitivity", help="mean |d f_c / d x| per class over a folder (describes the model)",
                         description="For each image's predicted class (or --class for all), the mean over the "

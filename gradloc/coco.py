@@ -7,9 +7,8 @@
 - :func:`coco_metrics`: AP and AR@1/10/100 (IoU 0.5:0.95) overall, by object size and per
   class, per class and class-agnostic, computed by pycocotools' ``COCOeval`` from exactly such
   a results file; nothing here re-implements the matching.
-- :func:`results_from_predictions` / :func:`dataset_from_predictions`: a ``predictions.json``
-  from ``gradloc localize`` as a results file against annotations, or on its own as a COCO
-  dataset with scored boxes (FiftyOne's ``COCODetectionDataset`` imports it).
+- :func:`results_from_predictions`: a ``predictions.json`` from ``gradloc localize`` as a
+  results file against annotations (on its own, as a COCO dataset: :mod:`gradloc.export`).
 """
 from __future__ import annotations
 
@@ -148,25 +147,3 @@ def results_from_predictions(records: list[dict], ds: AnnotatedSet) -> tuple[lis
     unmatched = [r["file"] for r in records
                  if Path(r["file"]).as_posix() not in matched and Path(r["file"]).name not in names]
     return results(ds, preds), unmatched, [m["file"] for m in missing]
-
-
-def dataset_from_predictions(records: list[dict], relative_to: str | Path | None = None) -> dict:
-    """``predictions.json`` image records -> a COCO dataset whose annotations are gradloc's
-    scored proposals (``score`` on each), categories the ten classes (id = index).
-    ``relative_to``: write file names relative to this folder (FiftyOne's ``data_path``)."""
-    images, annotations = [], []
-    for n, rec in enumerate(records):
-        name = rec["file"]
-        if relative_to is not None:
-            try:
-                name = Path(name).resolve().relative_to(Path(relative_to).resolve()).as_posix()
-            except ValueError:
-                name = str(Path(name).resolve())
-        images.append({"id": n + 1, "file_name": name, "width": rec["width"], "height": rec["height"]})
-        for prop in rec.get("proposals", []):
-            x, y, w, h = _xywh(prop["box"])
-            annotations.append({"id": len(annotations) + 1, "image_id": n + 1,
-                                "category_id": CIFAR10_CLASSES.index(prop["label"]), "bbox": [x, y, w, h],
-                                "area": round(w * h, 2), "iscrowd": 0, "score": prop["score"]})
-    return {"images": images, "annotations": annotations,
-            "categories": [{"id": c, "name": name} for c, name in enumerate(CIFAR10_CLASSES)]}

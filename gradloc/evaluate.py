@@ -89,6 +89,9 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     ds.images = subset(ds.images, limit, sample_seed)
     if not ds.images:
         raise ValueError(f"no scorable annotated images in {annotations}")
+    if not any(im.classes() for im in ds.images):
+        raise ValueError(f"nothing to score in {annotations}: every box of its {len(ds.images)} images is crowd "
+                         "or difficult, which CorLoc and COCOeval ignore")
     info: dict = {"annotations": str(annotations), "images": len(ds.images),
                   "pairs": sum(len(im.classes()) for im in ds.images),
                   "annotation_problems": ds.problems,
@@ -116,6 +119,10 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
             raise ValueError("selective search needs OpenCV's contrib module: pip install opencv-contrib-python-headless")
         preds_by_name["selective search (class-agnostic)"], _ = B.predict_selective_search(ds, images_dir)
     info["skipped"] = skipped
+    if all(p is None for p in next(iter(preds_by_name.values()))):
+        where = f"in {predictions_json}" if predictions_json is not None else f"readable under {images_dir}"
+        raise ValueError(f"nothing to score: none of the {len(ds.images)} annotated images has a prediction {where}"
+                         + (f" (first: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""))
     # Baselines are scored on the same images as the method (unreadable ones left out).
     readable = [p is not None for p in next(iter(preds_by_name.values()))]
     if baselines:

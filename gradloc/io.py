@@ -170,6 +170,7 @@ class ResultStream:
     def __init__(self, path: Path, resume: bool = False) -> None:
         self.path = Path(path)
         self.done: set[str] = set()
+        self._resolved: set[str] | None = None
         if resume and self.path.is_file():
             good = []
             for line in read_complete_lines(self.path):
@@ -185,6 +186,15 @@ class ResultStream:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "w", encoding="utf-8")
+
+    def has(self, file: str) -> bool:
+        """Whether ``file`` is finished, however its path is spelled (relative or absolute,
+        through a link): the earlier run may have named the folder another way."""
+        if file in self.done:
+            return True
+        if self._resolved is None:
+            self._resolved = {os.path.realpath(f) for f in self.done}
+        return os.path.realpath(file) in self._resolved
 
     def write(self, records: list[dict]) -> None:
         for rec in records:

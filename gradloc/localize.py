@@ -97,11 +97,11 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
     files, walk_skips = find_images(paths)
     stream = ResultStream(out / "predictions.jsonl", resume=resume)
     already = len(stream.done)
-    new_skips = [s for s in walk_skips if s["file"] not in stream.done]
+    new_skips = [s for s in walk_skips if not stream.has(s["file"])]
     for s in new_skips:
         print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
     stream.write([{"file": s["file"], "skipped": s["reason"]} for s in new_skips])
-    todo = [f for f in files if str(f) not in stream.done]
+    todo = [f for f in files if not stream.has(str(f))]
     if not files and not walk_skips:
         print("gradloc: no image files found under the given paths", file=sys.stderr)
     n_ok = n_skip = 0

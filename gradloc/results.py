@@ -88,13 +88,21 @@ def image_record(file: str, size: tuple[int, int], result: Result) -> dict:
 def read_predictions(path: str | Path) -> tuple[list[dict], dict]:
     """A ``predictions.json`` from ``gradloc localize`` -> (its image records, its settings).
     Refuses, with a one-line :class:`ValueError` naming the file, anything else: not JSON, nested
-    too deeply, not an object with an ``images`` list. Records that are not objects with a
-    ``file`` string are left out (they cannot be matched to an image)."""
+    too deeply, not an object with an ``images`` list, another format, or images none of which
+    has a ``file`` (a COCO annotation file). Records that are not objects with a ``file``
+    string are left out (they cannot be matched to an image)."""
     from .annotations import read_json
     data = read_json(path, "predictions file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path} is not a gradloc predictions.json (no 'images' list)")
+    if data.get("format", "gradloc-predictions") != "gradloc-predictions":
+        raise ValueError(f"{path} is not a gradloc predictions.json (its format is {str(data['format'])[:40]!r})")
     records = [r for r in data["images"] if isinstance(r, dict) and isinstance(r.get("file"), str)]
+    if data["images"] and not records:
+        coco = "annotations" in data or any(isinstance(r, dict) and "file_name" in r for r in data["images"])
+        raise ValueError(f"{path} is not a gradloc predictions.json: none of its {len(data['images'])} image entries "
+                         "has a 'file'" + (" (it looks like a COCO annotation file: give it as the annotations)"
+                                           if coco else ""))
     settings = data.get("settings")
     return records, settings if isinstance(settings, dict) else {}
 

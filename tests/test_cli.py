@@ -228,6 +228,22 @@ def test_resume_drops_a_line_cut_inside_a_character_and_refuses_other_classes(tm
     assert main(common + ["--resume"]) == 2
 
 
+def test_resume_with_the_folder_spelled_another_way_redoes_nothing(tmp_path, random_weights_file, monkeypatch, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(folder / name)
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    common = ["-o", str(out), "--weights", str(random_weights_file), "--vis-limit", "0"]
+    assert main(["localize", "in"] + common) == 0  # relative
+    before = json.loads((out / "predictions.json").read_text())["images"]
+    capsys.readouterr()
+    assert main(["localize", str(folder)] + common + ["--resume"]) == 0  # absolute: the same images
+    assert "2 images localised (2 from a previous run)" in capsys.readouterr().err
+    assert json.loads((out / "predictions.json").read_text())["images"] == before
+
+
 def test_corrupt_run_state_names_the_file(tmp_path, random_weights_file, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -120,7 +120,7 @@ def test_predictions_that_are_not_gradlocs_are_refused_in_one_line(tmp_path, cap
     assert "not a gradloc predictions.json" in err and "Traceback" not in err
 
 
-def test_a_coco_file_given_as_predictions_scores_nothing_but_does_not_fail(tmp_path):
+def test_records_without_a_file_are_left_out_and_bad_proposals_dropped(tmp_path):
     ann = coco_file(tmp_path, [good_image(1)], [good_annotation(1, 1)])
     pred = tmp_path / "pred.json"
     pred.write_text(json.dumps({"images": [good_image(1), {"file": "1.jpg", "proposals": [
@@ -131,6 +131,41 @@ def test_a_coco_file_given_as_predictions_scores_nothing_but_does_not_fail(tmp_p
     p = record_prediction(records[0])
     assert p["boxes"][3].tolist() == [[10.0, 10.0, 40.0, 30.0]] and p["probs"] is None and p["peaks"] is None
     assert main(["evaluate", str(ann), "--predictions", str(pred), "-o", str(tmp_path / "o")]) == 0
+
+
+def test_an_annotation_file_given_as_predictions_is_an_error_naming_it(tmp_path, capsys):
+    ann = coco_file(tmp_path, [good_image(1)], [good_annotation(1, 1)])
+    assert main(["evaluate", str(ann), "--predictions", str(ann), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{ann} is not a gradloc predictions.json" in err and "COCO annotation file" in err
+    assert "Traceback" not in err and not (tmp_path / "o" / "metrics.json").exists()
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"format": "something-else", "images": []}))
+    assert main(["export", str(other), "--format", "yolo", "-o", str(tmp_path / "y")]) == 2
+    assert "its format is 'something-else'" in capsys.readouterr().err
+
+
+def test_evaluate_with_nothing_scorable_exits_non_zero_in_one_line(tmp_path, capsys):
+    crowd = coco_file(tmp_path, [good_image(1)], [{**good_annotation(1, 1), "iscrowd": 1}], name="crowd.json")
+    assert main(["evaluate", str(crowd), "--predictions", str(crowd), "-o", str(tmp_path / "o")]) == 2
+    assert "every box of its 1 images is crowd" in capsys.readouterr().err
+    ann = coco_file(tmp_path, [good_image(1)], [good_annotation(1, 1)])
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps({"format": "gradloc-predictions", "images": [{"file": "elsewhere.jpg", "proposals": []}]}))
+    assert main(["evaluate", str(ann), "--predictions", str(pred), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to score: none of the 1 annotated images has a prediction" in err and "Traceback" not in err
+    # images that are all missing from the folder: the same, naming the first
+    assert main(["evaluate", str(ann), "--images", str(tmp_path / "nowhere"), "-o", str(tmp_path / "o2"),
+                 "--no-baselines", "--no-gradcam", "--workers", "0"]) == 2
+    assert "nothing to score" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", [3.5, True, [1, 2.5], {"cat": 1}, [None]])
+def test_class_requests_of_the_wrong_type_get_gradlocs_message(spec):
+    from gradloc.classes import parse_class_spec
+    with pytest.raises(ValueError, match="is not a class name, an integer index"):
+        parse_class_spec(spec)
 
 
 def test_formats_outside_the_allow_list_are_refused_before_decoding(tmp_path):

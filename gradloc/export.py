@@ -1,0 +1,139 @@
+"""A ``predictions.json`` as the box formats detector training reads: COCO, Pascal VOC, YOLO.
+
+:func:`select` keeps the proposals a pseudo-label set wants (``min_score``, best ``top_k`` per
+class); :func:`export` writes them, each image under its path relative to ``relative_to`` (by
+default the images' common folder), so the original layout is kept:
+
+- ``coco``: ``DIR/annotations.json``, a COCO dataset whose annotations carry their ``score``
+  (pycocotools ``COCO()`` reads it, ``loadRes`` its annotation list).
+- ``voc``: ``DIR/<path>.xml`` per image: its size and one ``object`` per box, corners 1-based and
+  inclusive as VOC writes them (``xmin = x0 + 1``, ``xmax = x1`` of pixel-edge xyxy, rounded).
+- ``yolo``: ``DIR/<path>.txt`` per image, ``class cx cy w h`` normalised by the image's size
+  (an image without boxes gets an empty file: a background image), and ``DIR/classes.txt``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+from .io import atomic_write_text
+from .model import CIFAR10_CLASSES
+
+FORMATS = ("coco", "voc", "yolo")
+
+
+def select(records: list[dict], min_score: float | None = None, top_k: int | None = None) -> list[dict]:
+    """The image records (skipped ones left out) with only the proposals kept: score >= ``min_score``
+    and, per class, the ``top_k`` best (records list each class's proposals best first)."""
+    out = []
+    for rec in records:
+        if "skipped" in rec or not isinstance(rec.get("width"), int) or not isinstance(rec.get("height"), int):
+            continue
+        per_class: dict[str, int] = {}
+        kept = []
+        for prop in rec.get("proposals") or []:
+            if prop.get("label") not in CIFAR10_CLASSES or (min_score is not None and prop["score"] < min_score):
+                continue
+            per_class[prop["label"]] = per_class.get(prop["label"], 0) + 1
+            if top_k is None or per_class[prop["label"]] <= top_k:
+                kept.append(prop)
+        out.append({**rec, "proposals": kept})
+    return out
+
+
+def relative_names(files: list[str], relative_to: str | Path | None = None) -> list[str]:
+    """Each image's path relative to ``relative_to`` (default: the images' common folder), in
+    POSIX form; a file outside that folder keeps its absolute path."""
+    absolute = [os.path.abspath(f) for f in files]
+    if relative_to is None:
+        relative_to = os.path.commonpath([os.path.dirname(a) for a in absolute]) if absolute else "."
+    base = os.path.abspath(relative_to)
+    names = []
+    for a in absolute:
+        rel = os.path.relpath(a, base)
+        names.append(Path(a).as_posix() if rel.split(os.sep)[0] == ".." else Path(rel).as_posix())
+    return names
+
+
+def _clamped(box: list[float], width: int, height: int) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = box
+    return (min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height))
+
+
+def coco_dataset(records: list[dict], names: list[str]) -> dict:
+    """The records as a COCO dataset (categories: the ten classes, id = index), scores kept."""
+    images, annotations = [], []
+    for n, (rec, name) in enumerate(zip(records, names)):
+        images.append({"id": n + 1, "file_name": name, "width": rec["width"], "height": rec["height"]})
+        for prop in rec["proposals"]:
+            x0, y0, x1, y1 = _clamped(prop["box"], rec["width"], rec["height"])
+            w, h = round(x1 - x0, 2), round(y1 - y0, 2)
+            annotations.append({"id": len(annotations) + 1, "image_id": n + 1,
+                                "category_id": CIFAR10_CLASSES.index(prop["label"]),
+                                "bbox": [round(x0, 2), round(y0, 2), w, h], "area": round(w * h, 2),
+                                "iscrowd": 0, "score": prop["score"]})
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": c, "name": name} for c, name in enumerate(CIFAR10_CLASSES)]}
+
+
+def voc_xml(rec: dict, name: str) -> str:
+    """One image's Pascal VOC annotation."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = Path(name).parent.as_posix() if Path(name).parent != Path(".") else ""
+    ET.SubElement(root, "filename").text = Path(name).name
+    size = ET.SubElement(root, "size")
+    for key, value in (("width", rec["width"]), ("height", rec["height"]), ("depth", 3)):
+        ET.SubElement(size, key).text = str(value)
+    for prop in rec["proposals"]:
+        x0, y0, x1, y1 = _clamped(prop["box"], rec["width"], rec["height"])
+        xmin, ymin = min(round(x0) + 1, rec["width"]), min(round(y0) + 1, rec["height"])
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = prop["label"]
+        for key in ("pose", "truncated", "difficult"):
+            ET.SubElement(obj, key).text = "Unspecified" if key == "pose" else "0"
+        ET.SubElement(obj, "score").text = f"{prop['score']:g}"
+        bb = ET.SubElement(obj, "bndbox")
+        for key, value in (("xmin", xmin), ("ymin", ymin), ("xmax", max(round(x1), xmin)), ("ymax", max(round(y1), ymin))):
+            ET.SubElement(bb, key).text = str(int(value))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def yolo_lines(rec: dict) -> str:
+    """One image's YOLO label file: ``class cx cy w h`` per box, normalised to [0, 1]."""
+    w, h = rec["width"], rec["height"]
+    lines = []
+    for prop in rec["proposals"]:
+        x0, y0, x1, y1 = _clamped(prop["box"], w, h)
+        lines.append(f"{CIFAR10_CLASSES.index(prop['label'])} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
+                     f"{(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}")
+    return "".join(line + "\n" for line in lines)
+
+
+def export(records: list[dict], fmt: str, out: Path, relative_to: str | Path | None = None) -> tuple[int, int]:
+    """Write :func:`select`-ed ``records`` to ``out`` in ``fmt`` (see the module); returns
+    (images, boxes) written."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    names = relative_names([r["file"] for r in records], relative_to)
+    outside = [n for n in names if Path(n).is_absolute()]
+    if outside and fmt != "coco":
+        raise ValueError(f"{outside[0]} is outside {relative_to}: {fmt} files are written under the output folder "
+                         "at each image's relative path; give --relative-to a folder above every image")
+    if fmt == "yolo" and "classes.txt" in {Path(n).with_suffix(".txt").as_posix() for n in names}:
+        raise ValueError("an image's labels would overwrite classes.txt; export from the folder above it")
+    if len(set(names)) < len(names):
+        raise ValueError("two images map to the same exported name; give --relative-to their common folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if fmt == "coco":
+        atomic_write_text(out / "annotations.json", json.dumps(coco_dataset(records, names)))
+    else:
+        for rec, name in zip(records, names):
+            path = out / Path(name).with_suffix(".xml" if fmt == "voc" else ".txt")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, voc_xml(rec, name) if fmt == "voc" else yolo_lines(rec))
+        if fmt == "yolo":
+            atomic_write_text(out / "classes.txt", "".join(c + "\n" for c in CIFAR10_CLASSES))
+    return len(records), sum(len(r["proposals"]) for r in records)
