@@ -146,8 +146,13 @@ def cmd_localize(args: argparse.Namespace) -> int:
     elif args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    if classes is not None and args.classes_from is not None:
+        raise ValueError("give --classes (every image) or --classes-from (each image's own), not both")
+    from .annotations import load_aliases
+    aliases = load_aliases(args.aliases)
     gen = build_generator(args)
     summary = localize(gen, args.paths, Path(args.output), classes=classes, resume=args.resume,
+                       classes_from=args.classes_from, aliases=aliases,
                        workers=args.workers, vis_limit=args.vis_limit, verbose=args.verbose,
                        engine=args.engine, ray_options=ray_options,
                        settings={"weights": str(args.weights), "precision": gen.precision, **options_from_args(args)})
@@ -278,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
                      help="classes to localise in every image: names or indices, comma-separated, "
                           "or 'all' or 'top3' (default: each image's predicted class). "
                           f"Classes: {', '.join(CIFAR10_CLASSES)}")
+    loc.add_argument("--classes-from", default=None, metavar="folders|FILE.csv|FILE.json",
+                     help="each image's own classes: its parent folder's name (folders), the rows of a CSV with the "
+                          "header file,class, or a COCO file's image-level classes; names go through the alias "
+                          "table (boat: ship, car: automobile); images without a label are skipped, saying why")
+    loc.add_argument("--aliases", default=None,
+                     help='with --classes-from: JSON file {"name": "cifar class" or null} extending the alias table')
     loc.add_argument("--resume", action="store_true",
                      help="continue a killed run in OUT, skipping images already finished")
     loc.add_argument("--vis-limit", type=int, default=200,

@@ -12,6 +12,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .ray_engine import engine_runner
+from .labels import read_labels
 from .io import ResultStream, atomic_write_text, dumps_record, find_images, write_predictions_json
 from .model import CIFAR10_CLASSES
 from .preprocess import open_image
@@ -64,14 +65,25 @@ def write_contact_sheet(out: Path, vis_dir: Path, files: dict[str, str]) -> Path
 
 def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = False,
              workers: int | None = None, vis_limit: int = 200, verbose: bool = False,
-             settings: dict | None = None, engine: str = "local", ray_options=None) -> dict:
+             settings: dict | None = None, engine: str = "local", ray_options=None,
+             classes_from: str | Path | None = None, aliases: dict[str, str] | None = None) -> dict:
     """Localise objects in every image under ``paths``; write results into ``out``.
+
+    ``classes``: one class request for every image; or ``classes_from``: each image's own
+    classes from a label source (:func:`gradloc.labels.read_labels`: ``"folders"``, a
+    ``file,class`` CSV or a COCO file; ``aliases`` maps its names to classes), images without
+    a label skipped with the reason.
 
     ``engine``: ``local`` (this process, ``workers`` decoding processes) or ``ray``
     (:mod:`gradloc.ray_engine`, with ``ray_options``); both write the same bytes.
     Returns a summary: counts of images done, skipped, resumed, and seconds.
     """
     t0 = time.time()
+    if classes is not None and classes_from is not None:
+        raise ValueError("give classes for every image or classes_from a label source, not both")
+    files, walk_skips = find_images(paths)
+    labels = read_labels(classes_from, files, paths, aliases) if classes_from is not None else None
+    requested = classes if labels is None else {"from": labels.source, "sha256": labels.fingerprint()}
     out.mkdir(parents=True, exist_ok=True)
     settings = settings or {}
     run_file = out / "run.json"
@@ -85,18 +97,22 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
         if not isinstance(before, dict):
             raise ValueError(f"cannot resume in {out}: {run_file} does not hold a gradloc run's settings; "
                              "use another output folder or delete it to start over")
-        if state.get("classes") != classes:
+        if state.get("classes") != requested:
             raise ValueError(f"cannot resume in {out}: the earlier run localised classes {state.get('classes')!r}, "
-                             f"this one asks for {classes!r}; use another output folder or the same --classes")
+                             f"this one asks for {requested!r}; use another output folder or the same classes")
         changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         if changed:
             raise ValueError(f"cannot resume in {out}: settings differ from the earlier run "
                              f"({', '.join(f'{k}: {before.get(k)!r} -> {settings.get(k)!r}' for k in changed)}); "
                              "use another output folder or the same options")
-    atomic_write_text(run_file, dumps_record({"settings": settings, "classes": classes}))
-    files, walk_skips = find_images(paths)
+    atomic_write_text(run_file, dumps_record({"settings": settings, "classes": requested}))
     stream = ResultStream(out / "predictions.jsonl", resume=resume)
     already = len(stream.done)
+    if labels is not None:
+        for problem in labels.problems:
+            print(f"gradloc: labels: {problem}", file=sys.stderr)
+        walk_skips = walk_skips + [{"file": str(f), "reason": labels.reason(f)} for f in files if labels.of(f) is None]
+        files = [f for f in files if labels.of(f) is not None]
     new_skips = [s for s in walk_skips if not stream.has(s["file"])]
     for s in new_skips:
         print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
@@ -108,7 +124,8 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
     vis_dir = out / "vis"
     panels: dict[str, str] = {}
     with stream:
-        for done, failed in engine_runner(engine, ray_options)(gen, todo, lambda i: classes, workers, desc="localize"):
+        per_image = (lambda i: classes) if labels is None else (lambda i: labels.of(todo[i]))
+        for done, failed in engine_runner(engine, ray_options)(gen, todo, per_image, workers, desc="localize"):
             records = []
             for i, x32, size, res in done:
                 rec = image_record(str(todo[i]), size, res)
@@ -134,9 +151,10 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
         write_contact_sheet(out, vis_dir, panels)
     secs = time.time() - t0
     summary = {"images": n_images, "skipped": n_skipped, "resumed": already,
-               "new": n_ok, "seconds": round(secs, 2)}
+               "new": n_ok, "seconds": round(secs, 2), "label_problems": len(labels.problems) if labels else 0}
     rate = f", {n_ok / secs:.1f} img/s" if n_ok and secs > 0 else ""
+    problems = f", {len(labels.problems)} label problems (listed above)" if labels and labels.problems else ""
     print(f"gradloc: {n_images} images localised ({already} from a previous run), "
-          f"{n_skipped} skipped, in {secs:.1f} s{rate}; results in {out / 'predictions.json'}",
+          f"{n_skipped} skipped{problems}, in {secs:.1f} s{rate}; results in {out / 'predictions.json'}",
           file=sys.stderr)
     return summary
