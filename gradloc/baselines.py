@@ -82,11 +82,16 @@ def cam_box(cam_image: np.ndarray, size: tuple[int, int], fraction: float = CAM_
     return torch.tensor([[x * sx, y * sy, (x + w) * sx, (y + h) * sy]], dtype=torch.float32)
 
 
+REQUEST_K = {"predicted": 1, "top3": 3, "all": 10}  # classes asked of each image when GT is not known
+
+
 def predict_cam(model: nn.Module, ds: AnnotatedSet, images_dir: str | Path, method: str = "gradcam",
                 layer: str = "relu", device: str = "cpu", batch_size: int = 64, workers: int = 0,
-                max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True) -> tuple[list, list[dict]]:
+                max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True,
+                request: str = "gt") -> tuple[list, list[dict]]:
     """Grad-CAM or CAM (``method``) on the 32x32 input for each ground-truth class of each
-    image, boxed by :func:`cam_box` at image resolution. ``maps`` holds the map at the layer's
+    image (``request`` ``gt``), or for the model's own ``predicted`` / ``top3`` / ``all``
+    classes, boxed by :func:`cam_box` at image resolution. ``maps`` holds the map at the layer's
     resolution (MaxBoxAccV2 resizes it as its protocol says); ``peaks`` the maximum of the
     upsampled map. Returns (predictions, skipped files)."""
     from .io import readable_batches
@@ -100,9 +105,15 @@ def predict_cam(model: nn.Module, ds: AnnotatedSet, images_dir: str | Path, meth
         skipped += bad
         if not good:
             continue
-        row_image = [j for j, b in enumerate(good) for _ in ds.images[b[0]].classes()]
-        row_class = [c for b in good for c in ds.images[b[0]].classes()]
-        x = normalize(torch.stack([b[1] for b in good])[row_image].to(device))
+        x = normalize(torch.stack([b[1] for b in good]).to(device))
+        if request == "gt":
+            asked = [ds.images[b[0]].classes() for b in good]
+        else:
+            with torch.no_grad():
+                asked = model(x).topk(REQUEST_K[request], 1).indices.tolist()
+        row_image = [j for j, cs in enumerate(asked) for _ in cs]
+        row_class = [c for cs in asked for c in cs]
+        x = x[row_image]
         maps, logits = cam_method.feature_maps(x, torch.tensor(row_class, device=device))
         maps, probs = maps.cpu(), logits.float().softmax(1).cpu()
         for r, (j, c) in enumerate(zip(row_image, row_class)):

@@ -42,6 +42,7 @@ _HELP = {
     "box_padding": "grow each box by this fraction of its size per side",
     "nms_iou": "IoU of torchvision NMS between proposals of one class map",
     "top_k": "proposals kept per class map (default: 5)",
+    "min_score": "drop proposals scoring under this, so that a class can be answered absent (default: keep all)",
     "rescore": "crop: rank boxes by the class probability of their own crop (one extra forward pass); "
                "crop-delete: that minus the class probability of the image with the box blanked (two passes); "
                "with --threshold mass, one box per --ladder rung; off: by component score (default: %(default)s)",
@@ -178,7 +179,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                 predictions_json=args.predictions, aliases=aliases, workers=args.workers,
                                 baselines=not args.no_baselines, gradcam=not args.no_gradcam,
                                 selective_search=args.selective_search, limit=args.limit,
-                                sample_seed=args.sample_seed, exclude=read_exclude(args.exclude))
+                                sample_seed=args.sample_seed, exclude=read_exclude(args.exclude),
+                                request=args.request)
     write_report(Path(args.output), evaluation)
     print(results_table(evaluation.results))
     print(f"report: {Path(args.output) / 'report.md'}", file=sys.stderr)
@@ -326,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--exclude", default=None,
                     help="text file of image file names to leave out, one per line (e.g. the photographs "
                          "a model was trained on: photos_trained.txt beside its checkpoints)")
+    ev.add_argument("--request", default="gt", choices=("gt", "predicted", "top3", "all"),
+                    help="classes asked of each image: its ground-truth classes (gt, default: CorLoc's setting), "
+                         "or as without labels its predicted class, top 3 or all ten, where AP and the "
+                         "precision-recall curve say whether the scores tell present from absent (the box "
+                         "baselines, which name no class, are then left out)")
     ev.add_argument("--no-baselines", action="store_true", help="skip the box baselines")
     ev.add_argument("--no-gradcam", action="store_true",
                     help="skip the same-network Grad-CAM and CAM baselines")

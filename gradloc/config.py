@@ -38,6 +38,7 @@ class BoxRecipe:
     fuse: float
     consensus: float
     class_contrast: bool
+    min_score: float | None
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Options:
     box_padding: float = 0.0
     nms_iou: float = 0.5
     top_k: int | None = 5          # proposals kept per class map (None: all)
+    min_score: float | None = None  # proposals scoring under this are dropped: a class left without one is absent
     rescore: str = "crop-delete"   # crop-delete: crop probability minus that of the image without the box; crop; off
     ladder: str = "0.4,0.5,0.6,0.7"  # with rescoring and mass: mass shares tried, best box of each
     moment_box: float = 1.5        # with rescoring: also the box of the map's centroid +- this many std; 0: off
@@ -100,6 +102,8 @@ class Options:
             raise ValueError(f"frame_box must be a share of the image's side in [0, 1] (0: off), got {self.frame_box!r}")
         if not self.consensus >= 0:
             raise ValueError(f"consensus must be a probability >= 0 (above 1: off), got {self.consensus!r}")
+        if self.min_score is not None and not (isinstance(self.min_score, (int, float)) and self.min_score == self.min_score):
+            raise ValueError(f"min_score must be a number (None: keep every proposal), got {self.min_score!r}")
         if not self.fuse >= 0:
             raise ValueError(f"fuse must be a temperature >= 0 (0: off), got {self.fuse!r}")
         if self.rescore not in RESCORES:
@@ -167,7 +171,7 @@ class Options:
         d = {k: getattr(self, k) for k in ("smooth_sigma", "threshold", "morph", "kernel", "component_score",
                                            "union_box", "box_padding", "nms_iou", "top_k", "rescore",
                                            "moment_box", "frame_box", "peaks", "fuse", "consensus",
-                                           "class_contrast")}
+                                           "class_contrast", "min_score")}
         d["peak_fractions"] = tuple(self.peak_shares())
         value = self.top_n if self.threshold == "top-n" else self.threshold_value
         if self.method in CAM_METHODS:

@@ -30,9 +30,13 @@ class Evaluation:
     images_dir: Path | None = None
 
 
+REQUESTS = ("gt", "predicted", "top3", "all")
+
+
 def predict(gen, ds: AnnotatedSet, images_dir: str | Path, workers: int | None = None, top_k: int = 10,
-            progress: bool = True, desc: str = "evaluate") -> tuple[list, list[dict]]:
-    """Run ``gen`` on every annotated image, for each of its ground-truth classes.
+            progress: bool = True, desc: str = "evaluate", request: str = "gt") -> tuple[list, list[dict]]:
+    """Run ``gen`` on every annotated image, for each of its ground-truth classes (``request``
+    ``gt``) or, as a user without labels would, for its ``predicted``, ``top3`` or ``all`` classes.
 
     Returns one prediction dict per image (None if unreadable) and the skipped files.
     """
@@ -43,7 +47,8 @@ def predict(gen, ds: AnnotatedSet, images_dir: str | Path, workers: int | None =
     skipped = []
     if gen.options.top_k is not None:  # truncation only: the ranking is unchanged
         gen = gen.with_options(top_k=max(gen.options.top_k, top_k))
-    for done, failed in run_files(gen, files, lambda i: ds.images[i].classes(), workers, desc=desc,
+    asked = (lambda i: ds.images[i].classes()) if request == "gt" else (lambda i: request)
+    for done, failed in run_files(gen, files, asked, workers, desc=desc,
                                   progress=progress):
         skipped += [{"file": str(files[i]), "reason": reason} for i, reason in failed]
         for i, _, _, res in done:
@@ -65,7 +70,7 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
                    gen=None, predictions_json: str | Path | None = None, aliases=None,
                    workers: int | None = None, baselines: bool = True, gradcam: bool = True,
                    selective_search: bool = False, limit: int | None = None, sample_seed: int | None = None,
-                   method_label: str | None = None, exclude: set[str] | None = None) -> dict:
+                   method_label: str | None = None, exclude: set[str] | None = None, request: str = "gt") -> dict:
     """Score the pipeline (or a finished ``localize`` run) and the baselines; write a report.
 
     Exactly one of ``gen`` (with ``images_dir``) or ``predictions_json`` must be given.
@@ -74,6 +79,8 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     (needs ``images_dir`` and opencv-contrib). ``limit``: score only the first N images, or with
     ``sample_seed`` N images drawn at random (annotation files are often sorted by class).
     ``exclude``: file names left out (before ``limit``), e.g. the photographs a model trained on.
+    ``request``: the classes asked of each image (:func:`predict`); other than ``gt``, the CAM
+    baselines ask the same and the box baselines, which cannot name a class, are left out.
     Every method's COCO results file goes to ``out/coco/``; its AP/AR come from that file.
     Returns the :class:`Evaluation` (``.results``: ``{name: metrics}``); write it with
     :func:`gradloc.report.write_report`.
@@ -83,6 +90,8 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     from .annotations import load_annotations
     from .io import atomic_write_text
 
+    if request not in REQUESTS:
+        raise ValueError(f"unknown request {request!r}; choose from {', '.join(REQUESTS)}")
     ds = load_annotations(annotations, aliases)
     if exclude:  # images a model was trained on (image-level labels), kept out of its scores
         ds.images = [im for im in ds.images if im.file not in exclude and Path(im.file).name not in exclude]
@@ -107,13 +116,13 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
         if gen is None or images_dir is None:
             raise ValueError("give --images DIR to run the pipeline, or --predictions FILE")
         name = method_label or f"gradloc ({gen.options.method})"
-        preds_by_name[name], skipped = predict(gen, ds, images_dir, workers)
+        preds_by_name[name], skipped = predict(gen, ds, images_dir, workers, request=request)
         info["settings"] = {**asdict(gen.options), "precision": gen.precision}
         if gradcam:
             for method, label in (("gradcam", "Grad-CAM (final features, CAM box)"), ("cam", "CAM (CAM box)")):
                 preds_by_name[label], _ = B.predict_cam(gen.model, ds, images_dir, method, device=str(gen.device),
                                                         batch_size=gen.batch_size, workers=workers,
-                                                        max_pixels=gen.max_pixels)
+                                                        max_pixels=gen.max_pixels, request=request)
     if selective_search and images_dir is not None:
         if not B.has_selective_search():
             raise ValueError("selective search needs OpenCV's contrib module: pip install opencv-contrib-python-headless")
@@ -125,7 +134,8 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
                          + (f" (first: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""))
     # Baselines are scored on the same images as the method (unreadable ones left out).
     readable = [p is not None for p in next(iter(preds_by_name.values()))]
-    if baselines:
+    info["request"] = request
+    if baselines and request == "gt":
         masked = lambda preds: [p if ok else None for p, ok in zip(preds, readable)]  # noqa: E731
         centred = {a: masked(B.baseline_centred(ds, a)) for a in B.CENTRED_AREAS}
         best = max(B.CENTRED_AREAS, key=lambda a: corloc(ds, centred[a])["0.5"])

@@ -29,6 +29,10 @@ Metric definitions (each unit is an (image, ground-truth class) pair unless stat
 - Oracle CorLoc@0.5: the pair's best *candidate* (any box generated before selection)
   hits; beside it, the share of those pairs whose chosen box hits (selection's success).
 - Classification accuracy (unit: image): the predicted class is one of the image's classes.
+- Presence AP@0.5 (unit: the method's claims, one per (image, class) it gave a box): a claim is
+  right when the class is in the image and its best box hits a box of it at IoU >= 0.5; ranked
+  by the box's score over the whole set, so it says whether one ``--min-score`` serves every
+  image (meaningful with ``evaluate --request all``).
 - COCO AP and AR@1/10/100 over IoU 0.5:0.95, by object size, per class and class-agnostic:
   pycocotools on the method's COCO results file (:mod:`gradloc.coco`, not here).
 """
@@ -248,6 +252,56 @@ def max_box_acc_v2(ds: AnnotatedSet, preds: list, deltas=DELTAS,
     return out
 
 
+PRESENCE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def presence_curve(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Each (image, class) the method answered with a box is the claim "class c is here": its
+    best box at its score. It is right when c is one of the image's classes and the box hits a
+    box of c at IoU >= ``delta``; claims of a class whose boxes are all crowd/difficult count
+    neither way. Returns the claims' scores (descending), precision and recall after each, and
+    the number of (image, class) pairs to find."""
+    scores, right = [], []
+    positives = 0
+    for im, p in zip(ds.images, preds):
+        if p is None:
+            continue
+        positives += len(im.classes())
+        ignored = set(im.labels.tolist()) - set(im.classes())
+        for c, boxes in p["boxes"].items():
+            if not len(boxes) or c in ignored:
+                continue
+            s = p.get("scores", {}).get(c)
+            scores.append(float(s[0]) if s is not None and len(s) else 1.0)
+            right.append(c in im.classes() and float(box_iou(boxes[:1], im.boxes_of(c)).max()) >= delta)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    hits = np.asarray(right, dtype=np.float64)[order]
+    tp = np.cumsum(hits)
+    precision = tp / np.arange(1, len(hits) + 1) if len(hits) else np.zeros(0)
+    recall = tp / max(positives, 1)
+    return np.asarray(scores, dtype=np.float64)[order], precision, recall, positives
+
+
+def presence(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> dict | None:
+    """:func:`presence_curve` summarised: AP (all-points, as VOC 2010+), the claims' precision
+    and recall when only those scoring at least each of :data:`PRESENCE_THRESHOLDS` are kept
+    (what ``--min-score`` would keep), and the best F1 with its threshold."""
+    scores, precision, recall, positives = presence_curve(ds, preds, delta)
+    if not positives:
+        return None
+    envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+    ap = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * envelope)) if len(recall) else 0.0
+    at = {}
+    for t in PRESENCE_THRESHOLDS:
+        n = int(np.sum(scores >= t - 1e-6))  # scores are float32: 0.9 is stored as 0.89999998
+        at[f"{t:g}"] = {"claims": n, "precision": float(precision[n - 1]) if n else None,
+                        "recall": float(recall[n - 1]) if n else 0.0}
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12) if len(scores) else np.zeros(1)
+    best = int(np.argmax(f1))
+    return {"AP": ap, "claims": int(len(scores)), "pairs": positives, "at_min_score": at,
+            "best_f1": float(f1[best]), "best_f1_min_score": float(scores[best]) if len(scores) else None}
+
+
 def score(ds: AnnotatedSet, preds: list) -> dict:
     """Every metric for one method's predictions (None where it does not apply)."""
     cl = corloc(ds, preds)
@@ -259,4 +313,5 @@ def score(ds: AnnotatedSet, preds: list) -> dict:
         "pointing": pointing_game(ds, preds),
         "proposals": recall_and_mbo(ds, preds),
         "accuracy": classification_accuracy(ds, preds),
+        "presence": presence(ds, preds),
     }

@@ -180,6 +180,9 @@ class ProposalGenerator:
                                     consensus=plan.consensus and float(w.probs[i, c]) > o.consensus)
                       for b, s, i, c in zip(row_boxes, row_scores, w.row_image.tolist(), classes)]
             row_boxes, row_scores = map(list, zip(*ranked))
+        if o.min_score is not None:  # "absent" is an answer: a class may be left without a box
+            kept = [s >= o.min_score - 1e-6 for s in row_scores]  # float32 scores: 0.5 may read 0.49999997
+            row_boxes, row_scores = [b[k] for b, k in zip(row_boxes, kept)], [s[k] for s, k in zip(row_scores, kept)]
         per_image: list[list] = [[] for _ in sizes]
         for r, (start, count) in enumerate(zip(starts, w.counts)):
             i = int(w.row_image[r])

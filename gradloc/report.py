@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .metrics import recall_and_mbo, top1_ious  # noqa: E402
+from .metrics import PRESENCE_THRESHOLDS, presence_curve, recall_and_mbo, top1_ious  # noqa: E402
 from .io import atomic_write_text  # noqa: E402
 from .model import CIFAR10_CLASSES  # noqa: E402
 
@@ -111,6 +111,42 @@ def oracle_table(results: dict[str, dict]) -> str:
                       _fmt(o["chosen_given_oracle_by_size"].get(s))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def presence_table(results: dict[str, dict]) -> str:
+    """Per method: presence AP@0.5, best F1 and the score it is at, and precision / recall of
+    the claims kept at each minimum score, in percent."""
+    rows = [(n, m["presence"]) for n, m in results.items() if m.get("presence")]
+    heads = ["AP", "best F1", "at score"] + [f"P/R @{t:g}" for t in PRESENCE_THRESHOLDS]
+    lines = ["| method | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
+    for name, pr in rows:
+        at = pr["at_min_score"]
+        cells = [_fmt(pr["AP"]), _fmt(pr["best_f1"]),
+                 "–" if pr["best_f1_min_score"] is None else f"{pr['best_f1_min_score']:.2f}"]
+        cells += [f"{_fmt(at[f'{t:g}']['precision'])}/{_fmt(at[f'{t:g}']['recall'])}" for t in PRESENCE_THRESHOLDS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if rows else ""
+
+
+PRESENCE_HEADING = ("Present or absent (a claim: an (image, class) given a box; right when the class is there "
+                    "and the box hits at IoU 0.5; ranked by score over the whole set)")
+
+
+def plot_presence_curve(ds, preds_by_name: dict, path: Path) -> None:
+    """Precision against recall of the presence claims (:func:`~gradloc.metrics.presence_curve`)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, preds in preds_by_name.items():
+        _, precision, recall, _ = presence_curve(ds, preds)
+        ax.plot(recall, precision, label=name)
+    ax.set_xlabel("recall (pairs found at IoU 0.5)")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 ORACLE_HEADING = ("Generation and selection (CorLoc@0.5 of the chosen box; oracle: of the best candidate "
@@ -239,7 +275,8 @@ def write_report(out: Path, evaluation) -> None:
         plot_corloc_curve(ds, preds_by_name, out / "corloc_vs_iou.png")
         plot_iou_histogram(ds, preds_by_name, out / "iou_histogram.png")
         plot_recall_curve(ds, preds_by_name, out / "recall_curve.png")
-        plots += ["corloc_vs_iou.png", "iou_histogram.png", "recall_curve.png"]
+        plot_presence_curve(ds, preds_by_name, out / "presence_pr.png")
+        plots += ["corloc_vs_iou.png", "iou_histogram.png", "recall_curve.png", "presence_pr.png"]
     plot_per_class(results, out / "per_class.png")
     plots.append("per_class.png")
     if images_dir is not None and method_name in preds_by_name:
@@ -251,13 +288,16 @@ def write_report(out: Path, evaluation) -> None:
               "pointing; ground-truth boxes for recall, MBO and AR; images for top-1 loc and accuracy. "
               "AR@k and AP: COCO's, IoU 0.5:0.95, per class (\"agnostic\": every box against every "
               "box of its image), computed by pycocotools from the results files in `coco/`; "
-              "boxes were asked for the image's ground-truth classes only. "
+              + ("boxes were asked for the image's ground-truth classes only. " if info.get("request", "gt") == "gt"
+                 else f"boxes were asked for each image's {info['request']} classes (ground truth unknown). ") +
               "Definitions: `gradloc/evaluate.py`.", "", results_table(results), "",
               "## By object size (small < 32², medium < 96², large; CorLoc by the pair's largest box)", "", size_table(results), "",
               "## GT-known CorLoc@0.5 per class", "", per_class_table(results), ""]
-    oracle = oracle_table(results)
+    oracle, present = oracle_table(results), presence_table(results)
     if oracle:
         lines += [f"## {ORACLE_HEADING}", "", oracle, ""]
+    if present:
+        lines += [f"## {PRESENCE_HEADING}", "", present, ""]
     lines += [f"![{p}]({p})" for p in plots]
     for key in ("skipped", "annotation_problems"):
         items = info.get(key) or []
@@ -271,7 +311,8 @@ def write_report(out: Path, evaluation) -> None:
     write_html_report(out, evaluation, {"Metrics": results_table(results),
                                         "By object size (CorLoc by the pair's largest box; COCO AR@100, AP)": size_table(results),
                                         "GT-known CorLoc@0.5 per class": per_class_table(results),
-                                        **({ORACLE_HEADING: oracle} if oracle else {})},
+                                        **({ORACLE_HEADING: oracle} if oracle else {}),
+                                        **({PRESENCE_HEADING: present} if present else {})},
                       [p for p in plots if p != "examples.png"])
 
 

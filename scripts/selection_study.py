@@ -1,6 +1,6 @@
 """Dump every (image, class) pair's candidates before selection, for studying selection rules
 offline: boxes in original pixels, the crop's and blanked view's class probabilities, kind,
-input side, and the pair's ground-truth boxes.
+input side, the 32x32 view's probability of the class, and the pair's ground-truth boxes.
 
     python scripts/selection_study.py ANNOTATIONS IMAGES OUT.pt [--limit N]
 """
@@ -34,7 +34,8 @@ def main() -> int:
                 chosen = res["boxes"][res["labels"] == c][:1]
                 pairs.append({"file": ims[i].file, "size": (ims[i].height, ims[i].width), "cls": c,
                               "gt": ims[i].boxes_of(c), "boxes": cand.boxes, "evidence": cand.evidence,
-                              "kinds": cand.kinds, "sides": cand.sides, "chosen": chosen})
+                              "kinds": cand.kinds, "sides": cand.sides, "chosen": chosen,
+                              "prob": float(res["probs"][c])})
     torch.save(pairs, a.out)
     print(len(pairs), "pairs", file=sys.stderr)
     return 0

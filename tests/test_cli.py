@@ -261,3 +261,15 @@ def test_engine_ray_without_ray_is_a_one_line_error(tmp_path, random_weights_fil
                  "--weights", str(random_weights_file), "--engine", "ray"])
     err = capsys.readouterr().err
     assert code == 2 and 'pip install "gradloc[ray]"' in err and "Traceback" not in err
+
+
+def test_min_score_answers_absent(tmp_path):
+    """--min-score 0.5 keeps no box under 0.5, and fewer boxes than without it (shipped weights)."""
+    runs = {}
+    for name, extra in (("all", []), ("kept", ["--min-score", "0.5"])):
+        assert main(["localize", str(SAMPLES / "cifar10"), "-o", str(tmp_path / name), "--classes", "all",
+                     "--vis-limit", "0", "--precision", "fp32"] + extra) == 0
+        runs[name] = [p for r in json.loads((tmp_path / name / "predictions.json").read_text())["images"]
+                      for p in r["proposals"]]
+    assert runs["kept"] and all(p["score"] >= 0.5 for p in runs["kept"]) and len(runs["kept"]) < len(runs["all"])
+    assert {json.dumps(p) for p in runs["kept"]} <= {json.dumps(p) for p in runs["all"]}

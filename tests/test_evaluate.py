@@ -278,3 +278,38 @@ def test_evaluate_excludes_listed_images(tmp_path, random_weights_file):
                  "--workers", "0", "--exclude", str(tmp_path / "trained.txt"), "--no-gradcam"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["info"]["images"] == 1 and metrics["results"]["whole image"]["corloc"]["n"] == 1
+
+
+def test_presence_by_hand():
+    """Four claims over two images, three pairs to find: ranked by score they go right, wrong
+    (absent class), right, wrong (box misses); a crowd-only class counts neither way."""
+    from gradloc.metrics import presence
+    ds = AnnotatedSet([img("a", 100, 100, [[0, 0, 50, 50], [50, 50, 100, 100]], [3, 5]),
+                       img("b", 100, 100, [[10, 10, 60, 60], [0, 0, 9, 9]], [1, 2], [False, True])])
+    preds = [
+        {"boxes": {3: torch.tensor([[0.0, 0, 50, 50]]), 5: torch.tensor([[0.0, 0, 10, 10]]),
+                   7: torch.tensor([[0.0, 0, 10, 10]])},
+         "scores": {3: torch.tensor([0.9]), 5: torch.tensor([0.2]), 7: torch.tensor([0.8])}},
+        {"boxes": {1: torch.tensor([[10.0, 10, 60, 60]]), 2: torch.tensor([[0.0, 0, 9, 9]])},
+         "scores": {1: torch.tensor([0.5]), 2: torch.tensor([0.99])}},
+    ]
+    p = presence(ds, preds)
+    assert (p["claims"], p["pairs"]) == (4, 3)
+    # precision after each claim 1, 1/2, 2/3, 2/4; recall 1/3, 1/3, 2/3, 2/3; all-points AP = 1/3 + 1/3 * 2/3
+    assert p["AP"] == pytest.approx(1 / 3 + 2 / 9)
+    assert p["at_min_score"]["0.5"] == {"claims": 3, "precision": pytest.approx(2 / 3), "recall": pytest.approx(2 / 3)}
+    assert p["at_min_score"]["0.9"] == {"claims": 1, "precision": 1.0, "recall": pytest.approx(1 / 3)}
+    assert p["best_f1"] == pytest.approx(2 / 3) and p["best_f1_min_score"] == 0.5
+
+
+def test_evaluate_request_all_asks_the_models_own_classes(tmp_path, random_weights_file):
+    images, ann = two_image_set(tmp_path)
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(ann), "--images", str(images), "-o", str(out), "--weights", str(random_weights_file),
+                 "--workers", "0", "--request", "all", "--top-k", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["info"]["request"] == "all"
+    assert set(metrics["results"]) == {"gradloc (gradient)", "Grad-CAM (final features, CAM box)", "CAM (CAM box)"}
+    for name, m in metrics["results"].items():
+        assert m["presence"]["claims"] == 20 and m["presence"]["pairs"] == 2, name  # ten classes per image
+    assert "Present or absent" in (out / "report.md").read_text() and (out / "presence_pr.png").is_file()
