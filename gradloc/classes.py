@@ -11,23 +11,26 @@ from .model import CIFAR10_CLASSES
 ClassSpec = Union[None, int, str, Sequence[Union[int, str]]]
 
 
-def class_index(c: int | str) -> int:
-    """A CIFAR-10 class name or index -> index, with a clear error."""
+def class_index(c: int | str, names: Sequence[str] = CIFAR10_CLASSES) -> int:
+    """A class name (case-insensitive) or index of the classifier's ``names`` -> index, with a
+    clear error."""
     if isinstance(c, str) and not c.strip().lstrip("-").isdigit():
-        name = c.strip().lower()
-        if name not in CIFAR10_CLASSES:
-            raise ValueError(f"unknown class {c!r}; classes are {', '.join(CIFAR10_CLASSES)}")
-        return CIFAR10_CLASSES.index(name)
+        lowered = [n.lower() for n in names]
+        if c.strip().lower() not in lowered:
+            shown = ", ".join(names[:20]) + (f", ... ({len(names)} classes)" if len(names) > 20 else "")
+            raise ValueError(f"unknown class {c!r}; classes are {shown}")
+        return lowered.index(c.strip().lower())
     i = int(c)
-    if not 0 <= i < len(CIFAR10_CLASSES):
-        raise ValueError(f"class index {i} out of range 0..{len(CIFAR10_CLASSES) - 1}")
+    if not 0 <= i < len(names):
+        raise ValueError(f"class index {i} out of range 0..{len(names) - 1}")
     return i
 
 
-def parse_class_spec(spec: ClassSpec) -> tuple[str, list[int] | int | None]:
-    """One image's class request -> ("predicted", None) | ("top", k) | ("list", [idx...]).
+def parse_class_spec(spec: ClassSpec, names: Sequence[str] = CIFAR10_CLASSES) -> tuple[str, list[int] | int | None]:
+    """One image's class request -> ("predicted", None) | ("top", k) | ("list", [idx...]), for
+    a classifier of class ``names``.
 
-    Accepts None (the predicted class), "all" (the ten classes, most probable first: top-10),
+    Accepts None (the predicted class), "all" (every class, most probable first),
     "top3"/"top-3", a name, an index, or a list. A list names classes the picture is said to
     hold; top-k are competing guesses (the class contrast applies to lists only).
     """
@@ -36,23 +39,23 @@ def parse_class_spec(spec: ClassSpec) -> tuple[str, list[int] | int | None]:
     if isinstance(spec, str):
         s = spec.strip().lower()
         if s == "all":
-            return "top", len(CIFAR10_CLASSES)
-        if s.startswith("top") and s not in CIFAR10_CLASSES:
+            return "top", len(names)
+        if s.startswith("top") and s not in [n.lower() for n in names]:
             k = s[3:].lstrip("-:") or "1"
             if not k.isdigit() or int(k) < 1:
                 raise ValueError(f"unknown class request {spec!r}: use topK with K a number from 1 to "
-                                 f"{len(CIFAR10_CLASSES)}, 'all', or class names")
-            return "top", min(int(k), len(CIFAR10_CLASSES))
+                                 f"{len(names)}, 'all', or class names")
+            return "top", min(int(k), len(names))
         if "," in s:
-            return "list", _nonempty([class_index(p) for p in s.split(",") if p.strip()], spec)
-        return "list", [class_index(s)]
+            return "list", _nonempty([class_index(p, names) for p in s.split(",") if p.strip()], spec)
+        return "list", [class_index(s, names)]
     if isinstance(spec, int) and not isinstance(spec, bool):
-        return "list", [class_index(spec)]
+        return "list", [class_index(spec, names)]
     if not isinstance(spec, (list, tuple)) or not all(
             isinstance(c, str) or (isinstance(c, int) and not isinstance(c, bool)) for c in spec):
         raise ValueError(f"class request {spec!r} is not a class name, an integer index, a list of them, "
                          "'all' or 'topK'")
-    return "list", _nonempty([class_index(c) for c in spec], spec)
+    return "list", _nonempty([class_index(c, names) for c in spec], spec)
 
 
 def _nonempty(classes: list[int], spec) -> list[int]:

@@ -94,6 +94,18 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
             g.add_argument(flag, type=kind, default=f.default, choices=choices, help=_HELP.get(f.name))
     m = p.add_argument_group("model")
+    m.add_argument("--model", default=None, metavar="torchvision:NAME|MODULE:CALLABLE",
+                   help="your own classifier instead of the shipped WRN: a torchvision.models classifier by name, or "
+                        "CALLABLE(num_classes=...) from a module or .py file; needs --weights, --class-names, "
+                        "--input-size (nothing is downloaded)")
+    m.add_argument("--class-names", default=None, help="with --model: a text file of the model's class names, one a line")
+    m.add_argument("--input-size", type=int, default=None, help="with --model: the side (px) it was trained at")
+    m.add_argument("--mean", default=None, help="with --model: input mean per RGB channel, e.g. 0.485,0.456,0.406 "
+                                                "(default: ImageNet's)")
+    m.add_argument("--std", default=None, help="with --model: input std per RGB channel (default: ImageNet's)")
+    m.add_argument("--feature-layer", default=None,
+                   help="with --model: its last feature layer, for gradcam, cam and the pyramid (default: found for "
+                        "common torchvision families)")
     m.add_argument("--weights", default="default",
                    help="state-dict file (default: the shipped WRN-16-4 weights)")
     m.add_argument("--depth", type=int, default=16)
@@ -122,11 +134,39 @@ def build_generator(args: argparse.Namespace):
         import torch
         if not torch.cuda.is_available():
             raise SystemExit("gradloc: error: --device cuda but no CUDA device is available")
-    return ProposalGenerator.pretrained(weights=args.weights, depth=args.depth, width=args.width,
-                                        device=args.device, batch_size=args.batch_size,
-                                        max_pixels=args.max_pixels,
-                                        precision="bf16" if args.amp else args.precision,
-                                        **options_from_args(args))
+    common = dict(device=args.device, batch_size=args.batch_size, max_pixels=args.max_pixels,
+                  precision="bf16" if args.amp else args.precision, **options_from_args(args))
+    if args.model is None:
+        given = [f for f in ("class_names", "input_size", "mean", "std", "feature_layer") if getattr(args, f) is not None]
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} describes your own --model; the shipped WRN needs none")
+        return ProposalGenerator.pretrained(weights=args.weights, depth=args.depth, width=args.width, **common)
+    return ProposalGenerator.from_classifier(**user_classifier(args), **common)
+
+
+def user_classifier(args: argparse.Namespace) -> dict:
+    """``--model`` and its description -> :meth:`ProposalGenerator.from_classifier`'s arguments."""
+    from .classifier import IMAGENET_MEAN, IMAGENET_STD, load_callable, read_class_names, torchvision_classifier
+    from .model import load_weights
+    if args.class_names is None or args.input_size is None or args.weights == "default":
+        raise ValueError("--model needs --weights FILE (its state dict), --class-names FILE and --input-size N")
+    names = read_class_names(args.class_names)
+    kind, _, name = args.model.partition(":")
+    model = torchvision_classifier(name, len(names)) if kind == "torchvision" else load_callable(args.model, len(names))
+    load_weights(model, args.weights)
+
+    def triple(text, default, flag):
+        if text is None:
+            return default
+        try:
+            v = tuple(float(x) for x in text.split(","))
+        except ValueError:
+            v = ()
+        if len(v) != 3:
+            raise ValueError(f"{flag} must be three comma-separated numbers, got {text!r}")
+        return v
+    return dict(model=model, classes=names, input_size=args.input_size, feature_layer=args.feature_layer,
+                mean=triple(args.mean, IMAGENET_MEAN, "--mean"), std=triple(args.std, IMAGENET_STD, "--std"))
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
@@ -138,7 +178,6 @@ def cmd_localize(args: argparse.Namespace) -> int:
         if not classes:
             raise ValueError(f"--classes {args.classes!r} names no class")
         classes = classes[0] if len(classes) == 1 else classes
-        parse_class_spec(classes)  # a bad request fails here, before any work
     ray_options = None
     if args.engine == "ray":
         from .ray_engine import RayOptions
@@ -152,6 +191,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
     from .annotations import load_aliases
     aliases = load_aliases(args.aliases)
     gen = build_generator(args)
+    if classes is not None:
+        parse_class_spec(classes, gen.spec.classes)  # a bad request fails here, before any work
     summary = localize(gen, args.paths, Path(args.output), classes=classes, resume=args.resume,
                        classes_from=args.classes_from, aliases=aliases,
                        workers=args.workers, vis_limit=args.vis_limit, verbose=args.verbose,
@@ -175,6 +216,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.images is None:
             raise ValueError("give --images DIR (run the pipeline) or --predictions FILE (score a run)")
         gen = build_generator(args)
+        if gen.spec.classes != CIFAR10_CLASSES:
+            raise ValueError("evaluate maps annotations onto CIFAR-10's classes; with your own --model, "
+                             "localize and score its predictions.json yourself")
     evaluation = run_evaluation(args.annotations, Path(args.output), images_dir=args.images, gen=gen,
                                 predictions_json=args.predictions, aliases=aliases, workers=args.workers,
                                 baselines=not args.no_baselines, gradcam=not args.no_gradcam,

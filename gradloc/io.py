@@ -72,15 +72,16 @@ class ImageFiles(Dataset):
     """Decodes and resizes files; a bad file yields its reason instead of raising."""
 
     def __init__(self, files: list[Path], max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off",
-                 keep_work: bool = False) -> None:
+                 keep_work: bool = False, input_size: int = 32) -> None:
         self.files, self.max_pixels, self.scales, self.keep_work = files, max_pixels, scales, keep_work
+        self.input_size = input_size
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
         try:
-            x, size, work = prepare(self.files[i], self.max_pixels, self.scales, self.keep_work)
+            x, size, work = prepare(self.files[i], self.max_pixels, self.scales, self.keep_work, self.input_size)
             return i, x, size, None, work
         except ImageError as exc:
             return i, None, None, str(exc), None
@@ -105,8 +106,8 @@ def decoding_workers(workers: int | None = None) -> int:
 
 def iter_batches(files: list[Path], batch_size: int, workers: int | None = 0,
                  max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off",
-                 keep_work: bool = False) -> Iterator[list[tuple]]:
-    """Yield lists of ``(index, uint8 [3,32,32] | None, (h, w) | None, reason | None,
+                 keep_work: bool = False, input_size: int = 32) -> Iterator[list[tuple]]:
+    """Yield lists of ``(index, uint8 [3, S, S] | None (S = input_size), (h, w) | None, reason | None,
     working-resolution image | None)``; the last is kept for multi-scale images, or for all
     with ``keep_work``.
 
@@ -114,7 +115,7 @@ def iter_batches(files: list[Path], batch_size: int, workers: int | None = 0,
     :func:`decoding_workers`).
     """
     workers = decoding_workers(workers)
-    loader = DataLoader(ImageFiles(files, max_pixels, scales, keep_work), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(ImageFiles(files, max_pixels, scales, keep_work, input_size), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_keep_list,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     yield from loader

@@ -52,12 +52,14 @@ class ImageLabels:
 
 
 def read_labels(source: str | Path, files: list[Path], roots: list[str | Path],
-                aliases: dict[str, str] | None = None) -> ImageLabels:
+                aliases: dict[str, str] | None = None, names=CIFAR10_CLASSES) -> ImageLabels:
     """Labels from ``source`` (``"folders"``, a ``.csv`` or a COCO ``.json``) for the image
-    ``files`` found under ``roots`` (the paths the user gave)."""
+    ``files`` found under ``roots`` (the paths the user gave), as indices into the classifier's
+    class ``names``."""
     aliases = aliases or DEFAULT_ALIASES
+    lookup = lambda name: class_of(name, aliases, names)  # noqa: E731
     if str(source) == "folders":
-        return _from_folders(files, aliases)
+        return _from_folders(files, lookup)
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"--classes-from {source}: no such file (give 'folders', a .csv or a COCO .json)")
@@ -67,21 +69,32 @@ def read_labels(source: str | Path, files: list[Path], roots: list[str | Path],
         rows = _coco_rows(path)
     else:
         raise ValueError(f"--classes-from {source}: not a .csv or .json file (or 'folders')")
-    return _match(str(path), rows, files, [path.parent, *roots], aliases)
+    return _match(str(path), rows, files, [path.parent, *roots], lookup, names)
 
 
-def _from_folders(files: list[Path], aliases: dict[str, str]) -> ImageLabels:
+def class_of(name: str, aliases: dict[str, str], names=CIFAR10_CLASSES) -> int | None:
+    """A label's index in the classifier's ``names``: the name itself (case-insensitive), else
+    its alias's CIFAR-10 class where the classifier has it; None when neither."""
+    lowered = [n.lower() for n in names]
+    key = str(name).strip().lower()
+    if key in lowered:
+        return lowered.index(key)
+    c = map_class(name, aliases)
+    return lowered.index(CIFAR10_CLASSES[c]) if c is not None and CIFAR10_CLASSES[c] in lowered else None
+
+
+def _from_folders(files: list[Path], lookup) -> ImageLabels:
     labels = ImageLabels("folders")
     unknown: dict[str, int] = {}
     for f in files:
         folder = Path(f).resolve().parent.name
-        c = map_class(folder, aliases)
+        c = lookup(folder)
         if c is None:
             unknown[folder] = unknown.get(folder, 0) + 1
-            labels.unlabelled[os.path.realpath(f)] = f"its folder {folder!r} names no CIFAR-10 class"
+            labels.unlabelled[os.path.realpath(f)] = f"its folder {folder!r} names no class of the model"
         else:
             labels.classes[os.path.realpath(f)] = [c]
-    labels.problems += [f"folder {name!r} names no CIFAR-10 class (add it to --aliases); its {n} images are skipped"
+    labels.problems += [f"folder {name!r} names no class of the model (add it to --aliases); its {n} images are skipped"
                         for name, n in sorted(unknown.items())]
     return labels
 
@@ -125,17 +138,17 @@ def _coco_rows(path: Path) -> list[tuple[str, str, str]]:
 
 
 def _match(source: str, rows: list[tuple[str, str, str]], files: list[Path], bases: list[str | Path],
-           aliases: dict[str, str]) -> ImageLabels:
+           lookup, names) -> ImageLabels:
     labels = ImageLabels(source)
     found = {os.path.realpath(f) for f in files}
     for where, file, name in rows:
         if not file:
             labels.problems.append(f"{where}: no file name")
             continue
-        c = map_class(name, aliases)
+        c = lookup(name)
         if c is None:
-            labels.problems.append(f"{where}: class {name!r} has no CIFAR-10 counterpart "
-                                   f"(classes: {', '.join(CIFAR10_CLASSES)}; or add it to --aliases)")
+            labels.problems.append(f"{where}: class {name!r} is none of the model's "
+                                   f"({', '.join(names[:12])}{', ...' if len(names) > 12 else ''}; or add it to --aliases)")
             continue
         candidates = [file] if os.path.isabs(file) else [os.path.join(b, file) for b in bases]
         real = next((r for r in map(os.path.realpath, candidates) if r in found), None)

@@ -28,7 +28,7 @@ def format_probs(probs: dict) -> str:
     return "  ".join(f"{c} {p:.3f}" for c, p in ranked)
 
 
-def _write_panel(vis_dir: Path, index: int, path: Path, x32: torch.Tensor, result: dict) -> str:
+def _write_panel(vis_dir: Path, index: int, path: Path, x32: torch.Tensor, result: dict, classes) -> str:
     """A panel for one image (the original re-read and shrunk for drawing); its file name."""
     im = Image.fromarray(np.asarray(open_image(path)))
     w, h = im.size
@@ -38,7 +38,7 @@ def _write_panel(vis_dir: Path, index: int, path: Path, x32: torch.Tensor, resul
     shown = dict(result, boxes=result["boxes"] * scale)
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem)[:60]
     name = f"{index:06d}_{safe}.png"
-    save_panel(vis_dir / name, panel(np.asarray(im), x32, shown))
+    save_panel(vis_dir / name, panel(np.asarray(im), x32, shown, classes=classes))
     return name
 
 
@@ -82,7 +82,7 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
     if classes is not None and classes_from is not None:
         raise ValueError("give classes for every image or classes_from a label source, not both")
     files, walk_skips = find_images(paths)
-    labels = read_labels(classes_from, files, paths, aliases) if classes_from is not None else None
+    labels = read_labels(classes_from, files, paths, aliases, gen.spec.classes) if classes_from is not None else None
     requested = classes if labels is None else {"from": labels.source, "sha256": labels.fingerprint()}
     out.mkdir(parents=True, exist_ok=True)
     settings = settings or {}
@@ -128,13 +128,14 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
         for done, failed in engine_runner(engine, ray_options)(gen, todo, per_image, workers, desc="localize"):
             records = []
             for i, x32, size, res in done:
-                rec = image_record(str(todo[i]), size, res)
+                rec = image_record(str(todo[i]), size, res, gen.spec.classes)
                 records.append(rec)
                 if verbose:
                     tqdm.write(f"{todo[i]}: {format_probs(rec['probs'])}")
                 if already + n_ok + len(records) <= vis_limit:
                     try:
-                        panels[_write_panel(vis_dir, already + n_ok + len(records) - 1, todo[i], x32, res)] = \
+                        panels[_write_panel(vis_dir, already + n_ok + len(records) - 1, todo[i], x32, res,
+                                                 gen.spec.classes)] = \
                             rec["file"]
                     except Exception as exc:  # a panel is a nicety; never lose the result
                         tqdm.write(f"warning: no panel for {todo[i]}: {exc}", file=sys.stderr)
@@ -145,7 +146,7 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
             n_ok += len(done)
             n_skip += len(failed)
     header = {"format": "gradloc-predictions", "version": FORMAT_VERSION,
-              "classes": list(CIFAR10_CLASSES), "settings": settings}
+              "classes": list(gen.spec.classes), "settings": settings}
     n_images, n_skipped = write_predictions_json(out / "predictions.jsonl", out / "predictions.json", header)
     if vis_dir.is_dir():
         write_contact_sheet(out, vis_dir, panels)

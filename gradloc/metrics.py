@@ -255,12 +255,14 @@ def max_box_acc_v2(ds: AnnotatedSet, preds: list, deltas=DELTAS,
 PRESENCE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def presence_curve(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def presence_curve(ds: AnnotatedSet, preds: list, delta: float = 0.5,
+                   by_prob: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Each (image, class) the method answered with a box is the claim "class c is here": its
     best box at its score. It is right when c is one of the image's classes and the box hits a
     box of c at IoU >= ``delta``; claims of a class whose boxes are all crowd/difficult count
-    neither way. Returns the claims' scores (descending), precision and recall after each, and
-    the number of (image, class) pairs to find."""
+    neither way. ``by_prob``: ranked by the image's class probability instead of the box's
+    score. Returns the claims' scores (descending), precision and recall after each, and the
+    number of (image, class) pairs to find."""
     scores, right = [], []
     positives = 0
     for im, p in zip(ds.images, preds):
@@ -271,7 +273,7 @@ def presence_curve(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> tuple[n
         for c, boxes in p["boxes"].items():
             if not len(boxes) or c in ignored:
                 continue
-            s = p.get("scores", {}).get(c)
+            s = p["probs"][c:c + 1] if by_prob else p.get("scores", {}).get(c)
             scores.append(float(s[0]) if s is not None and len(s) else 1.0)
             right.append(c in im.classes() and float(box_iou(boxes[:1], im.boxes_of(c)).max()) >= delta)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
@@ -282,11 +284,13 @@ def presence_curve(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> tuple[n
     return np.asarray(scores, dtype=np.float64)[order], precision, recall, positives
 
 
-def presence(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> dict | None:
+def presence(ds: AnnotatedSet, preds: list, delta: float = 0.5, by_prob: bool = False) -> dict | None:
     """:func:`presence_curve` summarised: AP (all-points, as VOC 2010+), the claims' precision
     and recall when only those scoring at least each of :data:`PRESENCE_THRESHOLDS` are kept
     (what ``--min-score`` would keep), and the best F1 with its threshold."""
-    scores, precision, recall, positives = presence_curve(ds, preds, delta)
+    if by_prob and not all(p is None or p.get("probs") is not None for p in preds):
+        return None
+    scores, precision, recall, positives = presence_curve(ds, preds, delta, by_prob)
     if not positives:
         return None
     envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
@@ -314,4 +318,5 @@ def score(ds: AnnotatedSet, preds: list) -> dict:
         "proposals": recall_and_mbo(ds, preds),
         "accuracy": classification_accuracy(ds, preds),
         "presence": presence(ds, preds),
+        "presence_by_prob": presence(ds, preds, by_prob=True),
     }

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DEFAULT_SCALES = (1, 2, 3)
-AUTO_MIN_SIDE = 160     # multi-scale turns on by itself when the shorter side is at least this
+AUTO_MIN_SIDE = 160     # multi-scale turns on by itself when the shorter side is at least this (32 px input)
 WORK_MAX_SIDE = 256     # working-grid resolution of the accumulated map (longer side)
 
 
@@ -103,14 +103,15 @@ def parse_scales(scales) -> tuple[int, ...] | str:
     return tuple(int(v) for v in scales)
 
 
-def wants_multiscale(size: tuple[int, int], scales) -> bool:
+def wants_multiscale(size: tuple[int, int], scales, input_size: int = 32) -> bool:
     """Whether an image of ``size`` (h, w) takes the multi-scale path: "auto" turns it on
-    when the shorter side is at least AUTO_MIN_SIDE; explicit scales other than (1,) always."""
+    when the shorter side is at least AUTO_MIN_SIDE (for a model of ``input_size``, that many
+    times its input over 32: five model inputs); explicit scales other than (1,) always."""
     s = parse_scales(scales)
     if s == "off":
         return False
     if s == "auto":
-        return min(size) >= AUTO_MIN_SIDE
+        return min(size) >= AUTO_MIN_SIDE * input_size / 32
     return s != (1,)
 
 

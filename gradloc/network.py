@@ -11,22 +11,23 @@ import torch
 from torch import Tensor, nn
 
 from .classes import class_rows
-from .preprocess import normalize
+from .classifier import CIFAR10, ClassifierSpec
 from .saliency import SaliencyMethod
 
 
 class Network:
     """``model`` on ``device`` in chunks of ``batch_size``, under bf16 autocast when ``amp``;
-    ``flip``: whole images' maps averaged with their mirror image's."""
+    ``flip``: whole images' maps averaged with their mirror image's; ``spec``: the model's input
+    normalisation."""
 
     def __init__(self, model: nn.Module, method: SaliencyMethod, device: torch.device, batch_size: int,
-                 amp: bool = False, flip: bool = False) -> None:
+                 amp: bool = False, flip: bool = False, spec: ClassifierSpec = CIFAR10) -> None:
         self.model, self.method, self.device, self.batch_size, self.amp = model, method, device, batch_size, amp
-        self.flip = flip
+        self.flip, self.spec = flip, spec
 
     def model_input(self, x_uint8: Tensor) -> Tensor:
-        """``uint8 [B, 3, 32, 32]`` -> normalised float on the device, channels_last."""
-        return normalize(x_uint8.to(self.device)).contiguous(memory_format=torch.channels_last)
+        """``uint8 [B, 3, S, S]`` -> normalised float on the device, channels_last."""
+        return self.spec.normalize(x_uint8.to(self.device)).contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def logits(self, x_uint8: Tensor) -> Tensor:

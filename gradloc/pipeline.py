@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from . import multiscale as ms
 from .boxes import pad_boxes
 from .classes import ClassSpec, parse_class_spec
-from .config import Options
+from .classifier import CIFAR10, ClassifierSpec, find_feature_layer
+from .config import CAM_METHODS, Options
 from .model import resolve_precision, wide_resnet
 from .network import Network
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, prepare
@@ -38,7 +39,10 @@ class ProposalGenerator:
     Parameters
     ----------
     model : nn.Module
-        Classifier on normalised 32x32 input; put in eval mode with frozen parameters.
+        Classifier on normalised input (``spec``); put in eval mode with frozen parameters.
+    spec : ClassifierSpec
+        Its class names, input size, normalisation and last feature layer (default: the shipped
+        CIFAR-10 WRN's); :meth:`from_classifier` builds one.
     device : str
         "auto" (CUDA when available), "cpu" or "cuda".
     batch_size : int
@@ -58,7 +62,7 @@ class ProposalGenerator:
 
     def __init__(self, model: nn.Module, device: str = "auto", batch_size: int = 64,
                  max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "auto", amp: bool = False,
-                 **options) -> None:
+                 spec: ClassifierSpec = CIFAR10, **options) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         unknown = set(options) - {f.name for f in fields(Options)}
@@ -72,12 +76,20 @@ class ProposalGenerator:
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
         self.precision = resolve_precision("bf16" if amp else precision, self.device)
         self.batch_size, self.max_pixels, self.amp = batch_size, max_pixels, self.precision == "bf16"
-        self.method = make_method(self.options.method, self.model, **self.options.method_kwargs())
-        self.net = Network(self.model, self.method, self.device, batch_size, self.amp, self.options.flip)
-        self.rescorer = Rescorer(self.net.class_probs, self.options.merge_iou)
+        self.spec = spec
+        kwargs = self.options.method_kwargs()
+        if self.options.method in (*CAM_METHODS, "grad-x-activation") and "layer" not in kwargs:
+            kwargs["layer"] = find_feature_layer(self.model, spec.feature_layer)  # the features pooled last
+        self.method = make_method(self.options.method, self.model, **kwargs)
+        self.net = Network(self.model, self.method, self.device, batch_size, self.amp, self.options.flip, spec)
+        self.rescorer = Rescorer(self.net.class_probs, self.options.merge_iou, spec.input_size, spec.mean_colour)
         self.whole_image = WholeImage()
-        self.multiscale = MultiScale(self.options.scales, self.options.max_windows, self.options.windows)
-        self.pyramid = Pyramid(self.options.pyramid_sizes(), self.model)
+        self.multiscale = MultiScale(self.options.scales, self.options.max_windows, self.options.windows,
+                                     spec.mean_colour)
+        # the pyramid's sizes are set for a 32 px input; another model's scale with its input
+        scale = spec.input_size / 32
+        self.pyramid = Pyramid([round(s * scale) for s in self.options.pyramid_sizes()], self.model,
+                               spec.feature_layer)
 
     @classmethod
     def pretrained(cls, weights: str | Path = "default", depth: int = 16, width: int = 4,
@@ -85,10 +97,22 @@ class ProposalGenerator:
         """The shipped WRN-16-4 (or ``weights``, a state-dict file) with the given options."""
         return cls(wide_resnet(depth, width, weights=weights), **kwargs)
 
+    @classmethod
+    def from_classifier(cls, model: nn.Module, classes: Sequence[str], input_size: int | tuple[int, int],
+                        mean: Sequence[float], std: Sequence[float], feature_layer: str | None = None,
+                        **kwargs) -> "ProposalGenerator":
+        """Proposals from any classifier: ``model`` maps a batch ``[B, 3, S, S]`` normalised by
+        ``mean`` / ``std`` (RGB in [0, 1]) to ``[B, len(classes)]`` logits; ``input_size`` is the
+        side ``S`` it was trained at. ``feature_layer`` names its last feature layer (found for
+        common torchvision families when None), which Grad-CAM, CAM and the pyramid's gradient x
+        activation hook. Other keywords as for the constructor (options, device, precision)."""
+        return cls(model, spec=ClassifierSpec(tuple(classes), input_size, tuple(mean), tuple(std), feature_layer),
+                   **kwargs)
+
     def with_options(self, **changes) -> "ProposalGenerator":
         """A generator on the same model with some options changed."""
         return ProposalGenerator(self.model, device=str(self.device), batch_size=self.batch_size,
-                                 max_pixels=self.max_pixels, precision=self.precision,
+                                 max_pixels=self.max_pixels, precision=self.precision, spec=self.spec,
                                  **{**asdict(self.options), **changes})
 
     @property
@@ -106,9 +130,9 @@ class ProposalGenerator:
         ``(h, w)``, class specs, and each image at working resolution (or None). Images that
         qualify (``Options.scales``) take the input-size pyramid (``auto``) or the multi-scale
         windows (explicit scales), the rest the whole image."""
-        specs = [parse_class_spec(c) for c in (classes or [None] * len(sizes))]
+        specs = [parse_class_spec(c, self.spec.classes) for c in (classes or [None] * len(sizes))]
         multi = [i for i in range(len(sizes)) if work is not None and work[i] is not None
-                 and ms.wants_multiscale(sizes[i], self.options.scales)]
+                 and ms.wants_multiscale(sizes[i], self.options.scales, self.spec.input_size)]
         large = self.pyramid if ms.parse_scales(self.options.scales) == "auto" else self.multiscale
         groups = [(self.whole_image, [i for i in range(len(sizes)) if i not in multi]), (large, multi)]
         out: list = [None] * len(sizes)
@@ -230,7 +254,7 @@ class ProposalGenerator:
                 raise ValueError(f"got {len(per_image)} class specs for {len(items)} images")
         out: list[Result] = []
         for start in range(0, len(items), self.batch_size):
-            chunk = [prepare(im, self.max_pixels, self.options.scales, self.keeps_work)
+            chunk = [prepare(im, self.max_pixels, self.options.scales, self.keeps_work, self.spec.input_size)
                      for im in items[start:start + self.batch_size]]
             x = torch.stack([c[0] for c in chunk])
             out += self.run_batch(x, [c[1] for c in chunk], per_image[start:start + self.batch_size],

@@ -200,16 +200,17 @@ def resize_to_input(rgb: Tensor, size: int = INPUT_SIZE) -> Tensor:
 
 
 def normalize(x_uint8: Tensor) -> Tensor:
-    """``uint8 [B, 3, H, W]`` -> float, CIFAR-10 mean/std normalised."""
+    """``uint8 [B, 3, H, W]`` -> float, CIFAR-10 mean/std normalised (another classifier's:
+    :meth:`gradloc.classifier.ClassifierSpec.normalize`)."""
     mean = torch.tensor(CIFAR10_MEAN, device=x_uint8.device).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR10_STD, device=x_uint8.device).view(1, 3, 1, 1)
     return (x_uint8.float() / 255.0 - mean) / std
 
 
 def prepare(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off",
-            keep_work: bool = False):
-    """One input -> (``uint8 [3, 32, 32]`` model-sized image, original ``(height, width)``,
-    working-resolution ``uint8 [3, h, w]`` or None).
+            keep_work: bool = False, input_size: int = INPUT_SIZE):
+    """One input -> (``uint8 [3, S, S]`` model-sized image, ``S = input_size``, original
+    ``(height, width)``, working-resolution ``uint8 [3, h, w]`` or None).
 
     The working copy is kept when ``scales`` sends this image down the multi-scale path, or
     when ``keep_work`` asks for it (crop rescoring cuts proposals out of it).
@@ -217,5 +218,5 @@ def prepare(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, scales: str
     from .multiscale import wants_multiscale, working_image
     rgb = to_rgb_tensor(image, max_pixels)
     size = (int(rgb.shape[1]), int(rgb.shape[2]))
-    work = working_image(rgb) if keep_work or wants_multiscale(size, scales) else None
-    return resize_to_input(rgb), size, work
+    work = working_image(rgb) if keep_work or wants_multiscale(size, scales, input_size) else None
+    return resize_to_input(rgb, input_size), size, work

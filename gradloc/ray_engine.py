@@ -74,15 +74,15 @@ class BatchWorker:
         self.gen = ProposalGenerator(model, device=config["device"], batch_size=config["batch_size"],
                                      max_pixels=config["max_pixels"], precision=config["precision"],
                                      **config["options"])
-        self.classes = config["classes"]
 
     def __call__(self, batch: dict) -> dict:
         from .runner import run_batch_of_files
         _inject_faults([int(k) for k in batch["batch"]])
         payloads = []
-        for start, paths in zip(batch["start"], batch["paths"]):
+        for start, paths, specs in zip(batch["start"], batch["paths"], batch["classes"]):
             files = [Path(os.fsdecode(bytes(p))) for p in paths]
-            done, skipped = run_batch_of_files(self.gen, files, lambda i: self.classes)
+            specs = pickle.loads(specs)
+            done, skipped = run_batch_of_files(self.gen, files, lambda i: specs[i])
             shift = int(start)
             payloads.append(pickle.dumps(([(i + shift, *rest) for i, *rest in done],
                                           [(i + shift, r) for i, r in skipped])))
@@ -107,7 +107,7 @@ def _inject_faults(batches: list[int]) -> None:
 def run_files_ray(gen, files: Sequence[Path], classes, options: RayOptions, desc: str = "gradloc",
                   progress: bool = True) -> Iterator[tuple[list[tuple], list[tuple[int, str]]]]:
     """:func:`gradloc.runner.run_files` on a Ray cluster: the same ``(done, skipped)`` per batch,
-    in the same order. ``classes``: one spec for every file (what ``localize`` asks)."""
+    in the same order. ``classes(i)``: the class spec of file ``i``, sent with its batch."""
     import copy
 
     from tqdm import tqdm
@@ -116,11 +116,12 @@ def run_files_ray(gen, files: Sequence[Path], classes, options: RayOptions, desc
     import ray
     config = {"device": "cuda" if options.gpus > 0 else "cpu", "batch_size": gen.batch_size,
               "max_pixels": gen.max_pixels, "precision": gen.precision, "options": asdict(gen.options),
-              "classes": classes, "threads": options.threads or max(1, int(options.cpus))}
+              "threads": options.threads or max(1, int(options.cpus))}
     # the model travels once, through the object store (workers need the same gradloc version)
     model = ray.put(copy.deepcopy(gen.model).cpu())
     b = gen.batch_size
-    items = [{"batch": k, "start": s, "paths": [os.fsencode(str(f)) for f in files[s:s + b]]}
+    items = [{"batch": k, "start": s, "paths": [os.fsencode(str(f)) for f in files[s:s + b]],
+              "classes": pickle.dumps([classes(i) for i in range(s, min(s + b, len(files)))])}
              for k, s in enumerate(range(0, len(files), b))]
     if not items:
         return
@@ -152,5 +153,5 @@ def engine_runner(engine: str, options: RayOptions | None) -> Callable:
     opts = options or RayOptions()
 
     def run(gen, files, classes, workers=None, desc="gradloc"):
-        return run_files_ray(gen, files, classes(0) if files else None, opts, desc=desc)
+        return run_files_ray(gen, files, classes, opts, desc=desc)
     return run

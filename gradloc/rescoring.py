@@ -111,14 +111,15 @@ def evidence_scores(evidence: Tensor) -> Tensor:
     return evidence[:, 0] - evidence[:, 1]
 
 
-def blank_in_thumbnail(images: Sequence[Tensor], boxes: Sequence[Tensor]) -> list[Tensor]:
-    """Per row, the image's 32x32 view with each box (xyxy in the image's pixels) blanked to
-    the mean colour -> ``uint8 [K_j, 3, 32, 32]``."""
+def blank_in_thumbnail(images: Sequence[Tensor], boxes: Sequence[Tensor], size: int = INPUT_SIZE,
+                       fill: Sequence[float] = MEAN_COLOUR) -> list[Tensor]:
+    """Per row, the image's ``size`` x ``size`` view with each box (xyxy in the image's pixels)
+    blanked to ``fill`` (the colour that normalises to zero) -> ``uint8 [K_j, 3, size, size]``."""
     out = []
     for img, b in zip(images, boxes):
         h, w = img.shape[-2:]
-        thumb = crop_windows(img, torch.tensor([[0.0, 0.0, w, h]]), INPUT_SIZE)[0]
-        out.append(blank_boxes(thumb, b.float() * torch.tensor([INPUT_SIZE / w, INPUT_SIZE / h] * 2), MEAN_COLOUR))
+        thumb = crop_windows(img, torch.tensor([[0.0, 0.0, w, h]]), size)[0]
+        out.append(blank_boxes(thumb, b.float() * torch.tensor([size / w, size / h] * 2), fill))
     return out
 
 
@@ -128,15 +129,18 @@ class Rescorer:
     Parameters
     ----------
     classify : callable
-        ``uint8 [N, 3, 32, 32]`` views -> class probabilities ``[N, C]``, no gradients.
+        ``uint8 [N, 3, S, S]`` views -> class probabilities ``[N, C]``, no gradients.
     merge_iou : float
         Candidates of a row overlapping an earlier one with IoU >= this share its score
         (:func:`near_duplicates`): their views differ by a few pixels, and so do their scores.
         Above 1, every candidate is scored.
+    input_size, fill : int, 3 floats
+        The views' side ``S`` (the model's input) and the colour blanked boxes are filled with.
     """
 
-    def __init__(self, classify: Callable[[Tensor], Tensor], merge_iou: float = 1.01) -> None:
-        self.classify, self.merge_iou = classify, merge_iou
+    def __init__(self, classify: Callable[[Tensor], Tensor], merge_iou: float = 1.01, input_size: int = INPUT_SIZE,
+                 fill: Sequence[float] = MEAN_COLOUR) -> None:
+        self.classify, self.merge_iou, self.input_size, self.fill = classify, merge_iou, input_size, tuple(fill)
         self._blank: Tensor | None = None
 
     def class_probs(self, inputs: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
@@ -156,7 +160,7 @@ class Rescorer:
     def crop_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
         """Class probability of each box's own crop: ``images[j]`` ``uint8 [3, h, w]``, its
         ``boxes[j]`` ``[K_j, 4]`` (xyxy in that image's pixels) and class -> ``[K_j]`` each."""
-        return self.class_probs([crop_windows(img, clip_nonempty(b, img.shape[-2:])) if len(b) else b
+        return self.class_probs([crop_windows(img, clip_nonempty(b, img.shape[-2:]), self.input_size) if len(b) else b
                                  for img, b in zip(images, boxes)], classes)
 
     def deletion_scores(self, blanked: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
@@ -168,8 +172,8 @@ class Rescorer:
         """Class probabilities ``[C]`` of the 32x32 view that is all mean colour (no evidence at
         all), computed once."""
         if self._blank is None:
-            view = torch.tensor(MEAN_COLOUR).round().to(torch.uint8).view(1, 3, 1, 1)
-            self._blank = self.classify(view.expand(1, 3, INPUT_SIZE, INPUT_SIZE).contiguous())[0]
+            view = torch.tensor(self.fill).round().to(torch.uint8).view(1, 3, 1, 1)
+            self._blank = self.classify(view.expand(1, 3, self.input_size, self.input_size).contiguous())[0]
         return self._blank
 
     def box_evidence(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int],
@@ -195,7 +199,7 @@ class Rescorer:
         reps = [b[v] for b, v in zip(boxes, viewed)]
         crops = self.crop_scores(images, reps, classes)
         if rescore != "crop":
-            blanked = (blank_in_thumbnail(images, reps) if blanked is None
+            blanked = (blank_in_thumbnail(images, reps, self.input_size, self.fill) if blanked is None
                        else [b[v] for b, v in zip(blanked, viewed)])
             kept = self.deletion_scores(blanked, classes)
         else:

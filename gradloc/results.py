@@ -35,8 +35,8 @@ class Result(TypedDict):
 
     boxes: Tensor        # float [K, 4], xyxy, original pixels
     scores: Tensor       # float [K]
-    labels: Tensor       # int64 [K], CIFAR-10 indices
-    probs: Tensor        # float [10], the image's class probabilities (its 32x32 view)
+    labels: Tensor       # int64 [K], class indices (CIFAR-10's for the shipped model)
+    probs: Tensor        # float [C], the image's class probabilities (its model-sized view)
     maps: Tensor         # float [R, h, w], one saliency map per class asked for
     masks: Tensor        # bool [R, h, w], the kept pixels of each map
     map_classes: Tensor  # int64 [R]
@@ -71,16 +71,17 @@ def _box(box) -> list[float]:
     return [round(float(v), 2) for v in box]
 
 
-def image_record(file: str, size: tuple[int, int], result: Result) -> dict:
-    """One image's entry of ``predictions.json`` (the documented format)."""
+def image_record(file: str, size: tuple[int, int], result: Result, classes=CIFAR10_CLASSES) -> dict:
+    """One image's entry of ``predictions.json`` (the documented format), labels named by the
+    classifier's ``classes``."""
     probs = result["probs"].tolist()
     return {
         "file": file, "width": int(size[1]), "height": int(size[0]),
-        "predicted": CIFAR10_CLASSES[int(np.argmax(probs))],
-        "probs": {c: round(p, 5) for c, p in zip(CIFAR10_CLASSES, probs)},
-        "proposals": [{"box": _box(b), "score": round(float(s), 5), "label": CIFAR10_CLASSES[int(lab)]}
+        "predicted": classes[int(np.argmax(probs))],
+        "probs": {c: round(p, 5) for c, p in zip(classes, probs)},
+        "proposals": [{"box": _box(b), "score": round(float(s), 5), "label": classes[int(lab)]}
                       for b, s, lab in zip(result["boxes"], result["scores"], result["labels"])],
-        "peaks": {CIFAR10_CLASSES[int(c)]: [round(float(v), 2) for v in pt]
+        "peaks": {classes[int(c)]: [round(float(v), 2) for v in pt]
                   for c, pt in zip(result["map_classes"], result["peaks"])},
     }
 

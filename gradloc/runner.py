@@ -20,7 +20,7 @@ def run_batch_of_files(gen, files: Sequence[Path], classes: Callable[[int], obje
     ``(done, skipped)`` that :func:`run_files` yields for the same files as one batch."""
     from .io import ImageFiles
     keep = gen.keeps_work if keep_work is None else keep_work
-    reader = ImageFiles(list(files), gen.max_pixels, gen.options.scales, keep)
+    reader = ImageFiles(list(files), gen.max_pixels, gen.options.scales, keep, gen.spec.input_size)
     return _run_decoded(gen, [reader[i] for i in range(len(files))], classes, step or gen.run_batch)
 
 
@@ -48,7 +48,8 @@ def run_files(gen, files: Sequence[Path], classes: Callable[[int], object], work
     step = step or gen.run_batch
     keep = gen.keeps_work if keep_work is None else keep_work
     with tqdm(total=len(files), unit="img", desc=desc, disable=None if progress else True) as bar:
-        for batch in iter_batches(list(files), gen.batch_size, workers, gen.max_pixels, gen.options.scales, keep):
+        for batch in iter_batches(list(files), gen.batch_size, workers, gen.max_pixels, gen.options.scales, keep,
+                                  gen.spec.input_size):
             done, skipped = _run_decoded(gen, batch, classes, step)
             bar.update(len(batch))
             yield done, skipped

@@ -35,7 +35,8 @@ def _label(img: np.ndarray, text: str, x: int, y: int, colour, scale: float = 0.
     cv2.putText(img, text, (x + 3, y + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
-def draw_proposals(img_rgb: np.ndarray, boxes, labels, scores, side: int = PANEL_MAIN) -> np.ndarray:
+def draw_proposals(img_rgb: np.ndarray, boxes, labels, scores, side: int = PANEL_MAIN,
+                   classes=CIFAR10_CLASSES) -> np.ndarray:
     """The image resized to a longer side of ``side`` with its boxes (xyxy in its own pixels)
     drawn at that size: line widths and labels are in display pixels, so they read the same
     on a thumbnail and on a photograph. The best box is drawn thickest, each labelled."""
@@ -48,27 +49,29 @@ def draw_proposals(img_rgb: np.ndarray, boxes, labels, scores, side: int = PANEL
         x0, y0, x1, y1 = (int(round(v * f)) for v in box)
         c = COLORS[k % len(COLORS)][::-1]
         cv2.rectangle(out, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), c, 4 if k == 0 else 2)
-        _label(out, f"{k + 1}. {CIFAR10_CLASSES[int(lab)]} {sc:.2f}", x0, y0 - 24 if y0 >= 24 else y0 + 2, c)
+        _label(out, f"{k + 1}. {classes[int(lab)]} {sc:.2f}", x0, y0 - 24 if y0 >= 24 else y0 + 2, c)
     return out
 
 
-def panel(original_rgb: np.ndarray, input_32: Tensor, result: dict, top_n: int | None = None) -> np.ndarray:
+def panel(original_rgb: np.ndarray, input_32: Tensor, result: dict, top_n: int | None = None,
+          classes=CIFAR10_CLASSES) -> np.ndarray:
     """One image's panel: the image large with its proposals (:func:`draw_proposals`), and
     beside it the 32x32 input, the first class's saliency map and its kept pixels (black, as in
     the original experiment); above, the top class probabilities. ``result`` from the pipeline."""
     x = input_32.permute(1, 2, 0).numpy() if isinstance(input_32, Tensor) else input_32
     maps, masks, cls = result["maps"][0], result["masks"][0], int(result["map_classes"][0])
     kept = np.where(masks.numpy()[..., None], 0, 255).astype(np.uint8).repeat(3, 2)
-    main = draw_proposals(original_rgb, result["boxes"][:5], result["labels"][:5], result["scores"][:5])
+    main = draw_proposals(original_rgb, result["boxes"][:5], result["labels"][:5], result["scores"][:5],
+                          classes=classes)
     probs = result["probs"].float()
     top = probs.argsort(descending=True)[:3].tolist()
-    tiles = [(x, "input 32x32"), (heatmap(maps), f"saliency: {CIFAR10_CLASSES[cls]}"),
+    tiles = [(x, f"input {x.shape[1]}x{x.shape[0]}"), (heatmap(maps), f"saliency: {classes[cls]}"),
              (kept, f"kept pixels ({int(masks.sum())})")]
     side_w = PANEL_TILE + 20
     height = max(main.shape[0], len(tiles) * (PANEL_TILE + 28)) + HEADER
     canvas = np.full((height, PANEL_MAIN + side_w + 10, 3), 255, np.uint8)
     canvas[HEADER:HEADER + main.shape[0], :main.shape[1]] = main
-    header = "   ".join(f"{CIFAR10_CLASSES[c]} {float(probs[c]):.2f}" for c in top)
+    header = "   ".join(f"{classes[c]} {float(probs[c]):.2f}" for c in top)
     cv2.putText(canvas, f"class probabilities: {header}", (6, 23), cv2.FONT_HERSHEY_SIMPLEX, 0.62, (0, 0, 0), 1, cv2.LINE_AA)
     for t, (img, title) in enumerate(tiles):
         y = HEADER + t * (PANEL_TILE + 28)

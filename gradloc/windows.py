@@ -40,7 +40,6 @@ from . import multiscale as ms
 from .boxes import MEAN_COLOUR, blank_boxes, boxes_to_image, crop_windows, scale_boxes
 from .classes import class_rows
 from .network import Network
-from .preprocess import INPUT_SIZE
 from .saliency import GradientXActivation
 
 
@@ -50,18 +49,18 @@ class Windows:
 
     row_image: Tensor    # int64 [R]
     row_class: Tensor    # int64 [R]
-    probs: Tensor        # float [B, C], each image's class probabilities (its 32x32 view)
-    maps: Tensor         # float [N, 32, 32], one saliency map per window
+    probs: Tensor        # float [B, C], each image's class probabilities (its model-sized view)
+    maps: Tensor         # float [N, S, S], one saliency map per window (S: the model's input side)
     support: Tensor      # float [N], the window's probability of its row's class
     counts: list[int]    # windows per row, sum N
     boxes: Tensor | None = None   # float [N, 4], the windows in working-image pixels (MultiScale)
-    views: Tensor | None = None   # uint8 [N, 3, 32, 32], the windows' views (MultiScale)
+    views: Tensor | None = None   # uint8 [N, 3, S, S], the windows' views (MultiScale)
     named: Tensor | None = None   # bool [R], the row's image was asked for named classes
-    sides: list[int] | None = None  # each window's input side in pixels (None: all 32x32 views)
+    sides: list[int] | None = None  # each window's input side in pixels (None: all model-sized views)
 
     def side(self, n: int) -> int:
         """The longer side of the input window ``n``'s map was computed at."""
-        return INPUT_SIZE if self.sides is None else self.sides[n]
+        return int(self.maps.shape[-1]) if self.sides is None else self.sides[n]
 
 
 class WindowPlan:
@@ -120,7 +119,7 @@ class WholeImage(WindowPlan):
                        named=named_rows)
 
     def place(self, boxes, w, n, size, work):
-        return scale_boxes(boxes, (INPUT_SIZE, INPUT_SIZE), size)
+        return scale_boxes(boxes, tuple(w.maps.shape[-2:]), size)
 
     def to_work(self, boxes, size, work):
         return scale_boxes(boxes, size, work.shape[-2:])
@@ -138,8 +137,8 @@ class MultiScale(WindowPlan):
     returned is the windows' maps, each normalised to its maximum and weighted by its support,
     averaged on a working grid; the mask, where any window kept a pixel. No class contrast."""
 
-    def __init__(self, scales, max_windows: int, top: int) -> None:
-        self.scales, self.max_windows, self.top = scales, max_windows, top
+    def __init__(self, scales, max_windows: int, top: int, fill=MEAN_COLOUR) -> None:
+        self.scales, self.max_windows, self.top, self.fill = scales, max_windows, top, tuple(fill)
 
     def windows(self, net, x_uint8, sizes, specs, work) -> Windows:
         logits = net.logits(x_uint8)  # one pass: the top-k classes and the image's probabilities
@@ -151,7 +150,7 @@ class MultiScale(WindowPlan):
         for i, img in enumerate(work):
             h, w = img.shape[-2:]
             boxes.append(ms.window_boxes(h, w, ms.resolve_scales(self.scales, sizes[i]), self.max_windows))
-            crops.append(crop_windows(img, boxes[-1]))
+            crops.append(crop_windows(img, boxes[-1], x_uint8.shape[-1]))
         # Forward only: every window's class probabilities, shared by all classes of an image.
         window_probs = net.class_probs(torch.cat(crops)).split([len(c) for c in crops])
         # Gradients only for each row's best-supported windows, all rows in one batch.
@@ -164,13 +163,13 @@ class MultiScale(WindowPlan):
                        boxes=torch.cat([boxes[int(i)][p] for i, p in zip(row_image, picks)]), views=views)
 
     def place(self, boxes, w, n, size, work):
-        return boxes_to_image(boxes, w.boxes[n], INPUT_SIZE)
+        return boxes_to_image(boxes, w.boxes[n], int(w.maps.shape[-1]))
 
     def to_original(self, boxes, size, work):
         return scale_boxes(boxes, work.shape[-2:], size)
 
     def blanked(self, boxes, w, n):
-        return blank_boxes(w.views[n], boxes, MEAN_COLOUR)
+        return blank_boxes(w.views[n], boxes, self.fill)
 
     def output(self, w, start, smoothed, mask, size, work):
         h, wd = work.shape[-2:]
@@ -221,13 +220,14 @@ class Pyramid(WindowPlan):
     # parts: Tiny ImageNet 1,500, 72.7 -> 67.0, so the other plans leave them out.)
     peak_regions = True
 
-    def __init__(self, sizes: Sequence[int], model) -> None:
-        self.sizes, self.model, self._method = tuple(sizes), model, None
+    def __init__(self, sizes: Sequence[int], model, layer: str | None = "relu") -> None:
+        self.sizes, self.model, self.layer, self._method = tuple(sizes), model, layer, None
 
     @property
     def large_input_method(self) -> GradientXActivation:
-        if self._method is None:  # built on first use: a model without a "relu" layer fails only here
-            self._method = GradientXActivation(self.model)
+        if self._method is None:  # built on first use: a model without the layer fails only here
+            from .classifier import find_feature_layer
+            self._method = GradientXActivation(self.model, layer=find_feature_layer(self.model, self.layer))
         return self._method
 
     def windows(self, net, x_uint8, sizes, specs, work) -> Windows:
@@ -243,7 +243,7 @@ class Pyramid(WindowPlan):
         first, first_support = net.saliency_views(x_uint8[row_image], row_class)
         per_row: list[list[Tensor]] = [[self.to_grid(m)] for m in first]
         support: list[list[Tensor]] = [[p] for p in first_support]
-        sides: list[list[int]] = [[INPUT_SIZE] for _ in first]
+        sides: list[list[int]] = [[int(x_uint8.shape[-1])] for _ in first]
         for side in self.sizes:
             groups = defaultdict(list)  # images of one shape at this size run together
             for i, img in enumerate(work):

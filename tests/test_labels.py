@@ -38,10 +38,10 @@ def test_folders_csv_and_coco_label_each_image_with_its_own_class(tree, random_w
     code, by_folder = run(tmp_path, random_weights_file, "folders", "f")
     assert code == 0
     err = capsys.readouterr().err
-    assert "folder 'misc' names no CIFAR-10 class" in err and "1 label problems" in err
+    assert "folder 'misc' names no class of the model" in err and "1 label problems" in err
     assert labelled(by_folder) == {"bird/0.png": ["bird"], "bird/1.png": ["bird"], "boat/2.png": ["ship"]}
     skipped = by_folder["skipped"]
-    assert len(skipped) == 1 and "'misc' names no CIFAR-10 class" in skipped[0]["reason"]
+    assert len(skipped) == 1 and "'misc' names no class of the model" in skipped[0]["reason"]
 
     csv = tmp_path / "labels.csv"  # relative to the CSV's folder, to the folder given, and absolute
     csv.write_text(f"file,class\nphotos/bird/0.png,bird\nbird/1.png,bird\n{files['boat/2.png']},boat\n"
@@ -49,7 +49,7 @@ def test_folders_csv_and_coco_label_each_image_with_its_own_class(tree, random_w
     code, by_csv = run(tmp_path, random_weights_file, csv, "c")
     err = capsys.readouterr().err
     assert code == 0 and "labels.csv:5: photos/gone.png is not among the images given" in err
-    assert "labels.csv:6: class 'unicorn' has no CIFAR-10 counterpart" in err and "2 label problems" in err
+    assert "labels.csv:6: class 'unicorn' is none of the model's" in err and "2 label problems" in err
     # the same labels give the same proposals, whichever source they came from
     assert [r["proposals"] for r in by_csv["images"]] == [r["proposals"] for r in by_folder["images"]]
 
