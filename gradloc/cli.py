@@ -9,90 +9,20 @@ from pathlib import Path
 from . import __version__
 from .model import CIFAR10_CLASSES, WeightsError
 from .preprocess import DEFAULT_MAX_PIXELS, ImageError
-from .proposals import COMPONENT_SCORES
-from .rescoring import RESCORES
-from .threshold import THRESHOLDS
-
-_CHOICES = {
-    "method": None,  # filled from saliency.METHODS
-    "model_output": ("probs", "logits", "log_probs"),
-    "reduce": ("max", "l2", "sum"),
-    "threshold": THRESHOLDS,
-    "morph": ("close", "open", "dilate", "erode", "none"),
-    "component_score": COMPONENT_SCORES,
-    "rescore": RESCORES,
-}
-_HELP = {
-    "method": "saliency method (default: gradient)",
-    "model_output": "model output the class mask multiplies (default: probs)",
-    "reduce": "channel reduction of the gradient (default: max of |g|)",
-    "positive": "positive evidence only: keep the positive part of the gradient",
-    "layer": "intermediate block for --method layer (default block2) or gradcam (block3)",
-    "samples": "noisy samples for smoothgrad / smoothgrad-sq / vargrad",
-    "noise": "noise level for the smoothgrad family, fraction of the input range",
-    "steps": "integration steps for integrated-gradients",
-    "smooth_sigma": "Gaussian smoothing of the saliency map, in 32x32-grid pixels (default 1; 0: off)",
-    "threshold": "how pixels are kept (default: mass, 0.5 of the total saliency)",
-    "top_n": "pixels kept by the top-n threshold, of 32x32 (default: 100)",
-    "threshold_value": "value for --threshold mass (share of total saliency), fraction (of max) or percentile",
-    "morph": "morphological operation on the mask (default: close)",
-    "kernel": "morphology kernel size in grid pixels (default: 3)",
-    "component_score": "component score: mass, area, mean, or contrast (box saliency share minus box area share)",
-    "union_box": "also propose the box around all kept pixels (default on; --no-union-box)",
-    "box_padding": "grow each box by this fraction of its size per side",
-    "nms_iou": "IoU of torchvision NMS between proposals of one class map",
-    "top_k": "proposals kept per class map (default: 5)",
-    "min_score": "drop proposals scoring under this, so that a class can be answered absent (default: keep all)",
-    "rescore": "crop: rank boxes by the class probability of their own crop (one extra forward pass); "
-               "crop-delete: that minus the class probability of the image with the box blanked (two passes); "
-               "with --threshold mass, one box per --ladder rung; off: by component score (default: %(default)s)",
-    "ladder": "mass shares tried when rescoring, comma-separated (default: %(default)s)",
-    "moment_box": "with rescoring: also propose the box of the saliency map's centroid +- this many standard "
-                  "deviations per axis (default: %(default)s; 0: off)",
-    "frame_box": "with rescoring, on whole small images: also propose the centred box of this share of each "
-                 "side, the hypothesis that the object fills the picture, scored by the whole image's probability "
-                 "minus a blank image's (default: %(default)s; 0: off)",
-    "peaks": "with rescoring, on the input-size pyramid: also propose the regions around each map's N "
-             "strongest local maxima (default: %(default)s; 0: off)",
-    "peak_fractions": "the regions of a peak: where the map is at least each of these shares of the peak's "
-                      "value (default: %(default)s)",
-    "merge_iou": "with rescoring: a candidate box overlapping an earlier candidate of the same (image, class) "
-                 "with at least this IoU takes that one's score instead of being scored (default: %(default)s; "
-                 "above 1: every candidate scored)",
-    "fuse": "with rescoring: the best box becomes the score-weighted mean of the boxes overlapping it "
-            "(IoU >= 0.3), weights softmax(score / T); this sets T (default: %(default)s; 0: off)",
-    "consensus": "with rescoring, on the input-size pyramid: a row whose 32x32 view gives its class more than "
-                 "this probability (the object is large) picks the box its candidates agree on most (IoU with "
-                 "the score-weighted candidates), fused at temperature 0.5 (default: %(default)s; above 1: off)",
-    "class_contrast": "with several classes named for one image (not top-k): each class's map minus the strongest "
-                      "other map of that image (shares of each map's total), and no union box "
-                      "(default on; --no-class-contrast)",
-    "scales": "large images: auto (shorter side >= 160 px: the input-size pyramid), off (the 32x32 view "
-              "only), or multi-scale windows, e.g. 1,2,3",
-    "flip": "average each whole image's 32x32 map with its mirror image's (test-time augmentation; "
-            "default on; --no-flip)",
-    "input_sizes": "the pyramid's inputs beside the 32x32 view: the whole image with its longer side at "
-                   "each size (px), aspect kept",
-    "max_windows": "multi-scale: at most this many windows scored per image (finest scales dropped first)",
-    "windows": "multi-scale: windows per (image, class) that get gradients, best-supported first (default: 8)",
-}
-
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """Model, device and every :class:`gradloc.Options` field as a flag."""
     from .config import Options
-    from .saliency import METHODS
 
     g = p.add_argument_group("pipeline")
     for f in fields(Options):
         flag = "--" + f.name.replace("_", "-")
-        choices = tuple(METHODS) if f.name == "method" else _CHOICES.get(f.name)
+        choices, help = f.metadata["choices"], f.metadata["help"]
         if f.type in ("bool | None", "bool"):
-            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                           help=_HELP.get(f.name))
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
         else:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-            g.add_argument(flag, type=kind, default=f.default, choices=choices, help=_HELP.get(f.name))
+            g.add_argument(flag, type=kind, default=f.default, choices=choices, help=help)
     m = p.add_argument_group("model")
     m.add_argument("--model", default=None, metavar="torchvision:NAME|MODULE:CALLABLE",
                    help="your own classifier instead of the shipped WRN: a torchvision.models classifier by name, or "
@@ -197,7 +127,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
                        classes_from=args.classes_from, aliases=aliases,
                        workers=args.workers, vis_limit=args.vis_limit, verbose=args.verbose,
                        engine=args.engine, ray_options=ray_options,
-                       settings={"weights": str(args.weights), "precision": gen.precision, **options_from_args(args)})
+                       settings={"weights": str(args.weights), **({"model": args.model} if args.model else {})})
     return 0 if summary["images"] > 0 else 1
 
 

@@ -7,9 +7,12 @@ read what is derived from it when the generator is built: the saliency method's 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
+from .proposals import COMPONENT_SCORES
 from .rescoring import RESCORES
+from .saliency import METHODS
+from .threshold import THRESHOLDS
 
 CAM_METHODS = ("gradcam", "cam")  # boxed by the CAM paper's recipe
 
@@ -41,47 +44,88 @@ class BoxRecipe:
     min_score: float | None
 
 
+def option(default, help: str, choices: tuple | None = None):
+    """One declaration per option: its default, the help the CLI shows (``%(default)s`` is
+    filled in) and its allowed values, which validation, the CLI flags and the API share."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None})
+
+
 @dataclass(frozen=True)
 class Options:
-    """Every knob of the pipeline."""
+    """Every knob of the pipeline, each declared once by :func:`option`."""
 
-    method: str = "gradient"
-    model_output: str = "probs"    # what the class mask multiplies: probs, logits, log_probs
-    reduce: str = "max"            # channel reduction of the gradient: max, l2, sum
-    positive: bool | None = None   # positive evidence only (None: the method's default)
-    layer: str | None = None       # intermediate block for layer / gradcam / cam
-    samples: int = 16              # smoothgrad family
-    noise: float = 0.15            # smoothgrad family, fraction of the input range
-    steps: int = 16                # integrated gradients
-    smooth_sigma: float = 1.0      # Gaussian smoothing of the map, in grid pixels
-    threshold: str = "mass"        # mass, top-n, fraction, otsu, percentile
-    top_n: int = 100               # pixels kept by top-n (of 32x32)
-    threshold_value: float | None = None  # mass share (default 0.5) / fraction / percentile value
-    morph: str = "close"
-    kernel: int = 3
-    component_score: str = "mass"  # mass, area, mean, contrast
-    union_box: bool = True
-    box_padding: float = 0.0
-    nms_iou: float = 0.5
-    top_k: int | None = 5          # proposals kept per class map (None: all)
-    min_score: float | None = None  # proposals scoring under this are dropped: a class left without one is absent
-    rescore: str = "crop-delete"   # crop-delete: crop probability minus that of the image without the box; crop; off
-    ladder: str = "0.4,0.5,0.6,0.7"  # with rescoring and mass: mass shares tried, best box of each
-    moment_box: float = 1.5        # with rescoring: also the box of the map's centroid +- this many std; 0: off
-    frame_box: float = 0.9         # with rescoring, whole images: also the centred box of this share of each side; 0: off
-    peaks: int = 3                 # with rescoring, pyramid: also the regions around the map's strongest local maxima; 0: off
-    peak_fractions: str = "0.6,0.4,0.2"  # each peak's regions: shares of its value
-    merge_iou: float = 0.85        # with rescoring: a candidate overlapping an earlier one this much shares its score; > 1: off
-    fuse: float = 0.2              # with rescoring: temperature of the best box's fusion with its neighbours; 0: off
-    consensus: float = 0.5         # with rescoring, pyramid: rows whose 32x32 view gives the class more than this pick by candidates' agreement; > 1: off
-    class_contrast: bool = True    # several classes named for one image: contrasted maps, no union box
-    flip: bool = True              # 32x32 views of the whole-image plan: map averaged with the mirrored view's
-    scales: str = "auto"           # auto: large images get the input-size pyramid; off; or windows, e.g. "1,2,3"
-    input_sizes: str = "48,64,96,128,192,256"  # the pyramid's inputs beside the 32x32 view: longer side, pixels
-    max_windows: int = 128         # cap on windows scored per image (finest scales dropped first)
-    windows: int = 8               # windows per (image, class) that get gradients, best-supported first
+    method: str = option("gradient", "saliency method (default: gradient)", choices=METHODS)
+    model_output: str = option("probs", "model output the class mask multiplies (default: probs)",
+                               choices=('probs', 'logits', 'log_probs'))
+    reduce: str = option("max", "channel reduction of the gradient (default: max of |g|)",
+                         choices=('max', 'l2', 'sum'))
+    positive: bool | None = option(None, "positive evidence only: keep the positive part of the gradient")
+    layer: str | None = option(None, "intermediate block for --method layer (default block2) or gradcam (block3)")
+    samples: int = option(16, "noisy samples for smoothgrad / smoothgrad-sq / vargrad")
+    noise: float = option(0.15, "noise level for the smoothgrad family, fraction of the input range")
+    steps: int = option(16, "integration steps for integrated-gradients")
+    smooth_sigma: float = option(1.0, "Gaussian smoothing of the saliency map, in 32x32-grid pixels (default 1; 0: "
+                                 "off)")
+    threshold: str = option("mass", "how pixels are kept (default: mass, 0.5 of the total saliency)",
+                            choices=THRESHOLDS)
+    top_n: int = option(100, "pixels kept by the top-n threshold, of 32x32 (default: 100)")
+    threshold_value: float | None = option(None, "value for --threshold mass (share of total saliency), fraction "
+                                           "(of max) or percentile")
+    morph: str = option("close", "morphological operation on the mask (default: close)",
+                        choices=('close', 'open', 'dilate', 'erode', 'none'))
+    kernel: int = option(3, "morphology kernel size in grid pixels (default: 3)")
+    component_score: str = option("mass", "component score: mass, area, mean, or contrast (box saliency share minus "
+                                  "box area share)", choices=COMPONENT_SCORES)
+    union_box: bool = option(True, "also propose the box around all kept pixels (default on; --no-union-box)")
+    box_padding: float = option(0.0, "grow each box by this fraction of its size per side")
+    nms_iou: float = option(0.5, "IoU of torchvision NMS between proposals of one class map")
+    top_k: int | None = option(5, "proposals kept per class map (default: 5)")
+    min_score: float | None = option(None, "drop proposals scoring under this, so that a class can be answered "
+                                     "absent (default: keep all)")
+    rescore: str = option("crop-delete", "crop: rank boxes by the class probability of their own crop (one extra "
+                          "forward pass); crop-delete: that minus the class probability of the image with the box "
+                          "blanked (two passes); with --threshold mass, one box per --ladder rung; off: by "
+                          "component score (default: %(default)s)", choices=RESCORES)
+    ladder: str = option("0.4,0.5,0.6,0.7", "mass shares tried when rescoring, comma-separated (default: "
+                         "%(default)s)")
+    moment_box: float = option(1.5, "with rescoring: also propose the box of the saliency map's centroid +- this "
+                               "many standard deviations per axis (default: %(default)s; 0: off)")
+    frame_box: float = option(0.9, "with rescoring, on whole small images: also propose the centred box of this "
+                              "share of each side, the hypothesis that the object fills the picture, scored by the "
+                              "whole image's probability minus a blank image's (default: %(default)s; 0: off)")
+    peaks: int = option(3, "with rescoring, on the input-size pyramid: also propose the regions around each map's N "
+                        "strongest local maxima (default: %(default)s; 0: off)")
+    peak_fractions: str = option("0.6,0.4,0.2", "the regions of a peak: where the map is at least each of these "
+                                 "shares of the peak's value (default: %(default)s)")
+    merge_iou: float = option(0.85, "with rescoring: a candidate box overlapping an earlier candidate of the same "
+                              "(image, class) with at least this IoU takes that one's score instead of being scored "
+                              "(default: %(default)s; above 1: every candidate scored)")
+    fuse: float = option(0.2, "with rescoring: the best box becomes the score-weighted mean of the boxes "
+                         "overlapping it (IoU >= 0.3), weights softmax(score / T); this sets T (default: "
+                         "%(default)s; 0: off)")
+    consensus: float = option(0.5, "with rescoring, on the input-size pyramid: a row whose 32x32 view gives its "
+                              "class more than this probability (the object is large) picks the box its candidates "
+                              "agree on most (IoU with the score-weighted candidates), fused at temperature 0.5 "
+                              "(default: %(default)s; above 1: off)")
+    class_contrast: bool = option(True, "with several classes named for one image (not top-k): each class's map "
+                                  "minus the strongest other map of that image (shares of each map's total), and no "
+                                  "union box (default on; --no-class-contrast)")
+    flip: bool = option(True, "average each whole image's 32x32 map with its mirror image's (test-time "
+                        "augmentation; default on; --no-flip)")
+    scales: str = option("auto", "large images: auto (shorter side >= 160 px: the input-size pyramid), off (the "
+                         "32x32 view only), or multi-scale windows, e.g. 1,2,3")
+    input_sizes: str = option("48,64,96,128,192,256", "the pyramid's inputs beside the 32x32 view: the whole image "
+                              "with its longer side at each size (px), aspect kept")
+    max_windows: int = option(128, "multi-scale: at most this many windows scored per image (finest scales dropped "
+                              "first)")
+    windows: int = option(8, "multi-scale: windows per (image, class) that get gradients, best-supported first "
+                          "(default: 8)")
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            allowed = f.metadata["choices"]
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ValueError(f"unknown {f.name} {getattr(self, f.name)!r}; choose from {', '.join(allowed)}")
         for name, low in (("top_k", 1), ("top_n", 1), ("kernel", 1), ("samples", 1), ("steps", 1),
                           ("max_windows", 1), ("windows", 1), ("peaks", 0)):
             v = getattr(self, name)
@@ -106,8 +150,6 @@ class Options:
             raise ValueError(f"min_score must be a number (None: keep every proposal), got {self.min_score!r}")
         if not self.fuse >= 0:
             raise ValueError(f"fuse must be a temperature >= 0 (0: off), got {self.fuse!r}")
-        if self.rescore not in RESCORES:
-            raise ValueError(f"unknown rescore {self.rescore!r}; choose from {', '.join(RESCORES)}")
         for name in ("ladder", "peak_fractions"):  # number lists normalised once, so settings compare as text
             if isinstance(getattr(self, name), (list, tuple)):
                 object.__setattr__(self, name, ",".join(f"{float(v):g}" for v in getattr(self, name)))

@@ -7,7 +7,7 @@ writes it out (the report depends on the evaluation, not the other way round).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +117,7 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
             raise ValueError("give --images DIR to run the pipeline, or --predictions FILE")
         name = method_label or f"gradloc ({gen.options.method})"
         preds_by_name[name], skipped = predict(gen, ds, images_dir, workers, request=request)
-        info["settings"] = {**asdict(gen.options), "precision": gen.precision}
+        info["settings"] = gen.settings()
         if gradcam:
             for method, label in (("gradcam", "Grad-CAM (final features, CAM box)"), ("cam", "CAM (CAM box)")):
                 preds_by_name[label], _ = B.predict_cam(gen.model, ds, images_dir, method, device=str(gen.device),

@@ -85,7 +85,8 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
     labels = read_labels(classes_from, files, paths, aliases, gen.spec.classes) if classes_from is not None else None
     requested = classes if labels is None else {"from": labels.source, "sha256": labels.fingerprint()}
     out.mkdir(parents=True, exist_ok=True)
-    settings = settings or {}
+    # what ran, for API callers too (a resumed run must run the same), plus the caller's own notes
+    settings = {**gen.settings(), **(settings or {})}
     run_file = out / "run.json"
     if resume and run_file.is_file():
         try:

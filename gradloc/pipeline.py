@@ -115,6 +115,13 @@ class ProposalGenerator:
                                  max_pixels=self.max_pixels, precision=self.precision, spec=self.spec,
                                  **{**asdict(self.options), **changes})
 
+    def settings(self) -> dict:
+        """The effective settings, as recorded in run.json and predictions.json: every option,
+        the precision, and the classifier's description when it is not the shipped WRN's."""
+        own = {} if self.spec == CIFAR10 else {"classes": list(self.spec.classes), "input_size": self.spec.input_size,
+                                               "mean": list(self.spec.mean), "std": list(self.spec.std)}
+        return {**asdict(self.options), "precision": self.precision, **own}
+
     @property
     def keeps_work(self) -> bool:
         """Whether every image must be kept at working resolution (rescoring cuts proposals

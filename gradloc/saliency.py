@@ -1,15 +1,10 @@
 """Class-masked saliency maps: how strongly each input pixel influences chosen classes.
 
-Every method maps a batch of normalised inputs ``x [M, 3, H, W]`` and their targets to
-non-negative maps ``[M, H, W]`` plus the clean logits ``[M, C]``. Each row is one
-(image, class-mask) pair; rows are independent (the model is in eval mode), so the
-gradient of the *summed* masked output w.r.t. the batch gives every row's own gradient in
-ONE backward pass. Parameters need no gradients: only the input's are computed.
-
-Targets are given as class indices ``[M]``, a float class mask ``[M, C]`` (several classes
-of interest at once, as in the original experiment), or a callable that picks the mask
-from the clean logits (the default picks the predicted class), which lets the plain
-gradient reuse a single forward pass.
+Every method maps normalised inputs ``x [M, 3, H, W]`` and their targets (class indices ``[M]``,
+a float class mask ``[M, C]``, or a callable picking the mask from the clean logits, by default
+the predicted class) to non-negative maps ``[M, H, W]`` plus the clean logits ``[M, C]``. Rows are
+independent (eval mode), so the gradient of the *summed* masked output gives every row's own
+gradient in ONE backward pass; only the input's gradients are computed.
 """
 from __future__ import annotations
 
@@ -263,11 +258,9 @@ class GradCAM(SaliencyMethod):
     spatial mean of the class score's gradient, summed over channels, ReLU, bilinear
     upsampling to the input.
 
-    The default layer ``relu`` is the final BN-ReLU output, the features global pooling and
-    the linear head see: the last convolutional features as the classifier uses them, as in
-    the paper. (In this pre-activation WRN ``block3``'s output comes before that BN-ReLU; it
-    and the other blocks stay available through ``layer``.) With a GAP + linear head and
-    ``output="logits"``, the map is CAM's up to a constant factor, after ReLU.
+    The default layer ``relu`` is the WRN's final BN-ReLU output, the features global pooling
+    and the linear head see, as in the paper (``block3``'s output comes before it). With a GAP +
+    linear head and ``output="logits"``, the map is CAM's up to a constant factor, after ReLU.
     """
 
     name = "gradcam"
@@ -327,7 +320,8 @@ class GradientXActivation(GradCAM):
 class CAM(GradCAM):
     """Class activation mapping (Zhou et al. 2016): the final features weighted by the linear
     head's weights of the masked classes, ``sum_k w_ck F_k(x, y)``; :meth:`feature_maps` keeps
-    the sign, as in the paper (the pipeline's maps drop the negative part). Needs a global-average-pooling + linear head: ``model.fc`` after ``layer``."""
+    the sign, as in the paper (the pipeline's maps drop the negative part). Needs global
+    average pooling and a linear head ``model.fc`` after ``layer``."""
 
     name = "cam"
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import gradloc
 from gradloc.cli import main
 from gradloc.model import CIFAR10_CLASSES
 
@@ -273,3 +274,16 @@ def test_min_score_answers_absent(tmp_path):
                       for p in r["proposals"]]
     assert runs["kept"] and all(p["score"] >= 0.5 for p in runs["kept"]) and len(runs["kept"]) < len(runs["all"])
     assert {json.dumps(p) for p in runs["kept"]} <= {json.dumps(p) for p in runs["all"]}
+
+
+def test_api_resume_sees_changed_settings(tmp_path, random_weights_file):
+    """localize() records the generator's effective settings itself, so an API caller's resume
+    with other options is refused as the CLI's is."""
+    from gradloc.localize import localize
+    gen = gradloc.ProposalGenerator.pretrained(weights=random_weights_file, precision="fp32")
+    localize(gen, [str(SAMPLES / "cifar10" / "cat.png")], tmp_path / "o", vis_limit=0)
+    run = json.loads((tmp_path / "o" / "run.json").read_text())["settings"]
+    assert run["top_n"] == 100 and run["precision"] == "fp32"
+    localize(gen, [str(SAMPLES / "cifar10" / "cat.png")], tmp_path / "o", vis_limit=0, resume=True)
+    with pytest.raises(ValueError, match="settings differ.*top_n: 100 -> 50"):
+        localize(gen.with_options(top_n=50), [str(SAMPLES / "cifar10" / "cat.png")], tmp_path / "o", resume=True)
