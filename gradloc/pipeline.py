@@ -27,7 +27,7 @@ from .model import resolve_precision, wide_resnet
 from .network import Network
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, prepare
 from .proposals import candidate_boxes, frame_box, smooth_and_threshold
-from .rescoring import Rescorer, evidence_scores, rank_and_fuse
+from .rescoring import Rescorer, evidence_scores, presence_scores, rank_and_fuse
 from .results import Candidates, Result, assemble
 from .saliency import make_method
 from .windows import MultiScale, Pyramid, WholeImage, WindowPlan, Windows, contrasted
@@ -211,6 +211,9 @@ class ProposalGenerator:
                                     consensus=plan.consensus and float(w.probs[i, c]) > o.consensus)
                       for b, s, i, c in zip(row_boxes, row_scores, w.row_image.tolist(), classes)]
             row_boxes, row_scores = map(list, zip(*ranked))
+        if o.rescore != "off":  # the class probability says whether the class is there at all
+            row_scores = [presence_scores(s, float(w.probs[i, c])) for s, i, c in
+                          zip(row_scores, w.row_image.tolist(), classes)]
         if o.min_score is not None:  # "absent" is an answer: a class may be left without a box
             kept = [s >= o.min_score - 1e-6 for s in row_scores]  # float32 scores: 0.5 may read 0.49999997
             row_boxes, row_scores = [b[k] for b, k in zip(row_boxes, kept)], [s[k] for s, k in zip(row_scores, kept)]

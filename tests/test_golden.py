@@ -75,9 +75,12 @@ def test_golden_outputs(models, model_name, setting, request_name):
         pytest.fail(f"{path} missing: record with GRADLOC_RECORD_GOLDEN=1")
     want = torch.load(path, weights_only=True)
     assert len(got) == len(want)
-    for g, w in zip(got, want):
+    for g, w, image in zip(got, want, golden_images()):
         for k in w:
-            torch.testing.assert_close(g[k], w[k], rtol=1e-4, atol=1e-4, msg=lambda m: f"{k}: {m}")
+            # a peak is where a map is largest: between tied cells (a random model's Grad-CAM has
+            # them) it may move by one cell of the map's grid from one machine to another
+            cell = max(image.shape[:2]) / (4 * g["maps"].shape[-1]) if k == "peaks" else 1e-4
+            torch.testing.assert_close(g[k], w[k], rtol=1e-4, atol=max(cell, 1e-4), msg=lambda m: f"{k}: {m}")
 
 
 def test_golden_localize_json_of_the_samples(tmp_path):

@@ -134,10 +134,11 @@ def test_crop_minus_deletion_prefers_the_whole_object_to_a_part_of_it():
     res = gen.proposals_from_maps(*args)[0]
     assert len(res["boxes"]) == 2 and box_iou(res["boxes"][:1], whole).item() > 0.9
     assert box_iou(res["boxes"][1:], part).item() > 0.9
-    # The score is the crop's class probability minus the blanked image's.
+    # The evidence is the crop's class probability minus the blanked image's; the score is the
+    # image's probability of the class (1 here) times exp(evidence - the best's).
     crop = gen.rescorer.crop_scores([image], [res["boxes"]], [3])[0]
     blanked = gen.rescorer.deletion_scores(blank_in_thumbnail([image], [res["boxes"]]), [3])[0]
-    torch.testing.assert_close(res["scores"], crop - blanked)
+    torch.testing.assert_close(res["scores"], (crop - blanked - (crop - blanked)[0]).exp())
     assert blanked[0] < 0.2 < blanked[1] and float(crop[0]) == pytest.approx(float(crop[1]), abs=0.02)
     assert describe_threshold(Options(rescore="crop-delete", fuse=0, moment_box=0, frame_box=0, peaks=0)).endswith("crop-minus-deletion rescoring")
 
@@ -160,7 +161,10 @@ def test_crop_minus_deletion_on_large_images_blanks_each_box_in_its_own_window()
     fill = torch.tensor([round(v) for v in MEAN_COLOUR], dtype=torch.uint8).view(3, 1, 1)
     assert all((v == fill).all(0).sum() >= 4 for v in blanked)  # each view has a blanked box (>= 2x2 cells)
     crop = gen.rescorer.crop_scores([torch.from_numpy(canvas).permute(2, 0, 1)], [out["boxes"][:1]], [3])[0]
-    assert out["scores"][0] > 0.5 * crop[0] > 0.2  # the blanked window keeps little of the class
+    cand = out["candidates"][0]
+    best = int(box_iou(out["boxes"][:1], cand.boxes)[0].argmax())
+    assert cand.scores[best] > 0.5 * crop[0] > 0.2  # the blanked window keeps little of the class
+    assert out["scores"][0] == pytest.approx(float(out["probs"][3]))
 
 
 def test_fusion_replaces_the_best_box_by_the_score_weighted_mean_of_its_neighbours():
