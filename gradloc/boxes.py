@@ -64,10 +64,18 @@ def crop_windows(image: Tensor, boxes: Tensor, size: int = 32) -> Tensor:
     for x0, y0, x1, y1 in boxes.tolist():
         r0, r1 = int(math.floor(y0)), max(int(math.floor(y0)) + 1, int(math.ceil(y1)))
         c0, c1 = int(math.floor(x0)), max(int(math.floor(x0)) + 1, int(math.ceil(x1)))
-        crop = image[:, r0:r1, c0:c1].float()[None]
-        crops.append(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
-                                   align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[0])
+        crops.append(resize_uint8(image[:, r0:r1, c0:c1], (size, size)))
     return torch.stack(crops)
+
+
+def resize_uint8(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """The one resize of the pipeline's images: ``uint8 [..., 3, H, W]`` -> ``[..., 3, h, w]``,
+    bilinear with antialiasing (a shrunk photograph keeps its detail as an average, not
+    aliased), rounded back to uint8."""
+    x = image if image.ndim == 4 else image[None]
+    out = F.interpolate(x.float(), size=tuple(size), mode="bilinear", antialias=True,
+                        align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+    return out if image.ndim == 4 else out[0]
 
 
 def blank_boxes(image: Tensor, boxes: Tensor, fill: Sequence[float]) -> Tensor:

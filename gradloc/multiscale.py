@@ -128,6 +128,5 @@ def working_image(rgb: Tensor, max_side: int = WORK_INPUT_MAX_SIDE) -> Tensor:
     h, w = rgb.shape[-2:]
     if max(h, w) <= max_side:
         return rgb
-    nh, nw = work_size(h, w, max_side)
-    return F.interpolate(rgb[None].float(), size=(nh, nw), mode="bilinear", antialias=True,
-                         align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[0]
+    from .boxes import resize_uint8
+    return resize_uint8(rgb, work_size(h, w, max_side))

@@ -12,10 +12,10 @@ from typing import Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from .boxes import resize_uint8
 from .model import CIFAR10_MEAN, CIFAR10_STD
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
@@ -191,12 +191,7 @@ def resize_to_input(rgb: Tensor, size: int = INPUT_SIZE) -> Tensor:
     The aspect ratio is not kept: the whole image is squeezed into the square, as the
     network saw CIFAR images, so the box mapping back is a per-axis scale.
     """
-    batched = rgb.ndim == 4
-    x = rgb if batched else rgb[None]
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-    return x if batched else x[0]
+    return rgb if rgb.shape[-2:] == (size, size) else resize_uint8(rgb, (size, size))
 
 
 def normalize(x_uint8: Tensor) -> Tensor:

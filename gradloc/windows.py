@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import multiscale as ms
-from .boxes import MEAN_COLOUR, blank_boxes, boxes_to_image, crop_windows, scale_boxes
+from .boxes import MEAN_COLOUR, blank_boxes, boxes_to_image, crop_windows, resize_uint8, scale_boxes
 from .classes import class_rows
 from .network import Network
 from .saliency import GradientXActivation
@@ -187,9 +187,7 @@ def resize_longer_side(image: Tensor, side: int) -> Tensor:
     """``uint8 [3, H, W]`` resized (antialiased) so its longer side is ``side``, aspect kept."""
     h, w = image.shape[-2:]
     f = side / max(h, w)
-    size = (max(1, round(h * f)), max(1, round(w * f)))
-    return F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True,
-                         align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[0]
+    return resize_uint8(image, (max(1, round(h * f)), max(1, round(w * f))))
 
 
 class Pyramid(WindowPlan):
