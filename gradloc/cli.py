@@ -376,8 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     sy.set_defaults(func=cmd_make_synthetic)
 
     args = parser.parse_args(argv)
+    import warnings
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # options that do nothing are said so, in one line each
+            warnings.showwarning = lambda message, *_: print(f"gradloc: note: {message}", file=sys.stderr)
+            return args.func(args)
     except (WeightsError, ImageError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"gradloc: error: {exc}", file=sys.stderr)
         return 2

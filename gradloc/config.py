@@ -227,6 +227,23 @@ class Options:
         ladder = d["rescore"] != "off" and d["threshold"] == "mass" and self.ladder_shares()
         return BoxRecipe(values=tuple(self.ladder_shares()) if ladder else (value,), **d)
 
+    def inert(self) -> list[str]:
+        """The options given another value than their default that this combination does not
+        use, each as a sentence saying why (the generator warns with them: never silently)."""
+        default, recipe, used = Options(), self.box_recipe(), self.method_kwargs()
+        why = (f"--method {self.method} is boxed by the CAM paper's recipe" if self.method in CAM_METHODS
+               else "--rescore off ranks by the map alone")
+        notes = [f"--{n.replace('_', '-')} {getattr(self, n)!r} does nothing: {why}"
+                 for n in ("smooth_sigma", "kernel", "component_score", "union_box", "top_k", "rescore", "moment_box",
+                           "frame_box", "peaks", "fuse", "consensus", "class_contrast")
+                 if getattr(self, n) != getattr(default, n) and getattr(recipe, n) != getattr(self, n)]
+        if self.rescore == "off" or self.method in CAM_METHODS:
+            notes += [f"--{n.replace('_', '-')} {getattr(self, n)!r} does nothing: {why}" for n in ("ladder", "merge_iou")
+                      if getattr(self, n) != getattr(default, n)]
+        notes += [f"--{n} {getattr(self, n)!r} does nothing with --method {self.method}"
+                  for n in ("samples", "noise", "steps", "layer") if getattr(self, n) != getattr(default, n) and n not in used]
+        return notes
+
     def threshold_values(self) -> list[float | None]:
         """The threshold values boxes are made at (see :class:`BoxRecipe`)."""
         return list(self.box_recipe().values)

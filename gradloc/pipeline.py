@@ -11,6 +11,7 @@ The generator only composes stages: class requests (:mod:`~gradloc.classes`), a 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -69,6 +70,8 @@ class ProposalGenerator:
         if unknown:
             raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
         self.options = Options(**options)
+        for note in self.options.inert():  # an option that would do nothing is said so, not ignored
+            warnings.warn(note, UserWarning, stacklevel=2)
         self.recipe = self.options.box_recipe()
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)

@@ -287,3 +287,11 @@ def test_api_resume_sees_changed_settings(tmp_path, random_weights_file):
     localize(gen, [str(SAMPLES / "cifar10" / "cat.png")], tmp_path / "o", vis_limit=0, resume=True)
     with pytest.raises(ValueError, match="settings differ.*top_n: 100 -> 50"):
         localize(gen.with_options(top_n=50), [str(SAMPLES / "cifar10" / "cat.png")], tmp_path / "o", resume=True)
+
+
+def test_options_that_do_nothing_are_said_so(tmp_path, random_weights_file, capsys):
+    assert main(["localize", str(SAMPLES / "cifar10" / "cat.png"), "-o", str(tmp_path / "o"), "--weights",
+                 str(random_weights_file), "--vis-limit", "0", "--rescore", "off", "--peaks", "2"]) == 0
+    assert "gradloc: note: --peaks 2 does nothing: --rescore off ranks by the map alone" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="--samples 4 does nothing with --method gradient"):
+        gradloc.ProposalGenerator.pretrained(weights=random_weights_file, samples=4)
