@@ -209,9 +209,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    records, _ = read_predictions(args.predictions)
-    kept = select(records, args.min_score, args.top_k)
-    images, boxes = export(kept, args.format, Path(args.output), args.relative_to)
+    records, _, classes = read_predictions(args.predictions, with_classes=True)
+    kept = select(records, args.min_score, args.top_k, classes)
+    images, boxes = export(kept, args.format, Path(args.output), args.relative_to, classes)
     print(f"wrote {boxes} boxes on {images} images as {args.format} to {args.output}"
           + (f" ({len(records) - images} skipped images left out)" if len(records) > images else ""), file=sys.stderr)
     return 0

@@ -24,9 +24,11 @@ from .model import CIFAR10_CLASSES
 FORMATS = ("coco", "voc", "yolo")
 
 
-def select(records: list[dict], min_score: float | None = None, top_k: int | None = None) -> list[dict]:
-    """The image records (skipped ones left out) with only the proposals kept: score >= ``min_score``
-    and, per class, the ``top_k`` best (records list each class's proposals best first)."""
+def select(records: list[dict], min_score: float | None = None, top_k: int | None = None,
+           classes=CIFAR10_CLASSES) -> list[dict]:
+    """The image records (skipped ones left out) with only the proposals kept: a label of the
+    classifier's ``classes``, score >= ``min_score`` and, per class, the ``top_k`` best (records
+    list each class's proposals best first)."""
     out = []
     for rec in records:
         if "skipped" in rec or not isinstance(rec.get("width"), int) or not isinstance(rec.get("height"), int):
@@ -34,7 +36,7 @@ def select(records: list[dict], min_score: float | None = None, top_k: int | Non
         per_class: dict[str, int] = {}
         kept = []
         for prop in rec.get("proposals") or []:
-            if prop.get("label") not in CIFAR10_CLASSES or (min_score is not None and prop["score"] < min_score):
+            if prop.get("label") not in classes or (min_score is not None and prop["score"] < min_score):
                 continue
             per_class[prop["label"]] = per_class.get(prop["label"], 0) + 1
             if top_k is None or per_class[prop["label"]] <= top_k:
@@ -62,8 +64,8 @@ def _clamped(box: list[float], width: int, height: int) -> tuple[float, float, f
     return (min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height))
 
 
-def coco_dataset(records: list[dict], names: list[str]) -> dict:
-    """The records as a COCO dataset (categories: the ten classes, id = index), scores kept."""
+def coco_dataset(records: list[dict], names: list[str], classes=CIFAR10_CLASSES) -> dict:
+    """The records as a COCO dataset (categories: the classifier's classes, id = index), scores kept."""
     images, annotations = [], []
     for n, (rec, name) in enumerate(zip(records, names)):
         images.append({"id": n + 1, "file_name": name, "width": rec["width"], "height": rec["height"]})
@@ -71,11 +73,11 @@ def coco_dataset(records: list[dict], names: list[str]) -> dict:
             x0, y0, x1, y1 = _clamped(prop["box"], rec["width"], rec["height"])
             w, h = round(x1 - x0, 2), round(y1 - y0, 2)
             annotations.append({"id": len(annotations) + 1, "image_id": n + 1,
-                                "category_id": CIFAR10_CLASSES.index(prop["label"]),
+                                "category_id": classes.index(prop["label"]),
                                 "bbox": [round(x0, 2), round(y0, 2), w, h], "area": round(w * h, 2),
                                 "iscrowd": 0, "score": prop["score"]})
     return {"images": images, "annotations": annotations,
-            "categories": [{"id": c, "name": name} for c, name in enumerate(CIFAR10_CLASSES)]}
+            "categories": [{"id": c, "name": name} for c, name in enumerate(classes)]}
 
 
 def voc_xml(rec: dict, name: str) -> str:
@@ -101,20 +103,21 @@ def voc_xml(rec: dict, name: str) -> str:
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def yolo_lines(rec: dict) -> str:
+def yolo_lines(rec: dict, classes=CIFAR10_CLASSES) -> str:
     """One image's YOLO label file: ``class cx cy w h`` per box, normalised to [0, 1]."""
     w, h = rec["width"], rec["height"]
     lines = []
     for prop in rec["proposals"]:
         x0, y0, x1, y1 = _clamped(prop["box"], w, h)
-        lines.append(f"{CIFAR10_CLASSES.index(prop['label'])} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
+        lines.append(f"{classes.index(prop['label'])} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
                      f"{(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}")
     return "".join(line + "\n" for line in lines)
 
 
-def export(records: list[dict], fmt: str, out: Path, relative_to: str | Path | None = None) -> tuple[int, int]:
-    """Write :func:`select`-ed ``records`` to ``out`` in ``fmt`` (see the module); returns
-    (images, boxes) written."""
+def export(records: list[dict], fmt: str, out: Path, relative_to: str | Path | None = None,
+           classes=CIFAR10_CLASSES) -> tuple[int, int]:
+    """Write :func:`select`-ed ``records`` to ``out`` in ``fmt`` (see the module), labels among
+    the classifier's ``classes``; returns (images, boxes) written."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     names = relative_names([r["file"] for r in records], relative_to)
@@ -128,12 +131,12 @@ def export(records: list[dict], fmt: str, out: Path, relative_to: str | Path | N
         raise ValueError("two images map to the same exported name; give --relative-to their common folder")
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "coco":
-        atomic_write_text(out / "annotations.json", json.dumps(coco_dataset(records, names)))
+        atomic_write_text(out / "annotations.json", json.dumps(coco_dataset(records, names, classes)))
     else:
         for rec, name in zip(records, names):
             path = out / Path(name).with_suffix(".xml" if fmt == "voc" else ".txt")
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, voc_xml(rec, name) if fmt == "voc" else yolo_lines(rec))
+            atomic_write_text(path, voc_xml(rec, name) if fmt == "voc" else yolo_lines(rec, classes))
         if fmt == "yolo":
-            atomic_write_text(out / "classes.txt", "".join(c + "\n" for c in CIFAR10_CLASSES))
+            atomic_write_text(out / "classes.txt", "".join(c + "\n" for c in classes))
     return len(records), sum(len(r["proposals"]) for r in records)

@@ -73,7 +73,7 @@ class BatchWorker:
             torch.set_num_threads(int(config["threads"]))
         self.gen = ProposalGenerator(model, device=config["device"], batch_size=config["batch_size"],
                                      max_pixels=config["max_pixels"], precision=config["precision"],
-                                     **config["options"])
+                                     spec=config["spec"], **config["options"])
 
     def __call__(self, batch: dict) -> dict:
         from .runner import run_batch_of_files
@@ -115,7 +115,7 @@ def run_files_ray(gen, files: Sequence[Path], classes, options: RayOptions, desc
     init_ray(options.address)  # first: without Ray installed this is a one-line error
     import ray
     config = {"device": "cuda" if options.gpus > 0 else "cpu", "batch_size": gen.batch_size,
-              "max_pixels": gen.max_pixels, "precision": gen.precision, "options": asdict(gen.options),
+              "max_pixels": gen.max_pixels, "precision": gen.precision, "options": asdict(gen.options), "spec": gen.spec,
               "threads": options.threads or max(1, int(options.cpus))}
     # the model travels once, through the object store (workers need the same gradloc version)
     model = ray.put(copy.deepcopy(gen.model).cpu())

@@ -86,12 +86,13 @@ def image_record(file: str, size: tuple[int, int], result: Result, classes=CIFAR
     }
 
 
-def read_predictions(path: str | Path) -> tuple[list[dict], dict]:
+def read_predictions(path: str | Path, with_classes: bool = False) -> tuple:
     """A ``predictions.json`` from ``gradloc localize`` -> (its image records, its settings).
     Refuses, with a one-line :class:`ValueError` naming the file, anything else: not JSON, nested
     too deeply, not an object with an ``images`` list, another format, or images none of which
     has a ``file`` (a COCO annotation file). Records that are not objects with a ``file``
-    string are left out (they cannot be matched to an image)."""
+    string are left out (they cannot be matched to an image). ``with_classes``: also the
+    classifier's class names from the header (CIFAR-10's when it has none)."""
     from .annotations import read_json
     data = read_json(path, "predictions file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
@@ -105,7 +106,12 @@ def read_predictions(path: str | Path) -> tuple[list[dict], dict]:
                          "has a 'file'" + (" (it looks like a COCO annotation file: give it as the annotations)"
                                            if coco else ""))
     settings = data.get("settings")
-    return records, settings if isinstance(settings, dict) else {}
+    settings = settings if isinstance(settings, dict) else {}
+    if not with_classes:
+        return records, settings
+    names = data.get("classes")
+    ok = isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)
+    return records, settings, tuple(names) if ok else CIFAR10_CLASSES
 
 
 def _finite_numbers(v, n: int) -> list[float] | None:

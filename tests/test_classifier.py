@@ -147,6 +147,11 @@ def test_cli_resnet18_state_dict(tmp_path, capsys):
         for p in r["proposals"]:
             x0, y0, x1, y1 = p["box"]
             assert p["label"] in ("bird", "boat", "car") and 0 <= x0 < x1 <= r["width"] and 0 <= y0 < y1 <= r["height"]
+    # export labels boxes with the model's own names
+    assert main(["export", str(tmp_path / "out" / "predictions.json"), "--format", "yolo", "-o", str(tmp_path / "y")]) == 0
+    assert (tmp_path / "y" / "classes.txt").read_text().split() == ["bird", "boat", "car"]
+    n_boxes = sum(len(r["proposals"]) for r in data["images"])
+    assert sum(len(p.read_text().splitlines()) for p in (tmp_path / "y").rglob("*.txt") if p.name != "classes.txt") == n_boxes
     # mistakes are one line each
     assert main(args[:-8] + ["--weights", str(tmp_path / "r18.pt")]) == 2
     assert "--model needs --weights FILE" in capsys.readouterr().err

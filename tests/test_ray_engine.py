@@ -82,3 +82,26 @@ def test_a_run_begun_locally_finishes_on_ray(cluster, folder, tmp_path, random_w
     assert (runs["local"] / "predictions.json").read_bytes() == (runs["ray"] / "predictions.json").read_bytes()
     import json
     assert len(json.loads((runs["ray"] / "predictions.json").read_text())["images"]) == 8
+
+
+def test_ray_with_per_image_labels_and_a_users_classifier(cluster, folder, tmp_path, random_weights_file):
+    """Each batch carries its files' own classes, and the actors build the user's classifier:
+    --classes-from and --model give the local engine's bytes on Ray too."""
+    import torch
+    from gradloc.classifier import torchvision_classifier
+    torch.manual_seed(0)
+    torch.save(torchvision_classifier("resnet18", 3).state_dict(), tmp_path / "r18.pt")
+    (tmp_path / "names.txt").write_text("cat\ndog\nship\n")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,class\na.png,dog\nc.jpg,ship\nc.jpg,cat\nd.png,cat\n")
+    model = ["--model", "torchvision:resnet18", "--weights", tmp_path / "r18.pt", "--class-names",
+             tmp_path / "names.txt", "--input-size", "64", "--classes-from", labels]
+    for engine in ("local", "ray"):
+        args = ["localize", str(folder), "-o", str(tmp_path / engine), "--batch-size", "3", "--precision", "fp32",
+                "--workers", "0", "--engine", engine, "--ray-address", "auto", *model]
+        assert main([str(a) for a in args]) == 0
+    same_outputs(tmp_path / "local", tmp_path / "ray")
+    import json
+    data = json.loads((tmp_path / "ray" / "predictions.json").read_text())
+    got = {Path(r["file"]).name: sorted({p["label"] for p in r["proposals"]}) for r in data["images"]}
+    assert got == {"a.png": ["dog"], "c.jpg": ["cat", "ship"], "d.png": ["cat"]}
