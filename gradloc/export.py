@@ -20,6 +20,7 @@ from xml.etree import ElementTree as ET
 
 from .io import atomic_write_text
 from .model import CIFAR10_CLASSES
+from .results import finite_numbers
 
 FORMATS = ("coco", "voc", "yolo")
 
@@ -31,13 +32,20 @@ def select(records: list[dict], min_score: float | None = None, top_k: int | Non
     list each class's proposals best first)."""
     out = []
     for rec in records:
-        if "skipped" in rec or not isinstance(rec.get("width"), int) or not isinstance(rec.get("height"), int):
+        w, h = rec.get("width"), rec.get("height")
+        if "skipped" in rec or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h)):
             continue
         per_class: dict[str, int] = {}
         kept = []
-        for prop in rec.get("proposals") or []:
-            if prop.get("label") not in classes or (min_score is not None and prop["score"] < min_score):
+        props = rec.get("proposals")
+        for prop in props if isinstance(props, list) else []:
+            # a proposal without a known label, a finite box and a finite score is not a label to train on
+            if not isinstance(prop, dict) or not isinstance(prop.get("label"), str) or prop["label"] not in classes:
                 continue
+            box, score = finite_numbers(prop.get("box"), 4), finite_numbers([prop.get("score")], 1)
+            if box is None or score is None or (min_score is not None and score[0] < min_score):
+                continue
+            prop = {**prop, "box": box, "score": score[0]}
             per_class[prop["label"]] = per_class.get(prop["label"], 0) + 1
             if top_k is None or per_class[prop["label"]] <= top_k:
                 kept.append(prop)

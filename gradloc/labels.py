@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .annotations import DEFAULT_ALIASES, map_class, read_json
+from .annotations import DEFAULT_ALIASES, _is_id, map_class, read_json
 from .model import CIFAR10_CLASSES
 
 
@@ -121,17 +121,18 @@ def _coco_rows(path: Path) -> list[tuple[str, str, str]]:
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise ValueError(f"{path} is not COCO JSON: needs 'images' and 'annotations' lists")
-    names = {c.get("id"): str(c.get("name")) for c in data.get("categories") or [] if isinstance(c, dict)}
-    files = {im.get("id"): im.get("file_name") for im in data["images"]
-             if isinstance(im, dict) and isinstance(im.get("file_name"), str)}
+    cats = data.get("categories")
+    names = {c["id"]: str(c.get("name")) for c in (cats if isinstance(cats, list) else [])
+             if isinstance(c, dict) and _is_id(c.get("id"))}
+    files = {im["id"]: im["file_name"] for im in data["images"]
+             if isinstance(im, dict) and _is_id(im.get("id")) and isinstance(im.get("file_name"), str)}
     rows = []
     for a in data["annotations"]:
         if not isinstance(a, dict):
             continue
-        try:
-            file, cat = files.get(a.get("image_id")), a.get("category_id")
-        except TypeError:  # an unhashable id
+        if not _is_id(a.get("image_id")) or not _is_id(a.get("category_id")):
             continue
+        file, cat = files.get(a["image_id"]), a["category_id"]
         if file is not None:
             rows.append((f"{path.name}: image {a.get('image_id')!r}", file, names.get(cat, f"category {cat!r}")))
     return list(dict.fromkeys(rows))

@@ -114,7 +114,7 @@ def read_predictions(path: str | Path, with_classes: bool = False) -> tuple:
     return records, settings, tuple(names) if ok else CIFAR10_CLASSES
 
 
-def _finite_numbers(v, n: int) -> list[float] | None:
+def finite_numbers(v, n: int) -> list[float] | None:
     if not isinstance(v, (list, tuple)) or len(v) != n:
         return None
     try:
@@ -134,7 +134,7 @@ def record_prediction(rec: dict) -> dict:
     for prop in props if isinstance(props, list) else []:
         if not isinstance(prop, dict) or prop.get("label") not in CIFAR10_CLASSES:
             continue
-        box, score = _finite_numbers(prop.get("box"), 4), _finite_numbers([prop.get("score", 0.0)], 1)
+        box, score = finite_numbers(prop.get("box"), 4), finite_numbers([prop.get("score", 0.0)], 1)
         if box is None:
             continue
         c = CIFAR10_CLASSES.index(prop["label"])
@@ -142,9 +142,9 @@ def record_prediction(rec: dict) -> dict:
         scores.setdefault(c, []).append(score[0] if score else 0.0)
     raw_peaks = rec.get("peaks")
     peaks = {CIFAR10_CLASSES.index(k): tuple(p) for k, v in (raw_peaks.items() if isinstance(raw_peaks, dict) else ())
-             if k in CIFAR10_CLASSES and (p := _finite_numbers(v, 2)) is not None}
+             if k in CIFAR10_CLASSES and (p := finite_numbers(v, 2)) is not None}
     probs = rec.get("probs")
-    if not (isinstance(probs, dict) and all(_finite_numbers([probs.get(c)], 1) for c in CIFAR10_CLASSES)):
+    if not (isinstance(probs, dict) and all(finite_numbers([probs.get(c)], 1) for c in CIFAR10_CLASSES)):
         probs = None
     return {
         "boxes": {c: torch.tensor(b, dtype=torch.float32).view(-1, 4) for c, b in boxes.items()},

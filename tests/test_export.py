@@ -109,3 +109,18 @@ def test_export_refuses_images_outside_relative_to_and_bad_top_k(tmp_path, capsy
     assert "is outside" in capsys.readouterr().err
     assert main(["export", str(preds), "--format", "yolo", "-o", str(tmp_path / "y"), "--top-k", "0"]) == 2
     assert "--top-k must be >= 1" in capsys.readouterr().err
+
+
+def test_hostile_records_export_what_is_valid_and_nothing_else(tmp_path):
+    path = tmp_path / "predictions.json"
+    path.write_text(json.dumps({"format": "gradloc-predictions", "images": [
+        {"file": "a.jpg", "width": 10, "height": 10, "proposals": [
+            "junk", {"label": ["cat"], "box": [0, 0, 5, 5], "score": 1}, {"label": "cat", "box": [0, 0, "x", 5], "score": 1},
+            {"label": "cat", "box": [0, 0, 5, 5]}, {"label": "cat", "box": [0, 0, 5, 5], "score": "NaN"},
+            {"label": "cat", "box": [1, 1, 6, 6], "score": 0.7}]},
+        {"file": "b.jpg", "width": True, "height": 10, "proposals": []},
+        {"file": "c.jpg", "width": 10, "height": 10, "proposals": {"not": "a list"}}]}))
+    for fmt in ("coco", "voc", "yolo"):
+        assert main(["export", str(path), "--format", fmt, "-o", str(tmp_path / fmt)]) == 0
+    assert (tmp_path / "yolo" / "a.txt").read_text() == "3 0.350000 0.350000 0.500000 0.500000\n"
+    assert (tmp_path / "yolo" / "c.txt").read_text() == "" and not (tmp_path / "yolo" / "b.txt").exists()
