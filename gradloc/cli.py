@@ -177,7 +177,7 @@ def cmd_export_coco(args: argparse.Namespace) -> int:
 
     from .results import read_predictions
 
-    records, _ = read_predictions(args.predictions)
+    records, _, classes = read_predictions(args.predictions, with_classes=True)
     if args.annotations:
         from .annotations import load_aliases, load_annotations
         ds = load_annotations(args.annotations, load_aliases(args.aliases))
@@ -191,10 +191,10 @@ def cmd_export_coco(args: argparse.Namespace) -> int:
         what = f"{len(dets)} results for {len(ds.images) - len(missing)} annotated images"
     else:
         from .export import coco_dataset, relative_names, select
-        kept = select(records)
+        kept = select(records, classes=classes)
         names = [r["file"] for r in kept] if args.relative_to is None else \
             relative_names([r["file"] for r in kept], args.relative_to)
-        dataset = coco_dataset(kept, names)
+        dataset = coco_dataset(kept, names, classes)
         text = json.dumps(dataset)
         what = f"a COCO dataset of {len(dataset['images'])} images and {len(dataset['annotations'])} scored boxes"
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

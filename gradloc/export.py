@@ -18,6 +18,9 @@ import os
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+import torch
+from torchvision.ops import clip_boxes_to_image
+
 from .io import atomic_write_text
 from .model import CIFAR10_CLASSES
 from .results import finite_numbers
@@ -27,9 +30,9 @@ FORMATS = ("coco", "voc", "yolo")
 
 def select(records: list[dict], min_score: float | None = None, top_k: int | None = None,
            classes=CIFAR10_CLASSES) -> list[dict]:
-    """The image records (skipped ones left out) with only the proposals kept: a label of the
-    classifier's ``classes``, score >= ``min_score`` and, per class, the ``top_k`` best (records
-    list each class's proposals best first)."""
+    """The image records (skipped ones left out) with only the proposals kept, boxes clipped to
+    the image: a label of the classifier's ``classes``, score >= ``min_score`` and, per class, the
+    ``top_k`` best (records list each class's proposals best first)."""
     out = []
     for rec in records:
         w, h = rec.get("width"), rec.get("height")
@@ -45,6 +48,8 @@ def select(records: list[dict], min_score: float | None = None, top_k: int | Non
             box, score = finite_numbers(prop.get("box"), 4), finite_numbers([prop.get("score")], 1)
             if box is None or score is None or (min_score is not None and score[0] < min_score):
                 continue
+            # clipped to the image once here, for every format
+            box = clip_boxes_to_image(torch.tensor([box]), (h, w))[0].tolist()
             prop = {**prop, "box": box, "score": score[0]}
             per_class[prop["label"]] = per_class.get(prop["label"], 0) + 1
             if top_k is None or per_class[prop["label"]] <= top_k:
@@ -67,18 +72,13 @@ def relative_names(files: list[str], relative_to: str | Path | None = None) -> l
     return names
 
 
-def _clamped(box: list[float], width: int, height: int) -> tuple[float, float, float, float]:
-    x0, y0, x1, y1 = box
-    return (min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height))
-
-
 def coco_dataset(records: list[dict], names: list[str], classes=CIFAR10_CLASSES) -> dict:
     """The records as a COCO dataset (categories: the classifier's classes, id = index), scores kept."""
     images, annotations = [], []
     for n, (rec, name) in enumerate(zip(records, names)):
         images.append({"id": n + 1, "file_name": name, "width": rec["width"], "height": rec["height"]})
         for prop in rec["proposals"]:
-            x0, y0, x1, y1 = _clamped(prop["box"], rec["width"], rec["height"])
+            x0, y0, x1, y1 = prop["box"]
             w, h = round(x1 - x0, 2), round(y1 - y0, 2)
             annotations.append({"id": len(annotations) + 1, "image_id": n + 1,
                                 "category_id": classes.index(prop["label"]),
@@ -97,7 +97,7 @@ def voc_xml(rec: dict, name: str) -> str:
     for key, value in (("width", rec["width"]), ("height", rec["height"]), ("depth", 3)):
         ET.SubElement(size, key).text = str(value)
     for prop in rec["proposals"]:
-        x0, y0, x1, y1 = _clamped(prop["box"], rec["width"], rec["height"])
+        x0, y0, x1, y1 = prop["box"]
         xmin, ymin = min(round(x0) + 1, rec["width"]), min(round(y0) + 1, rec["height"])
         obj = ET.SubElement(root, "object")
         ET.SubElement(obj, "name").text = prop["label"]
@@ -116,7 +116,7 @@ def yolo_lines(rec: dict, classes=CIFAR10_CLASSES) -> str:
     w, h = rec["width"], rec["height"]
     lines = []
     for prop in rec["proposals"]:
-        x0, y0, x1, y1 = _clamped(prop["box"], w, h)
+        x0, y0, x1, y1 = prop["box"]
         lines.append(f"{classes.index(prop['label'])} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
                      f"{(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}")
     return "".join(line + "\n" for line in lines)

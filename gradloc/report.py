@@ -117,8 +117,10 @@ def presence_table(results: dict[str, dict]) -> str:
     """Per method: presence AP@0.5, best F1 and the score it is at, and precision / recall of
     the claims kept at each minimum score, in percent."""
     rows = [(n, m["presence"]) for n, m in results.items() if m.get("presence")]
+    # the same claims ranked by the class probability, where the method's scores rank otherwise
     rows += [(f"{n}, ranked by the class probability", m["presence_by_prob"]) for n, m in results.items()
-             if m.get("presence_by_prob") and n.startswith("gradloc")]
+             if m.get("presence_by_prob") and n.startswith("gradloc") and m.get("presence")
+             and m["presence_by_prob"]["AP"] != m["presence"]["AP"]]
     heads = ["AP", "best F1", "at score"] + [f"P/R @{t:g}" for t in PRESENCE_THRESHOLDS]
     lines = ["| method | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
     for name, pr in rows:
