@@ -20,14 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from . import multiscale as ms
-from .boxes import pad_boxes
+from .candidates import RowCandidates, gather
 from .classes import ClassSpec, parse_class_spec
 from .classifier import CIFAR10, ClassifierSpec, find_feature_layer
 from .config import CAM_METHODS, Options
 from .model import resolve_precision, wide_resnet
 from .network import Network
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, prepare
-from .proposals import candidate_boxes, frame_box, smooth_and_threshold
+from .proposals import smooth_and_threshold
 from .rescoring import Rescorer, evidence_scores, presence_scores, rank_and_fuse
 from .results import Candidates, Result, assemble
 from .saliency import make_method
@@ -160,74 +160,55 @@ class ProposalGenerator:
     def postprocess(self, plan: WindowPlan, w: Windows, sizes: Sequence[tuple[int, int]],
                     work: Sequence[Tensor]) -> list[Result]:
         """The one post-processing loop, for any plan's windows: smoothing, threshold,
-        morphology, components and candidates on each window's grid, boxes placed by the plan,
-        rescoring, ranking and fusion, the result per image."""
+        morphology, components and candidates on each window's grid (:func:`gather`), rescoring,
+        ranking and fusion, the boxes mapped to the original image, the result per image."""
         o = self.recipe
         shared, maps = contrasted(w, o.class_contrast) if plan.contrast else (torch.zeros(len(w.counts), dtype=torch.bool), w.maps)
         smoothed, masks = smooth_and_threshold(maps, o)
+        rows = gather(plan, w, smoothed, masks, shared, o, sizes, work)
+        evidence = self.rescore(plan, rows, sizes, work)
+        scores = [r.scores if e is None else evidence_scores(e) for r, e in zip(rows, evidence)]
+        chosen = [self.select(plan, r, s, float(w.probs[r.image, r.cls])) for r, s in zip(rows, scores)]
         shown = (len(masks) - 1) // 2  # with a ladder, the middle rung's mask (the lower of two) is returned
-        starts = [sum(w.counts[:r]) for r in range(len(w.counts))]
-        row_boxes, row_scores, row_blanked, whole, row_kinds, row_sides = [], [], [], [], [], []
-        for r, (start, count) in enumerate(zip(starts, w.counts)):
-            i = int(w.row_image[r])
-            boxes, scores, blanked, kinds, sides = [], [], [], [], []
-            for n in range(start, start + count):
-                # the box around all components of a contrasted map spans several objects
-                b, sc, kd = candidate_boxes(smoothed[n], masks[:, n], o, union_box=False if shared[r] else None,
-                                            peaks=plan.peak_regions)
-                b = pad_boxes(b, o.box_padding)
-                boxes.append(plan.place(b, w, n, sizes[i], work[i]))
-                scores.append(sc * w.support[n])
-                kinds += kd
-                sides += [w.side(n)] * len(b)
-                if o.rescore == "crop-delete":
-                    blanked.append(plan.blanked(b, w, n))
-            # the frame hypothesis, last of the row, is judged by the whole view's probability of the
-            # class (from the map's own pass); none of an image's several named objects fills its frame
-            framed = plan.frame_candidate and o.frame_box > 0 and not shared[r]
-            if framed:
-                boxes.append(plan.place(frame_box(smoothed.shape[-2:], o.frame_box), w, start, sizes[i], work[i]))
-                scores.append(torch.zeros(1))
-                kinds.append("frame")
-                sides.append(w.side(start))
-            whole.append(float(w.probs[i, int(w.row_class[r])]) if framed else None)
-            row_boxes.append(torch.cat(boxes))
-            row_scores.append(torch.cat(scores))
-            row_blanked.append(None if not blanked or blanked[0] is None else torch.cat(blanked))
-            row_kinds.append(kinds)
-            row_sides.append(sides)
-        classes = w.row_class.tolist()
-        row_evidence = [torch.zeros(len(b), 2) for b in row_boxes]
-        if o.rescore != "off":
-            images = [work[int(i)] for i in w.row_image]
-            in_work = [plan.to_work(b, sizes[int(i)], work[int(i)]) for b, i in zip(row_boxes, w.row_image)]
-            given = None if any(b is None for b in row_blanked) else row_blanked
-            row_evidence = self.rescorer.box_evidence(images, in_work, classes, o.rescore, given, whole)
-            row_scores = [evidence_scores(e) for e in row_evidence]
-        candidates = [Candidates(plan.to_original(b, sizes[int(i)], work[int(i)]), s, e, k, torch.tensor(sd))
-                      for b, s, e, k, sd, i in zip(row_boxes, row_scores, row_evidence, row_kinds, row_sides,
-                                                   w.row_image)]
+        per_image: list[list] = [[] for _ in sizes]
+        start = 0
+        for r, s, e, (boxes, ranked), count in zip(rows, scores, evidence, chosen, w.counts):
+            i = r.image
+            # boxes go to the original image here, once: the chosen ones and every candidate
+            mapped = plan.to_original(torch.cat([boxes, r.boxes]), sizes[i], work[i])
+            cand = Candidates(mapped[len(boxes):], s, torch.zeros(len(r.boxes), 2) if e is None else e, r.kinds, r.sides)
+            m, k = plan.output(w, start, smoothed[start:start + count], masks[shown, start:start + count],
+                               sizes[i], work[i])
+            per_image[i].append((r.cls, mapped[:len(boxes)], ranked, m, k, cand))
+            start += count
+        return [assemble(res, w.probs[i], sizes[i]) for i, res in enumerate(per_image)]
+
+    def rescore(self, plan: WindowPlan, rows: list[RowCandidates], sizes: Sequence[tuple[int, int]],
+                work: Sequence[Tensor]) -> list[Tensor | None]:
+        """Each row's evidence ``[M, 2]`` (its boxes' crop and blanked-view probabilities), all
+        rows in one batched pass; None per row when rescoring is off."""
+        if self.recipe.rescore == "off":
+            return [None] * len(rows)
+        in_work = [plan.to_work(r.boxes, sizes[r.image], work[r.image]) for r in rows]
+        return self.rescorer.box_evidence([work[r.image] for r in rows], in_work, [r.cls for r in rows],
+                                          self.recipe.rescore, [r.blanked for r in rows],
+                                          [r.is_frame for r in rows], [r.whole_prob for r in rows])
+
+    def select(self, plan: WindowPlan, row: RowCandidates, scores: Tensor, prob: float) -> tuple[Tensor, Tensor]:
+        """One row's chosen boxes (in the ranking frame) and their scores, best first: ranking,
+        fusion, scores that compare across images, and the minimum score."""
+        o, boxes = self.recipe, row.boxes
         if o.rescore != "off" or plan.rank_without_rescoring:
             # a class the whole photograph's 32x32 view already recognises is large: pick by agreement
             # (the recipe's consensus is above 1, i.e. off, without rescoring)
-            ranked = [rank_and_fuse(b, s, o.nms_iou, o.top_k, o.fuse,
-                                    consensus=plan.consensus and float(w.probs[i, c]) > o.consensus)
-                      for b, s, i, c in zip(row_boxes, row_scores, w.row_image.tolist(), classes)]
-            row_boxes, row_scores = map(list, zip(*ranked))
+            boxes, scores = rank_and_fuse(boxes, scores, o.nms_iou, o.top_k, o.fuse,
+                                          consensus=plan.consensus and prob > o.consensus)
         if o.rescore != "off":  # the class probability says whether the class is there at all
-            row_scores = [presence_scores(s, float(w.probs[i, c])) for s, i, c in
-                          zip(row_scores, w.row_image.tolist(), classes)]
+            scores = presence_scores(scores, prob)
         if o.min_score is not None:  # "absent" is an answer: a class may be left without a box
-            kept = [s >= o.min_score - 1e-6 for s in row_scores]  # float32 scores: 0.5 may read 0.49999997
-            row_boxes, row_scores = [b[k] for b, k in zip(row_boxes, kept)], [s[k] for s, k in zip(row_scores, kept)]
-        per_image: list[list] = [[] for _ in sizes]
-        for r, (start, count) in enumerate(zip(starts, w.counts)):
-            i = int(w.row_image[r])
-            m, k = plan.output(w, start, smoothed[start:start + count], masks[shown, start:start + count],
-                               sizes[i], work[i])
-            per_image[i].append((classes[r], plan.to_original(row_boxes[r], sizes[i], work[i]), row_scores[r], m, k,
-                                 candidates[r]))
-        return [assemble(res, w.probs[i], sizes[i]) for i, res in enumerate(per_image)]
+            kept = scores >= o.min_score - 1e-6  # float32 scores: 0.5 may read 0.49999997
+            boxes, scores = boxes[kept], scores[kept]
+        return boxes, scores
 
     def proposals_from_maps(self, maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,
                             sizes: Sequence[tuple[int, int]], work: Sequence[Tensor | None] | None = None,

@@ -186,43 +186,51 @@ class Rescorer:
         return self._blank
 
     def box_evidence(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int],
-                     rescore: str, blanked: Sequence[Tensor] | None = None,
+                     rescore: str, blanked: Sequence[Tensor | None] | None = None,
+                     frames: Sequence[Tensor | None] | None = None,
                      whole: Sequence[float | None] | None = None) -> list[Tensor]:
         """Per row, each box's evidence ``[K_j, 2]``: its crop's class probability and, for
-        ``crop-delete``, that of its blanked view (``blanked``, by default
-        :func:`blank_in_thumbnail`; 0 for ``crop``). Only each row's representatives
+        ``crop-delete``, that of its blanked view (``blanked[j]``, aligned with the boxes, or by
+        default :func:`blank_in_thumbnail`; 0 for ``crop``). Only each row's representatives
         (:func:`near_duplicates` at ``merge_iou``) are viewed; the others share theirs.
 
-        ``whole``: per row, None or the probability of its class for the whole view (known from
-        the map's pass). The row's last box is then the frame hypothesis (the object fills the
-        view) and, when it represents itself, gets no views of its own: the whole view's
-        probability, and the blank view's (:meth:`blank_probs`) for ``crop-delete``. A frame of
-        nearly the whole view crops to nearly the whole view and blanks to nearly nothing, so
-        its two views would cost two forward passes to say what is known.
+        ``frames[j]``: bool ``[K_j]``, the boxes that are the frame hypothesis (the object fills
+        the view), and ``whole[j]`` the probability of the row's class for the whole view (known
+        from the map's pass). A frame box that represents itself gets no views of its own: the
+        whole view's probability, and the blank view's (:meth:`blank_probs`) for ``crop-delete``.
+        A frame of nearly the whole view crops to nearly the whole view and blanks to nearly
+        nothing, so its two views would cost two forward passes to say what is known.
         """
         groups = [near_duplicates(b, self.merge_iou) for b in boxes]
+        frames = list(frames) if frames is not None else [None] * len(boxes)
         whole = list(whole) if whole is not None else [None] * len(boxes)
-        framed = [p is not None and len(r) > 0 and int(r[-1]) == len(b) - 1
-                  for p, b, (r, _) in zip(whole, boxes, groups)]
-        viewed = [r[:-1] if f else r for (r, _), f in zip(groups, framed)]  # the representatives scored by views
+        blanked = list(blanked) if blanked is not None else [None] * len(boxes)
+        # per row, which of its representatives are frames with a known whole-view probability
+        rep_frame = [f[r] if f is not None and p is not None else torch.zeros(len(r), dtype=torch.bool)
+                     for f, p, (r, _) in zip(frames, whole, groups)]
+        viewed = [r[~f] for (r, _), f in zip(groups, rep_frame)]  # the representatives scored by views
         reps = [b[v] for b, v in zip(boxes, viewed)]
         crops = self.crop_scores(images, reps, classes)
         if rescore != "crop":
-            blanked = (blank_in_thumbnail(images, reps, self.input_size, self.fill) if blanked is None
-                       else [b[v] for b, v in zip(blanked, viewed)])
-            kept = self.deletion_scores(blanked, classes)
+            views = [blank_in_thumbnail([img], [b], self.input_size, self.fill)[0] if given is None else given[v]
+                     for img, b, given, v in zip(images, reps, blanked, viewed)]
+            kept = self.deletion_scores(views, classes)
         else:
             kept = [torch.zeros_like(k) for k in crops]
-        evidence = [torch.stack([k, d], 1) for k, d in zip(crops, kept)]
-        if any(framed):
-            base = self.blank_probs() if rescore != "crop" else None
-            evidence = [torch.cat([e, torch.tensor([[p, float(base[c]) if base is not None else 0.0]])]) if f else e
-                        for e, f, p, c in zip(evidence, framed, whole, classes)]
-        return [e[owner] for e, (_, owner) in zip(evidence, groups)]
+        base = self.blank_probs() if rescore != "crop" and any(f.any() for f in rep_frame) else None
+        out = []
+        for (r, owner), f, k, d, p, c in zip(groups, rep_frame, crops, kept, whole, classes):
+            e = torch.zeros(len(r), 2)
+            e[~f] = torch.stack([k, d], 1).float()
+            if f.any():
+                e[f] = torch.tensor([p, float(base[c]) if base is not None else 0.0])
+            out.append(e[owner])
+        return out
 
     def box_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int],
-                   rescore: str, blanked: Sequence[Tensor] | None = None,
+                   rescore: str, blanked: Sequence[Tensor | None] | None = None,
+                   frames: Sequence[Tensor | None] | None = None,
                    whole: Sequence[float | None] | None = None) -> list[Tensor]:
         """``crop``: each box's crop probability; ``crop-delete``: that minus the probability of
         its blanked view (:meth:`box_evidence`, same arguments)."""
-        return [evidence_scores(e) for e in self.box_evidence(images, boxes, classes, rescore, blanked, whole)]
+        return [evidence_scores(e) for e in self.box_evidence(images, boxes, classes, rescore, blanked, frames, whole)]

@@ -170,8 +170,11 @@ def main(argv=None) -> int:
                    help="exit after this many steps in this invocation, checkpointed (for time-boxed runs)")
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch early (smoke tests)")
     p.add_argument("--limit-per-class", type=int, default=None, help="train on a subset (smoke tests)")
-    p.add_argument("--photos", type=Path, default=None,
-                   help="annotated photographs (COCO folder or .tar.gz) trained on with image-level labels")
+    p.add_argument("--photos", type=Path, action="append", default=None,
+                   help="annotated photographs (COCO folder or .tar.gz) trained on with image-level labels "
+                        "(repeat for several sets)")
+    p.add_argument("--photo-balance", action="store_true",
+                   help="draw the photographs' classes equally often (default: as often as they occur)")
     p.add_argument("--photos-share", type=float, default=0.5, help="share of --photos trained on")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the --photos split")
     p.add_argument("--negatives", type=Path, default=None,
@@ -220,14 +223,22 @@ def main(argv=None) -> int:
     photos = negatives = None
     if args.photos:
         from gradloc.datasets import load_labelled_photos, photo_split
-        px, py, names = load_labelled_photos(args.photos)
-        keep = photo_split(names, args.photos_share, args.split_seed)
-        sel = torch.tensor([n in keep for n in names])
-        (args.ckpt_dir / "photos_trained.txt").write_text(
-            f"# {args.photos}: the {len(keep)} photographs trained on (split seed {args.split_seed})\n"
-            + "".join(f"{n}\n" for n in sorted(keep)), encoding="utf-8")
-        photos = (normalise(torch.from_numpy(px))[sel], torch.from_numpy(py)[sel])
-        print(f"photos: {int(sel.sum())} of {len(names)} from {args.photos} (split seed {args.split_seed})", flush=True)
+        xs, ys, listing = [], [], []
+        for source in args.photos:  # each set split on its own, so --exclude works per benchmark
+            px, py, names = load_labelled_photos(source)
+            keep = photo_split(names, args.photos_share, args.split_seed)
+            sel = torch.tensor([n in keep for n in names])
+            listing.append(f"# {source}: the {len(keep)} photographs trained on (split seed {args.split_seed})\n"
+                           + "".join(f"{n}\n" for n in sorted(keep)))
+            xs.append(normalise(torch.from_numpy(px))[sel])
+            ys.append(torch.from_numpy(py)[sel])
+            print(f"photos: {int(sel.sum())} of {len(names)} from {source} (split seed {args.split_seed})", flush=True)
+        (args.ckpt_dir / "photos_trained.txt").write_text("".join(listing), encoding="utf-8")
+        photos = (torch.cat(xs), torch.cat(ys))
+        # --photo-balance: each class drawn equally often (a class with few photographs, cat in
+        # Tiny ImageNet, would otherwise be pulled towards its majority neighbour, dog)
+        counts = torch.bincount(photos[1], minlength=10).clamp(min=1).float()
+        photo_weights = (1.0 / counts)[photos[1]] if args.photo_balance else torch.ones(len(photos[1]))
     if args.negatives:
         from gradloc.datasets import load_photo_folder
         negatives = normalise(torch.from_numpy(load_photo_folder(args.negatives)))
@@ -246,7 +257,8 @@ def main(argv=None) -> int:
         opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
         pct_start=0.25, div_factor=20, final_div_factor=200)
     start_epoch, start_step, running, log = 0, 0, None, []
-    cfg = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}  # as saved, JSON-ready
+    cfg = {k: [str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
+           for k, v in vars(args).items()}  # as saved, JSON-ready
     if resuming:
         ckpt = torch.load(last, map_location="cpu", weights_only=True) if last.is_file() else None
         if progress.is_file():
@@ -255,7 +267,8 @@ def main(argv=None) -> int:
                 ckpt = mid
         saved = json.loads(ckpt["config"])
         older = {"cutout": 0, "photos": None, "negatives": None, "photos_share": 0.5, "split_seed": 0,
-                 "extra_batch": 32, "oe_weight": 0.5, "photo_scale": 0.25}  # checkpoints older than these had none
+                 "extra_batch": 32, "oe_weight": 0.5, "photo_scale": 0.25,
+                 "photo_balance": False}  # checkpoints older than these had none
         changed = [k for k in ("epochs", "batch_size", "lr", "max_batches", "depth", "width", "limit_per_class",
                                  "init", "seed", *older)
                    if saved.get(k, older.get(k)) != cfg[k]]
@@ -298,7 +311,7 @@ def main(argv=None) -> int:
             yb = y_train[idx]
             parts = [xb]
             if photos is not None:
-                pick = torch.randint(0, len(photos[0]), (args.extra_batch,), generator=gen)
+                pick = torch.multinomial(photo_weights, args.extra_batch, replacement=True, generator=gen)
                 parts.append(random_resized_crops(photos[0][pick], gen, min_area=args.photo_scale))
                 yb = torch.cat([yb, photos[1][pick]])
             if negatives is not None:

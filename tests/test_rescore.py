@@ -239,22 +239,27 @@ def test_the_frame_hypothesis_is_scored_by_the_whole_view_without_views_of_its_o
     img = torch.full((3, 64, 64), 128, dtype=torch.uint8)
     img[:, 2:62, 2:62] = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)  # fills the view
     boxes = torch.tensor([[16, 16, 48, 48], [3.2, 3.2, 60.8, 60.8]])  # a part, then the frame
+    last = torch.tensor([False, True])
     seen = []
     classify = gen.rescorer.classify
     gen.rescorer.classify = lambda x: seen.append(len(x)) or classify(x)
     whole = float(classify(torch.nn.functional.interpolate(img[None].float(), size=32).round().byte())[0, 3])
-    scores = gen.rescorer.box_scores([img], [boxes], [3], "crop-delete", whole=[whole])[0]
+    scores = gen.rescorer.box_scores([img], [boxes], [3], "crop-delete", frames=[last], whole=[whole])[0]
     assert seen == [1, 1, 1]  # the part's crop and blanked view, and the blank view once
     blank = gen.rescorer.blank_probs()
     assert scores[1] == pytest.approx(whole - float(blank[3])) and scores[1] > scores[0]
-    gen.rescorer.box_scores([img], [boxes], [3], "crop-delete", whole=[whole])
+    gen.rescorer.box_scores([img], [boxes], [3], "crop-delete", frames=[last], whole=[whole])
     assert seen == [1, 1, 1, 1, 1]  # the blank view's probabilities are kept
-    crop = gen.rescorer.box_scores([img], [boxes], [3], "crop", whole=[whole])[0]
+    crop = gen.rescorer.box_scores([img], [boxes], [3], "crop", frames=[last], whole=[whole])[0]
     assert crop[1] == pytest.approx(whole)
     # a frame that another candidate already represents shares its score, as any near-duplicate
     near = torch.tensor([[3.2, 3.2, 60.8, 61.0], [3.2, 3.2, 60.8, 60.8]])
-    shared = gen.rescorer.box_scores([img], [near], [3], "crop-delete", whole=[whole])[0]
+    shared = gen.rescorer.box_scores([img], [near], [3], "crop-delete", frames=[last], whole=[whole])[0]
     assert shared[0] == shared[1]
-    # without a whole-view probability, the last box is an ordinary candidate
-    plain = gen.rescorer.box_scores([img], [boxes], [3], "crop-delete")[0]
+    # the frame is known by its kind, not its place: first in the row, it scores the same
+    first = gen.rescorer.box_scores([img], [boxes.flip(0)], [3], "crop-delete", frames=[last.flip(0)],
+                                    whole=[whole])[0]
+    assert torch.equal(first, scores.flip(0))
+    # a box not marked as a frame is an ordinary candidate, wherever it is
+    plain = gen.rescorer.box_scores([img], [boxes], [3], "crop-delete", whole=[whole])[0]
     assert len(plain) == 2 and plain[1] != scores[1]
