@@ -94,35 +94,38 @@ def predict_cam(model: nn.Module, ds: AnnotatedSet, images_dir: str | Path, meth
     classes, boxed by :func:`cam_box` at image resolution. ``maps`` holds the map at the layer's
     resolution (MaxBoxAccV2 resizes it as its protocol says); ``peaks`` the maximum of the
     upsampled map. Returns (predictions, skipped files)."""
-    from .io import readable_batches
+    from .runner import Batching, run_steps, skipped_files
     from .saliency import make_method
 
     cam_method = make_method(method, model, layer=layer)
     files = [Path(images_dir) / im.file for im in ds.images]
-    preds: list = [None] * len(files)
-    skipped: list[dict] = []
-    for good, bad in readable_batches(files, batch_size, workers, max_pixels, method, progress):
-        skipped += bad
-        if not good:
-            continue
-        x = normalize(torch.stack([b[1] for b in good]).to(device))
-        if request == "gt":
-            asked = [ds.images[b[0]].classes() for b in good]
-        else:
+
+    def step(x_uint8, sizes, asked, work) -> list[dict]:
+        x = normalize(x_uint8.to(device))
+        if request != "gt":
             with torch.no_grad():
                 asked = model(x).topk(REQUEST_K[request], 1).indices.tolist()
         row_image = [j for j, cs in enumerate(asked) for _ in cs]
         row_class = [c for cs in asked for c in cs]
-        x = x[row_image]
-        maps, logits = cam_method.feature_maps(x, torch.tensor(row_class, device=device))
+        maps, logits = cam_method.feature_maps(x[row_image], torch.tensor(row_class, device=device))
         maps, probs = maps.cpu(), logits.float().softmax(1).cpu()
+        out: list = [None] * len(sizes)
         for r, (j, c) in enumerate(zip(row_image, row_class)):
-            i, size = good[j][0], good[j][2]
-            p = preds[i] = preds[i] or {"boxes": {}, "scores": {}, "maps": {}, "peaks": {}, "probs": probs[r]}
+            size = sizes[j]
+            p = out[j] = out[j] or {"boxes": {}, "scores": {}, "maps": {}, "peaks": {}, "probs": probs[r]}
             full = upsample_map(maps[r], size)
             p["boxes"][c], p["scores"][c], p["maps"][c] = cam_box(full, size), probs[r, c:c + 1], maps[r]
             gy, gx = np.unravel_index(int(np.argmax(full)), full.shape)
             p["peaks"][c] = ((gx + 0.5) * size[1] / full.shape[1], (gy + 0.5) * size[0] / full.shape[0])
+        return out
+
+    preds: list = [None] * len(files)
+    skipped: list[dict] = []
+    gt = (lambda i: ds.images[i].classes()) if request == "gt" else None
+    for done, bad in run_steps(files, step, Batching(batch_size, max_pixels), gt, workers, method, progress):
+        skipped += skipped_files(files, bad)
+        for i, _, _, p in done:
+            preds[i] = p
     return preds, skipped
 
 

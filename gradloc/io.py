@@ -71,9 +71,9 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
 class ImageFiles(Dataset):
     """Decodes and resizes files; a bad file yields its reason instead of raising."""
 
-    def __init__(self, files: list[Path], max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off",
-                 keep_work: bool = False, input_size: int = 32) -> None:
-        self.files, self.max_pixels, self.scales, self.keep_work = files, max_pixels, scales, keep_work
+    def __init__(self, files: list[Path], max_pixels: int = DEFAULT_MAX_PIXELS, keep_work: bool = False,
+                 input_size: int = 32) -> None:
+        self.files, self.max_pixels, self.keep_work = files, max_pixels, keep_work
         self.input_size = input_size
 
     def __len__(self) -> int:
@@ -81,7 +81,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            x, size, work = prepare(self.files[i], self.max_pixels, self.scales, self.keep_work, self.input_size)
+            x, size, work = prepare(self.files[i], self.max_pixels, self.keep_work, self.input_size)
             return i, x, size, None, work
         except ImageError as exc:
             return i, None, None, str(exc), None
@@ -105,32 +105,19 @@ def decoding_workers(workers: int | None = None) -> int:
 
 
 def iter_batches(files: list[Path], batch_size: int, workers: int | None = 0,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off",
-                 keep_work: bool = False, input_size: int = 32) -> Iterator[list[tuple]]:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, keep_work: bool = False,
+                 input_size: int = 32) -> Iterator[list[tuple]]:
     """Yield lists of ``(index, uint8 [3, S, S] | None (S = input_size), (h, w) | None, reason | None,
-    working-resolution image | None)``; the last is kept for multi-scale images, or for all
-    with ``keep_work``.
+    working-resolution image | None)``; the last is kept with ``keep_work``.
 
     With ``workers > 0`` decoding runs in worker processes, overlapping with compute (None:
     :func:`decoding_workers`).
     """
     workers = decoding_workers(workers)
-    loader = DataLoader(ImageFiles(files, max_pixels, scales, keep_work, input_size), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(ImageFiles(files, max_pixels, keep_work, input_size), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_keep_list,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     yield from loader
-
-
-def readable_batches(files: list[Path], batch_size: int, workers: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     desc: str = "gradloc", progress: bool = True) -> Iterator[tuple[list[tuple], list[dict]]]:
-    """:func:`iter_batches` with a progress bar, split per batch into the decoded images
-    ``[(index, uint8 [3,32,32], (h, w), None, work)]`` and the skipped files ``[{"file", "reason"}]``."""
-    from tqdm import tqdm
-    with tqdm(total=len(files), unit="img", desc=desc, disable=None if progress else True) as bar:
-        for batch in iter_batches(files, batch_size, workers, max_pixels):
-            bar.update(len(batch))
-            yield ([b for b in batch if b[1] is not None],
-                   [{"file": str(files[b[0]]), "reason": b[3]} for b in batch if b[1] is None])
 
 
 def dumps_record(rec) -> str:

@@ -127,30 +127,37 @@ class ProposalGenerator:
 
     @property
     def keeps_work(self) -> bool:
-        """Whether every image must be kept at working resolution (rescoring cuts proposals
-        out of it), not only the multi-scale ones."""
-        return self.recipe.rescore != "off"
+        """Whether images are kept at working resolution when prepared: rescoring cuts
+        proposals out of them, and the plans of large images (:meth:`plan_for`) view them."""
+        return self.recipe.rescore != "off" or ms.parse_scales(self.options.scales) != "off"
+
+    def plan_for(self, size: tuple[int, int]) -> WindowPlan:
+        """The window plan of an image of ``size`` ``(h, w)``, chosen here and nowhere else:
+        large images (``Options.scales``) take the input-size pyramid (``auto``) or the
+        multi-scale windows (explicit scales), the rest their model-sized view."""
+        if not ms.wants_multiscale(size, self.options.scales, self.spec.input_size):
+            return self.whole_image
+        return self.pyramid if ms.parse_scales(self.options.scales) == "auto" else self.multiscale
 
     # -- the stages on a prepared batch ---------------------------------------------------
 
     def run_batch(self, x_uint8: Tensor, sizes: Sequence[tuple[int, int]],
                   classes: Sequence[ClassSpec] | None = None,
                   work: Sequence[Tensor | None] | None = None) -> list[Result]:
-        """Proposals for a prepared batch: ``uint8 [B, 3, 32, 32]``, each image's original
-        ``(h, w)``, class specs, and each image at working resolution (or None). Images that
-        qualify (``Options.scales``) take the input-size pyramid (``auto``) or the multi-scale
-        windows (explicit scales), the rest the whole image."""
+        """Proposals for a prepared batch: ``uint8 [B, 3, S, S]`` (the model's input side),
+        each image's original ``(h, w)``, class specs, and each image at working resolution
+        (or None: its model-sized view is all there is). Each image takes :meth:`plan_for`'s
+        plan; the images of one plan run as one batch."""
         specs = [parse_class_spec(c, self.spec.classes) for c in (classes or [None] * len(sizes))]
-        multi = [i for i in range(len(sizes)) if work is not None and work[i] is not None
-                 and ms.wants_multiscale(sizes[i], self.options.scales, self.spec.input_size)]
-        large = self.pyramid if ms.parse_scales(self.options.scales) == "auto" else self.multiscale
-        groups = [(self.whole_image, [i for i in range(len(sizes)) if i not in multi]), (large, multi)]
+        work = list(work) if work is not None else [None] * len(sizes)
+        groups: dict[WindowPlan, list[int]] = {}
+        for i, size in enumerate(sizes):
+            plan = self.plan_for(size) if work[i] is not None else self.whole_image
+            groups.setdefault(plan, []).append(i)
         out: list = [None] * len(sizes)
-        for plan, idx in groups:
-            if not idx:
-                continue
-            # without a working copy, rescoring cuts boxes out of the 32x32 view itself
-            images = [x_uint8[i] if work is None or work[i] is None else work[i] for i in idx]
+        for plan, idx in groups.items():
+            # without a working copy, rescoring cuts boxes out of the model-sized view itself
+            images = [x_uint8[i] if work[i] is None else work[i] for i in idx]
             sub_sizes = [sizes[i] for i in idx]
             w = plan.windows(self.net, x_uint8[idx], sub_sizes, [specs[i] for i in idx], images)
             for i, r in zip(idx, self.postprocess(plan, w, sub_sizes, images)):
@@ -213,8 +220,8 @@ class ProposalGenerator:
     def proposals_from_maps(self, maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,
                             sizes: Sequence[tuple[int, int]], work: Sequence[Tensor | None] | None = None,
                             named: Sequence[bool] | None = None) -> list[Result]:
-        """The whole-image post-processing of maps ``[R, 32, 32]`` computed elsewhere (a sweep
-        reruns it on cached maps). ``work``: each image at working resolution, needed by
+        """The whole-image post-processing of maps ``[R, 32, 32]`` computed elsewhere (a test
+        gives its own maps). ``work``: each image at working resolution, needed by
         rescoring. ``named``: per image, whether its classes were named (a list) rather than
         its top-k guesses, which the contrast would split; default all named."""
         if self.recipe.rescore != "off" and (work is None or any(work[int(i)] is None for i in row_image)):
@@ -248,7 +255,7 @@ class ProposalGenerator:
                 raise ValueError(f"got {len(per_image)} class specs for {len(items)} images")
         out: list[Result] = []
         for start in range(0, len(items), self.batch_size):
-            chunk = [prepare(im, self.max_pixels, self.options.scales, self.keeps_work, self.spec.input_size)
+            chunk = [prepare(im, self.max_pixels, self.keeps_work, self.spec.input_size)
                      for im in items[start:start + self.batch_size]]
             x = torch.stack([c[0] for c in chunk])
             out += self.run_batch(x, [c[1] for c in chunk], per_image[start:start + self.batch_size],

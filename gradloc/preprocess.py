@@ -202,16 +202,18 @@ def normalize(x_uint8: Tensor) -> Tensor:
     return (x_uint8.float() / 255.0 - mean) / std
 
 
-def prepare(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, scales: str = "off",
-            keep_work: bool = False, input_size: int = INPUT_SIZE):
+def prepare(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, keep_work: bool = False,
+            input_size: int = INPUT_SIZE):
     """One input -> (``uint8 [3, S, S]`` model-sized image, ``S = input_size``, original
     ``(height, width)``, working-resolution ``uint8 [3, h, w]`` or None).
 
-    The working copy is kept when ``scales`` sends this image down the multi-scale path, or
-    when ``keep_work`` asks for it (crop rescoring cuts proposals out of it).
+    The working copy (the image itself when its longer side is at most
+    :data:`~gradloc.multiscale.WORK_INPUT_MAX_SIDE`, else shrunk to it) is kept when
+    ``keep_work`` asks for it: rescoring cuts proposals out of it, and the window plans of large
+    images view it. Which plan an image takes is the generator's choice, made once.
     """
-    from .multiscale import wants_multiscale, working_image
+    from .multiscale import working_image
     rgb = to_rgb_tensor(image, max_pixels)
     size = (int(rgb.shape[1]), int(rgb.shape[2]))
-    work = working_image(rgb) if keep_work or wants_multiscale(size, scales, input_size) else None
+    work = working_image(rgb) if keep_work else None
     return resize_to_input(rgb, input_size), size, work

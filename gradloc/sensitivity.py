@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from .classes import class_index
-from .io import atomic_write_text, find_images, readable_batches
+from .io import atomic_write_text, find_images
 from .model import CIFAR10_CLASSES
 from .preprocess import DEFAULT_MAX_PIXELS, INPUT_SIZE, normalize
+from .runner import Batching, run_steps, skipped_files
 from .saliency import Gradient
 
 
@@ -57,16 +58,18 @@ def class_sensitivity(model: nn.Module, paths: Iterable[str | Path], cls: str | 
     method = Gradient(model.eval().requires_grad_(False).to(device), output=output, reduce="max")
     sums = np.zeros((len(CIFAR10_CLASSES), INPUT_SIZE, INPUT_SIZE), np.float64)
     counts = np.zeros(len(CIFAR10_CLASSES), np.int64)
-    for good, bad in readable_batches(files, batch_size, workers, max_pixels, "sensitivity", progress):
-        skipped += bad
-        if not good:
-            continue
-        x = normalize(torch.stack([b[1] for b in good]).to(device))
-        targets = (lambda z: z.argmax(1)) if target is None else torch.full((len(good),), target, device=device)
+    def step(x_uint8, sizes, specs, work) -> list[int]:  # adds the batch's maps, returns each image's class
+        x = normalize(x_uint8.to(device))
+        targets = (lambda z: z.argmax(1)) if target is None else torch.full((len(x),), target, device=device)
         maps, logits = method(x, targets)
-        classes = logits.argmax(1).cpu().numpy() if target is None else np.full(len(good), target)
+        classes = logits.argmax(1).cpu().numpy() if target is None else np.full(len(x), target)
         np.add.at(sums, classes, maps.detach().cpu().double().numpy())
-        counts += np.bincount(classes, minlength=len(CIFAR10_CLASSES))
+        return classes.tolist()
+
+    for done, bad in run_steps(files, step, Batching(batch_size, max_pixels), None, workers, "sensitivity", progress):
+        skipped += skipped_files(files, bad)
+        for _, _, _, c in done:
+            counts[c] += 1
     return Sensitivity(sums, counts, skipped)
 
 

@@ -11,7 +11,7 @@ from skimage.filters import threshold_otsu
 from torch import Tensor
 
 THRESHOLDS = ("top-n", "mass", "fraction", "otsu", "percentile")
-DEFAULT_MASS_SHARE = 0.5  # chosen by scripts/sweep.py (BENCHMARKS.md, "sweep")
+DEFAULT_MASS_SHARE = 0.5  # chosen by a post-processing sweep (BENCHMARKS.md, History)
 
 
 def top_n(maps: Tensor, n: int = 100) -> Tensor:

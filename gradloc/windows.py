@@ -112,7 +112,7 @@ class WholeImage(WindowPlan):
     @staticmethod
     def from_maps(maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,
                   named: Sequence[bool] | None = None) -> Windows:
-        """The plan's windows from maps computed elsewhere (a sweep's cache)."""
+        """The plan's windows from maps computed elsewhere (a test's, a cache's)."""
         named_rows = (torch.ones(len(row_image), dtype=torch.bool) if named is None
                       else torch.tensor(list(named), dtype=torch.bool)[row_image])
         return Windows(row_image, row_class, probs, maps, probs[row_image, row_class], [1] * len(row_image),

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Finish a training run, ship its weights and regenerate every number that depends on them.
 #
-#   bash scripts/refresh_results.sh [CKPT_DIR] [SHARED_DATA]      # SWEEP=0: skip the sweep
+#   bash scripts/refresh_results.sh [CKPT_DIR] [SHARED_DATA]
 #
 # 0. train, or resume, the shipped recipe to its last epoch (nothing to do where it is finished):
 #    one one-cycle run of 80 epochs from scratch (peak lr 0.15, cutout 16, seed 10) in CKPT_DIR;
 # 1. export its last checkpoint to weights/ (eval-mode state dict + sha256);
 # 2. evaluate it on the 10,000 CIFAR-10 test images (Markdown tables for weights/MODEL_CARD.md,
 #    written beside the checkpoint as eval.md / eval.json);
-# 3. regenerate the localisation tables and the sweep in BENCHMARKS.md;
+# 3. regenerate the localisation tables in BENCHMARKS.md;
 # 4. redraw docs/panel.png, the README's example output.
 # The model card's prose and the README's quoted numbers are then updated by hand from these.
 set -euo pipefail
@@ -33,11 +33,6 @@ python scripts/eval_cifar10.py --data "$SHARED/cifar10-jpeg.tar.gz" --markdown -
 head -3 "$CKPT/eval.md" | tee -a "$LOG"
 step localisation benchmarks
 python scripts/run_benchmarks.py --shared "$SHARED" --large-n 100 --write BENCHMARKS.md >> "$LOG" 2>&1
-if [ "${SWEEP:-1}" != 0 ]; then  # SWEEP=0 skips it (the longest step after training)
-    step sweep
-    python scripts/sweep.py --shared "$SHARED" --methods "gradient,gradient-positive,grad-x-input,layer block2" \
-        --write BENCHMARKS.md >> "$LOG" 2>&1
-fi
 step panel
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
