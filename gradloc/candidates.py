@@ -41,20 +41,22 @@ class RowCandidates:
         return torch.tensor([k == "frame" for k in self.kinds], dtype=torch.bool)
 
 
-def gather(plan, w, smoothed: Tensor, masks: Tensor, shared: Tensor, recipe, sizes: Sequence[tuple[int, int]],
+def gather(plan, w, smoothed: Tensor, masks: Tensor, shared: Tensor, config, sizes: Sequence[tuple[int, int]],
            work: Sequence[Tensor]) -> list[RowCandidates]:
     """Every row's candidates from a plan's windows ``w``: ``smoothed`` maps ``[N, h, w]`` and
     their threshold masks ``[L, N, h, w]``; ``shared[r]``: row ``r``'s map was contrasted against
-    other named classes of its image (no union box, no frame: its box spans several objects)."""
-    deletion = recipe.rescore == "crop-delete"
+    other named classes of its image (no union box, no frame: its box spans several objects);
+    ``config``: the :class:`~gradloc.config.PipelineConfig` that runs."""
+    p, ranking = config.proposals, config.ranking
+    deletion = ranking.rescore == "crop-delete"
     rows, start = [], 0
     for r, count in enumerate(w.counts):
         i, c = int(w.row_image[r]), int(w.row_class[r])
         boxes, scores, kinds, sides, blanked = [], [], [], [], []
         for n in range(start, start + count):
-            b, s, k = candidate_boxes(smoothed[n], masks[:, n], recipe, union_box=False if shared[r] else None,
-                                      peaks=plan.peak_regions)
-            b = pad_boxes(b, recipe.box_padding)
+            b, s, k = candidate_boxes(smoothed[n], masks[:, n], p, ranking.nms_iou, ranking.top_k,
+                                      union_box=False if shared[r] else None, peaks=plan.peak_regions)
+            b = pad_boxes(b, p.box_padding)
             boxes.append(plan.place(b, w, n, sizes[i], work[i]))
             scores.append(s * w.support[n])
             kinds += k
@@ -63,9 +65,9 @@ def gather(plan, w, smoothed: Tensor, masks: Tensor, shared: Tensor, recipe, siz
                 blanked.append(plan.blanked(b, w, n))
         # the frame hypothesis is judged by the whole view's probability of the class (from the
         # map's own pass); none of an image's several named objects fills its frame
-        framed = plan.frame_candidate and recipe.frame_box > 0 and not shared[r]
+        framed = plan.frame_candidate and p.frame_box > 0 and not shared[r]
         if framed:
-            boxes.append(plan.place(frame_box(smoothed.shape[-2:], recipe.frame_box), w, start, sizes[i], work[i]))
+            boxes.append(plan.place(frame_box(smoothed.shape[-2:], p.frame_box), w, start, sizes[i], work[i]))
             scores.append(torch.zeros(1))
             kinds.append("frame")
             sides.append(w.side(start))

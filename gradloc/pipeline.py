@@ -72,7 +72,7 @@ class ProposalGenerator:
         self.options = Options(**options)
         for note in self.options.inert():  # an option that would do nothing is said so, not ignored
             warnings.warn(note, UserWarning, stacklevel=2)
-        self.recipe = self.options.box_recipe()
+        self.config = self.options.effective()  # what runs, one config per stage
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         model.eval().requires_grad_(False)
@@ -80,18 +80,18 @@ class ProposalGenerator:
         self.precision = resolve_precision("bf16" if amp else precision, self.device)
         self.batch_size, self.max_pixels, self.amp = batch_size, max_pixels, self.precision == "bf16"
         self.spec = spec
-        kwargs = self.options.method_kwargs()
-        if self.options.method in (*CAM_METHODS, "grad-x-activation") and "layer" not in kwargs:
+        saliency, plan = self.config.saliency, self.config.plan
+        kwargs = saliency.method_kwargs()
+        if saliency.method in (*CAM_METHODS, "grad-x-activation") and "layer" not in kwargs:
             kwargs["layer"] = find_feature_layer(self.model, spec.feature_layer)  # the features pooled last
-        self.method = make_method(self.options.method, self.model, **kwargs)
-        self.net = Network(self.model, self.method, self.device, batch_size, self.amp, self.options.flip, spec)
-        self.rescorer = Rescorer(self.net.class_probs, self.options.merge_iou, spec.input_size, spec.mean_colour)
+        self.method = make_method(saliency.method, self.model, **kwargs)
+        self.net = Network(self.model, self.method, self.device, batch_size, self.amp, saliency.flip, spec)
+        self.rescorer = Rescorer(self.net.class_probs, self.config.ranking.merge_iou, spec.input_size, spec.mean_colour)
         self.whole_image = WholeImage()
-        self.multiscale = MultiScale(self.options.scales, self.options.max_windows, self.options.windows,
-                                     spec.mean_colour)
+        self.multiscale = MultiScale(plan.scales, plan.max_windows, plan.windows, spec.mean_colour)
         # the pyramid's sizes are set for a 32 px input; another model's scale with its input
         scale = spec.input_size / 32
-        self.pyramid = Pyramid([round(s * scale) for s in self.options.pyramid_sizes()], self.model,
+        self.pyramid = Pyramid([round(s * scale) for s in plan.pyramid_sizes()], self.model,
                                spec.feature_layer)
 
     @classmethod
@@ -119,25 +119,27 @@ class ProposalGenerator:
                                  **{**asdict(self.options), **changes})
 
     def settings(self) -> dict:
-        """The effective settings, as recorded in run.json and predictions.json: every option,
-        the precision, and the classifier's description when it is not the shipped WRN's."""
+        """The effective settings, as recorded in run.json and predictions.json: every option as
+        it runs (:meth:`Options.effective`), the precision, and the classifier's description
+        when it is not the shipped WRN's."""
         own = {} if self.spec == CIFAR10 else {"classes": list(self.spec.classes), "input_size": self.spec.input_size,
                                                "mean": list(self.spec.mean), "std": list(self.spec.std)}
-        return {**asdict(self.options), "precision": self.precision, **own}
+        return {**self.config.flat(), "precision": self.precision, **own}
 
     @property
     def keeps_work(self) -> bool:
         """Whether images are kept at working resolution when prepared: rescoring cuts
         proposals out of them, and the plans of large images (:meth:`plan_for`) view them."""
-        return self.recipe.rescore != "off" or ms.parse_scales(self.options.scales) != "off"
+        return self.config.ranking.rescore != "off" or ms.parse_scales(self.config.plan.scales) != "off"
 
     def plan_for(self, size: tuple[int, int]) -> WindowPlan:
         """The window plan of an image of ``size`` ``(h, w)``, chosen here and nowhere else:
         large images (``Options.scales``) take the input-size pyramid (``auto``) or the
         multi-scale windows (explicit scales), the rest their model-sized view."""
-        if not ms.wants_multiscale(size, self.options.scales, self.spec.input_size):
+        scales = self.config.plan.scales
+        if not ms.wants_multiscale(size, scales, self.spec.input_size):
             return self.whole_image
-        return self.pyramid if ms.parse_scales(self.options.scales) == "auto" else self.multiscale
+        return self.pyramid if ms.parse_scales(scales) == "auto" else self.multiscale
 
     # -- the stages on a prepared batch ---------------------------------------------------
 
@@ -169,10 +171,10 @@ class ProposalGenerator:
         """The one post-processing loop, for any plan's windows: smoothing, threshold,
         morphology, components and candidates on each window's grid (:func:`gather`), rescoring,
         ranking and fusion, the boxes mapped to the original image, the result per image."""
-        o = self.recipe
-        shared, maps = contrasted(w, o.class_contrast) if plan.contrast else (torch.zeros(len(w.counts), dtype=torch.bool), w.maps)
-        smoothed, masks = smooth_and_threshold(maps, o)
-        rows = gather(plan, w, smoothed, masks, shared, o, sizes, work)
+        p = self.config.proposals
+        shared, maps = contrasted(w, p.class_contrast) if plan.contrast else (torch.zeros(len(w.counts), dtype=torch.bool), w.maps)
+        smoothed, masks = smooth_and_threshold(maps, p)
+        rows = gather(plan, w, smoothed, masks, shared, self.config, sizes, work)
         evidence = self.rescore(plan, rows, sizes, work)
         scores = [r.scores if e is None else evidence_scores(e) for r, e in zip(rows, evidence)]
         chosen = [self.select(plan, r, s, float(w.probs[r.image, r.cls])) for r, s in zip(rows, scores)]
@@ -194,20 +196,20 @@ class ProposalGenerator:
                 work: Sequence[Tensor]) -> list[Tensor | None]:
         """Each row's evidence ``[M, 2]`` (its boxes' crop and blanked-view probabilities), all
         rows in one batched pass; None per row when rescoring is off."""
-        if self.recipe.rescore == "off":
+        if self.config.ranking.rescore == "off":
             return [None] * len(rows)
         in_work = [plan.to_work(r.boxes, sizes[r.image], work[r.image]) for r in rows]
         return self.rescorer.box_evidence([work[r.image] for r in rows], in_work, [r.cls for r in rows],
-                                          self.recipe.rescore, [r.blanked for r in rows],
+                                          self.config.ranking.rescore, [r.blanked for r in rows],
                                           [r.is_frame for r in rows], [r.whole_prob for r in rows])
 
     def select(self, plan: WindowPlan, row: RowCandidates, scores: Tensor, prob: float) -> tuple[Tensor, Tensor]:
         """One row's chosen boxes (in the ranking frame) and their scores, best first: ranking,
         fusion, scores that compare across images, and the minimum score."""
-        o, boxes = self.recipe, row.boxes
+        o, boxes = self.config.ranking, row.boxes
         if o.rescore != "off" or plan.rank_without_rescoring:
             # a class the whole photograph's 32x32 view already recognises is large: pick by agreement
-            # (the recipe's consensus is above 1, i.e. off, without rescoring)
+            # (consensus is above 1, i.e. off, without rescoring)
             boxes, scores = rank_and_fuse(boxes, scores, o.nms_iou, o.top_k, o.fuse,
                                           consensus=plan.consensus and prob > o.consensus)
         if o.rescore != "off":  # the class probability says whether the class is there at all
@@ -224,7 +226,7 @@ class ProposalGenerator:
         gives its own maps). ``work``: each image at working resolution, needed by
         rescoring. ``named``: per image, whether its classes were named (a list) rather than
         its top-k guesses, which the contrast would split; default all named."""
-        if self.recipe.rescore != "off" and (work is None or any(work[int(i)] is None for i in row_image)):
+        if self.config.ranking.rescore != "off" and (work is None or any(work[int(i)] is None for i in row_image)):
             raise ValueError("crop rescoring needs each image at working resolution (prepare(keep_work=True))")
         work = work if work is not None else [None] * len(sizes)
         return self.postprocess(self.whole_image, WholeImage.from_maps(maps, row_image, row_class, probs, named),

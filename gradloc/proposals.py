@@ -211,54 +211,49 @@ def propose(saliency: np.ndarray, mask: np.ndarray, *, morph: str = "close", ker
     return rank(torch.from_numpy(boxes), torch.from_numpy(scores), nms_iou, top_k)
 
 
-def smooth_and_threshold(maps: Tensor, recipe) -> tuple[Tensor, Tensor]:
+def smooth_and_threshold(maps: Tensor, config) -> tuple[Tensor, Tensor]:
     """Maps ``[R, h, w]`` of one grid size -> (smoothed maps ``[R, h, w]``, kept-pixel masks
-    ``[L, R, h, w]``, one per threshold value of the :class:`~gradloc.config.BoxRecipe`), batched.
+    ``[L, R, h, w]``, one per threshold value of the :class:`~gradloc.config.ProposalConfig`
+    ``config``), batched.
 
     Sizes are stated for the 32x32 grid and scale with larger grids: top-N is a share of 1024
     pixels, sigma is in 32x32-grid pixels.
     """
     f = max(maps.shape[-2:]) / GRID
-    if recipe.smooth_sigma > 0:
-        s = recipe.smooth_sigma * f
+    if config.smooth_sigma > 0:
+        s = config.smooth_sigma * f
         k = 2 * int(round(3 * s)) + 1
         maps = gaussian_blur(maps[:, None], [k, k], [s, s])[:, 0]
-    values = list(recipe.values)
-    if recipe.threshold == "top-n":
+    values = list(config.values())
+    if config.threshold == "top-n":
         values = [v * maps[0].numel() / GRID ** 2 for v in values]
-    return maps, torch.stack([threshold(maps, recipe.threshold, v) for v in values])
+    return maps, torch.stack([threshold(maps, config.threshold, v) for v in values])
 
 
-def candidate_boxes(m: Tensor, masks: Tensor, recipe, union_box: bool | None = None,
-                    peaks: bool = False) -> tuple[Tensor, Tensor, list[str]]:
+def candidate_boxes(m: Tensor, masks: Tensor, config, nms_iou: float = 0.5, top_k: int | None = 5,
+                    union_box: bool | None = None, peaks: bool = False) -> tuple[Tensor, Tensor, list[str]]:
     """One map ``[h, w]`` and its masks ``[L, h, w]`` -> grid boxes ``[K, 4]`` (xyxy), scores
     ``[K]`` and each box's kind (``"component"``, ``"moment"``, ``"peak"``): morphology,
-    connected components, NMS. With one mask, its ``top_k`` best boxes; with a ladder of masks,
-    the best box of each. With the recipe's ``moment_box``, also the map's :func:`moment_box`;
-    with ``peaks``, the recipe's :func:`peak_boxes` (both scored 0: only rescoring ranks them).
-    ``union_box`` overrides the recipe's. The kernel is in 32x32-grid pixels."""
+    connected components, NMS at ``nms_iou``, by the :class:`~gradloc.config.ProposalConfig`
+    ``config``. With one mask, its ``top_k`` best boxes; with a ladder of masks, the best box of
+    each. With the config's ``moment_box``, also the map's :func:`moment_box`; with ``peaks``, the
+    config's :func:`peak_boxes` (both scored 0: only rescoring ranks them). ``union_box``
+    overrides the config's. The kernel is in 32x32-grid pixels."""
     f = max(m.shape) / GRID
-    kernel = recipe.kernel if f == 1 else (int(round(recipe.kernel * f)) | 1)
-    kw = dict(morph=recipe.morph, kernel=kernel, score=recipe.component_score, nms_iou=recipe.nms_iou,
-              include_union=recipe.union_box if union_box is None else union_box)
+    kernel = config.kernel if f == 1 else (int(round(config.kernel * f)) | 1)
+    kw = dict(morph=config.morph, kernel=kernel, score=config.component_score, nms_iou=nms_iou,
+              include_union=config.union_box if union_box is None else union_box)
     if len(masks) == 1:
-        found = [propose(m.numpy(), masks[0].numpy(), top_k=recipe.top_k, **kw)]
+        found = [propose(m.numpy(), masks[0].numpy(), top_k=top_k, **kw)]
     else:
         found = [propose(m.numpy(), k.numpy(), top_k=1, **kw) for k in masks]
     kinds = ["component"] * sum(len(b) for b, _ in found)
-    if recipe.moment_box > 0:
-        box = moment_box(m.numpy(), recipe.moment_box)
+    if config.moment_box > 0:
+        box = moment_box(m.numpy(), config.moment_box)
         found.append((box, torch.zeros(len(box))))
         kinds += ["moment"] * len(box)
-    if peaks and recipe.peaks > 0:
-        box = peak_boxes(m.numpy(), recipe.peaks, recipe.peak_fractions)
+    if peaks and config.peaks > 0:
+        box = peak_boxes(m.numpy(), config.peaks, config.peak_shares())
         found.append((box, torch.zeros(len(box))))
         kinds += ["peak"] * len(box)
     return torch.cat([b for b, _ in found]), torch.cat([s for _, s in found]), kinds
-
-
-def boxes_from_mask(m: Tensor, masks: Tensor, recipe, union_box: bool | None = None,
-                    peaks: bool = False) -> tuple[Tensor, Tensor]:
-    """:func:`candidate_boxes` without the kinds: grid boxes ``[K, 4]`` and scores ``[K]``."""
-    boxes, scores, _ = candidate_boxes(m, masks, recipe, union_box, peaks)
-    return boxes, scores

@@ -65,7 +65,7 @@ def test_a_class_asked_alone_is_boxed_the_same_with_or_without_contrast(random_w
 
 def test_grad_cam_keeps_its_published_box_recipe():
     from gradloc.config import Options
-    assert Options().class_contrast and not Options(method="gradcam").box_recipe().class_contrast
+    assert Options().class_contrast and not Options(method="gradcam").effective().proposals.class_contrast
 
 
 def test_a_map_beaten_everywhere_keeps_its_own_evidence():

@@ -31,15 +31,15 @@ def test_threshold_values_and_validation():
     assert Options(rescore="crop", ladder=(0.3, 1)).threshold_values() == [0.3, 1.0]
     assert Options(rescore="crop", threshold="otsu").threshold_values() == [None]
     assert Options(rescore="crop", threshold="fraction").threshold_values() == [None]
-    assert Options(method="gradcam", rescore="crop").box_recipe().rescore == "off"  # CAM recipe stays as published
+    assert Options(method="gradcam", rescore="crop").effective().ranking.rescore == "off"  # CAM recipe stays as published
     with pytest.raises(ValueError, match="rescore"):
         Options(rescore="yes")
     with pytest.raises(ValueError, match="fuse"):
         Options(fuse=-1)
     with pytest.raises(ValueError, match="moment_box"):
         Options(moment_box=float("nan"))
-    assert Options(method="gradcam").box_recipe().fuse == Options(method="gradcam").box_recipe().moment_box == 0
-    assert Options(rescore="off").box_recipe().fuse == Options(rescore="off").box_recipe().moment_box == 0
+    assert Options(method="gradcam").effective().ranking.fuse == Options(method="gradcam").effective().proposals.moment_box == 0
+    assert Options(rescore="off").effective().ranking.fuse == Options(rescore="off").effective().proposals.moment_box == 0
     with pytest.raises(ValueError, match="ladder"):
         Options(rescore="crop", ladder="a,b")
     with pytest.raises(ValueError, match="shares"):

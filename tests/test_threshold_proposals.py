@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gradloc.boxes import scale_boxes
-from gradloc.proposals import (boxes_from_mask, box_contrast, component_boxes, moment_box, morphology, propose, rank,
+from gradloc.proposals import (candidate_boxes, box_contrast, component_boxes, moment_box, morphology, propose, rank,
                                union_box)
 from gradloc.rescoring import fuse_best, rank_and_fuse
 from gradloc.threshold import fraction_of_max, mass, otsu, percentile, threshold, top_n
@@ -158,15 +158,20 @@ def test_moment_box_spans_the_spread_of_the_map():
     assert moment_box(np.zeros((32, 32)), 1.5).shape == (0, 4)
 
 
+def boxes_from_mask(m, masks, config, peaks=False):
+    """The candidate boxes and scores of one map under a :class:`~gradloc.config.ProposalConfig`."""
+    return candidate_boxes(m, masks, config, peaks=peaks)[:2]
+
+
 def test_moment_box_is_a_rescoring_candidate_only():
     from gradloc.config import Options
     m = torch.zeros(32, 32)
     m[8:24, 4:12] = 1.0
     masks = (m > 0)[None].expand(2, 32, 32)
-    with_rescoring, _ = boxes_from_mask(m, masks, Options(frame_box=False).box_recipe())
+    with_rescoring, _ = boxes_from_mask(m, masks, Options(frame_box=False).effective().proposals)
     assert len(with_rescoring) == 3 and with_rescoring[-1].tolist() == moment_box(m.numpy(), 1.5)[0].tolist()
-    assert len(boxes_from_mask(m, masks, Options(moment_box=0, frame_box=False).box_recipe())[0]) == 2
-    assert len(boxes_from_mask(m, masks[:1], Options(rescore="off").box_recipe())[0]) == 1
+    assert len(boxes_from_mask(m, masks, Options(moment_box=0, frame_box=False).effective().proposals)[0]) == 2
+    assert len(boxes_from_mask(m, masks[:1], Options(rescore="off").effective().proposals)[0]) == 1
 
 
 def test_peak_boxes_box_each_peak_by_its_own_value():
@@ -187,12 +192,12 @@ def test_peak_regions_are_rescoring_candidates_of_plans_that_ask():
     from gradloc.config import Options
     m = torch.from_numpy(two_blobs())
     masks = (m > 0)[None].expand(2, 32, 32)
-    recipe = Options(peaks=2, peak_fractions="0.5", frame_box=False).box_recipe()
-    plain, _ = boxes_from_mask(m, masks, recipe)
-    with_peaks, scores = boxes_from_mask(m, masks, recipe, peaks=True)
+    config = Options(peaks=2, peak_fractions="0.5", frame_box=False).effective().proposals
+    plain, _ = boxes_from_mask(m, masks, config)
+    with_peaks, scores = boxes_from_mask(m, masks, config, peaks=True)
     assert len(with_peaks) == len(plain) + 2 and with_peaks[-1].tolist() == [25, 20, 28, 23]
     assert (scores[len(plain):] == 0).all()
-    off = Options(rescore="off").box_recipe()  # no rescoring: no peak regions (nothing would rank them)
+    off = Options(rescore="off").effective().proposals  # no rescoring: no peak regions (nothing would rank them)
     assert len(boxes_from_mask(m, masks[:1], off, peaks=True)[0]) == len(boxes_from_mask(m, masks[:1], off)[0])
 
 
@@ -209,6 +214,6 @@ def test_frame_box_is_the_centred_box_of_a_share_of_each_side():
     from gradloc.proposals import frame_box
     assert frame_box((32, 32), 0.9).tolist() == [pytest.approx([1.6, 1.6, 30.4, 30.4])]
     assert frame_box((20, 48), 1).tolist() == [[0, 0, 48, 20]]
-    assert Options(rescore="off").box_recipe().frame_box == 0
+    assert Options(rescore="off").effective().proposals.frame_box == 0
     with pytest.raises(ValueError, match="frame_box"):
         Options(frame_box=1.5)
