@@ -34,6 +34,8 @@ class RowCandidates:
     blanked: Tensor | None    # uint8 [M, 3, S, S]: the deletion views the plan made (None: rescoring
     #                           blanks each box in the image's own model-sized view)
     whole_prob: float | None  # with a frame box: the class's probability of the whole view, its crop's
+    view_sides: Tensor        # int64 [V], the input side (px) of each of the row's maps
+    view_probs: Tensor        # float [V], the class's probability of each of those views (their support)
 
     @property
     def is_frame(self) -> Tensor:
@@ -75,6 +77,8 @@ def gather(plan, w, smoothed: Tensor, masks: Tensor, shared: Tensor, config, siz
         if views is not None and framed:
             raise ValueError("a plan that blanks its own views offers no frame box")
         rows.append(RowCandidates(i, c, torch.cat(boxes), torch.cat(scores), kinds, torch.tensor(sides), views,
-                                  float(w.probs[i, c]) if framed else None))
+                                  float(w.probs[i, c]) if framed else None,
+                                  torch.tensor([w.side(n) for n in range(start, start + count)]),
+                                  w.support[start:start + count].float()))
         start += count
     return rows

@@ -181,10 +181,12 @@ class RankingConfig:
     fuse: float = option(0.2, "with rescoring: the best box becomes the score-weighted mean of the boxes "
                          "overlapping it (IoU >= 0.3), weights softmax(score / T); this sets T (default: "
                          "%(default)s; 0: off)")
-    consensus: float = option(0.5, "with rescoring, on the input-size pyramid: a row whose 32x32 view gives its "
-                              "class more than this probability (the object is large) picks the box its candidates "
-                              "agree on most (IoU with the score-weighted candidates), fused at temperature 0.5 "
-                              "(default: %(default)s; above 1: off)")
+    consensus: str = option("scale", "with rescoring, on the input-size pyramid: rows whose object is large pick the "
+                            "box their candidates agree on most (IoU with the score-weighted candidates), fused at "
+                            "temperature 0.5. scale: the object is large where the classifier recognises its class "
+                            "better in the coarse inputs (32-64 px) than the fine ones (128-256 px); view: where the "
+                            "32x32 view gives the class more than 0.5; off (default: %(default)s)",
+                            choices=("scale", "view", "off"))
     min_score: float | None = option(None, "drop proposals scoring under this, so that a class can be answered "
                                      "absent (default: keep all)")
 
@@ -195,8 +197,6 @@ class RankingConfig:
             raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou!r}")
         if not self.merge_iou > 0:
             raise ValueError(f"merge_iou must be an IoU > 0 (above 1: every candidate scored), got {self.merge_iou!r}")
-        if not self.consensus >= 0:
-            raise ValueError(f"consensus must be a probability >= 0 (above 1: off), got {self.consensus!r}")
         if self.min_score is not None and not (isinstance(self.min_score, (int, float)) and self.min_score == self.min_score):
             raise ValueError(f"min_score must be a number (None: keep every proposal), got {self.min_score!r}")
         if not self.fuse >= 0:
@@ -296,10 +296,10 @@ class Options:
             if self.threshold in ("top-n", "mass") and self.threshold_value is None:
                 cam.update(threshold="fraction", threshold_value=0.2)
             p = replace(p, **cam)
-            r = replace(r, top_k=1, rescore="off", fuse=0.0, consensus=2.0, merge_iou=RankingConfig.merge_iou)
+            r = replace(r, top_k=1, rescore="off", fuse=0.0, consensus="off", merge_iou=RankingConfig.merge_iou)
         elif self.rescore == "off":
             p = replace(p, moment_box=0.0, frame_box=0.0, peaks=0, ladder="")
-            r = replace(r, fuse=0.0, consensus=2.0, merge_iou=RankingConfig.merge_iou)
+            r = replace(r, fuse=0.0, consensus="off", merge_iou=RankingConfig.merge_iou)
         if p.threshold != "mass":
             p = replace(p, ladder="")
         return PipelineConfig(s, p, r, self.stage(PlanConfig))

@@ -28,10 +28,13 @@ from .model import resolve_precision, wide_resnet
 from .network import Network
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, prepare
 from .proposals import smooth_and_threshold
-from .rescoring import Rescorer, evidence_scores, presence_scores, rank_and_fuse
+from .rescoring import Rescorer, evidence_scores, presence_scores, rank_and_fuse, recognised_large
 from .results import Candidates, Result, assemble
 from .saliency import make_method
 from .windows import MultiScale, Pyramid, WholeImage, WindowPlan, Windows, contrasted
+
+
+VIEW_CONSENSUS = 0.5  # --consensus view: the 32x32 view's probability above which an object counts as large
 
 
 class ProposalGenerator:
@@ -208,16 +211,24 @@ class ProposalGenerator:
         fusion, scores that compare across images, and the minimum score."""
         o, boxes = self.config.ranking, row.boxes
         if o.rescore != "off" or plan.rank_without_rescoring:
-            # a class the whole photograph's 32x32 view already recognises is large: pick by agreement
-            # (consensus is above 1, i.e. off, without rescoring)
+            # a large object is picked by the candidates' agreement (consensus is off without rescoring)
             boxes, scores = rank_and_fuse(boxes, scores, o.nms_iou, o.top_k, o.fuse,
-                                          consensus=plan.consensus and prob > o.consensus)
+                                          consensus=plan.consensus and self.is_large(row, prob))
         if o.rescore != "off":  # the class probability says whether the class is there at all
             scores = presence_scores(scores, prob)
         if o.min_score is not None:  # "absent" is an answer: a class may be left without a box
             kept = scores >= o.min_score - 1e-6  # float32 scores: 0.5 may read 0.49999997
             boxes, scores = boxes[kept], scores[kept]
         return boxes, scores
+
+    def is_large(self, row: RowCandidates, prob: float) -> bool:
+        """Whether a row's object is large, by ``--consensus``: ``scale``, recognised better in the
+        coarse views than the fine ones (:func:`~gradloc.rescoring.recognised_large`); ``view``,
+        its 32x32 view gives the class more than :data:`VIEW_CONSENSUS` probability."""
+        how = self.config.ranking.consensus
+        if how == "scale":
+            return recognised_large(row.view_sides, row.view_probs)
+        return how == "view" and prob > VIEW_CONSENSUS
 
     def proposals_from_maps(self, maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,
                             sizes: Sequence[tuple[int, int]], work: Sequence[Tensor | None] | None = None,

@@ -105,6 +105,20 @@ def consensus_scores(boxes: Tensor, scores: Tensor, temperature: float = CONSENS
     return (scores.max() - (1 - agreement)).clamp_min(-1)
 
 
+def recognised_large(sides: Tensor, probs: Tensor) -> bool:
+    """Whether an object is large in its photograph, judged by the input sizes at which the
+    classifier recognises it: views ``sides`` ``[V]`` (px) and the class's probability in each
+    ``[V]``. A CIFAR-10 network recognises an object that appears at about its input's size, so
+    a large object is recognised in the coarse views (the whole photograph squeezed to 32-64 px)
+    and a small one only in the fine views (192-256 px), where it is CIFAR-sized. True when the
+    mean probability of the views below the sizes' geometric middle exceeds that of the views
+    above it."""
+    sides, probs = sides.float(), probs.float()
+    middle = (sides.min() * sides.max()).sqrt()
+    coarse, fine = probs[sides < middle], probs[sides > middle]
+    return bool(len(coarse)) and (not len(fine) or float(coarse.mean()) > float(fine.mean()))
+
+
 def presence_scores(ranked: Tensor, prob: float) -> Tensor:
     """A row's ranked scores ``[K]`` (best first) -> scores that compare across images:
     ``prob * exp(score - best score)``. ``prob`` is the image's probability of the class, a far

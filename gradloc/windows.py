@@ -15,9 +15,9 @@ the windows a plan produces. A plan answers a few questions, as hooks or named p
 - ``rank_without_rescoring``: whether boxes are ranked (NMS, top-k) when rescoring is off;
 - ``peak_regions``: whether the regions around each map's strongest peaks are candidates too
   (:func:`~gradloc.proposals.peak_boxes`): only where a map spans a scene of several objects;
-- ``consensus``: whether rows whose 32x32 view gives the class a high probability are ranked by
-  the candidates' agreement (:func:`~gradloc.rescoring.consensus_scores`): only where candidates
-  come from many input sizes;
+- ``consensus``: whether rows whose object is large (``--consensus``) are ranked by the
+  candidates' agreement (:func:`~gradloc.rescoring.consensus_scores`): only where candidates come
+  from many input sizes, whose class probabilities also tell how large the object is;
 - ``frame_candidate``: whether a centred box of nearly the whole view is a candidate too (the
   object fills the picture), scored by the whole view's probability: only where the view is a
   whole thumbnail.
@@ -210,8 +210,9 @@ class Pyramid(WindowPlan):
     """
 
     rank_without_rescoring = True
-    # Rows whose 32x32 view recognises the class pick by the candidates' agreement
-    # (Options.consensus): many sizes' boxes hold a large object, and their consensus is it.
+    # Rows whose object is large pick by the candidates' agreement (Options.consensus): many sizes'
+    # boxes hold a large object, and their consensus is it; the sizes' class probabilities say
+    # which objects are large (rescoring.recognised_large).
     consensus = True
     # A photograph's map has a peak on each object it responds to; a mass threshold over the
     # whole map joins them. (On object-centred thumbnails peak regions cut the one object into
