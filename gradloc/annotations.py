@@ -1,4 +1,5 @@
-"""Annotated image sets: COCO JSON and Pascal VOC XML, mapped onto CIFAR-10's classes.
+"""Annotated image sets: COCO JSON and Pascal VOC XML, mapped onto a classifier's classes
+(CIFAR-10's by default, through :data:`DEFAULT_ALIASES`; a user model's by their own names).
 
 Boxes come back as float xyxy in pixels. Nothing is dropped silently: annotations whose
 class has no CIFAR-10 counterpart, boxes of zero area, boxes clipped to the image, and
@@ -88,6 +89,7 @@ class AnnotatedImage:
 @dataclass
 class AnnotatedSet:
     images: list[AnnotatedImage]
+    class_names: tuple = CIFAR10_CLASSES                 # the classes ``labels`` index
     problems: list[dict] = field(default_factory=list)   # {"file", "reason"}
     unmapped: Counter = field(default_factory=Counter)   # category name -> count
     # CIFAR-10 index -> the annotation file's category id (the lowest of those mapped onto it);
@@ -96,16 +98,24 @@ class AnnotatedSet:
     source: str = ""                                     # "coco" or "voc"
 
 
-def load_aliases(path: str | Path | None) -> dict[str, str]:
-    """The default alias table, updated from a JSON file ``{"name": "cifar class"}``."""
-    aliases = dict(DEFAULT_ALIASES)
+def default_aliases(classes=CIFAR10_CLASSES) -> dict[str, str]:
+    """Annotation names -> class names: :data:`DEFAULT_ALIASES` for CIFAR-10, each class's own
+    name for another classifier's classes."""
+    return dict(DEFAULT_ALIASES) if tuple(classes) == CIFAR10_CLASSES else {c.lower(): c.lower() for c in classes}
+
+
+def load_aliases(path: str | Path | None, classes=CIFAR10_CLASSES) -> dict[str, str]:
+    """The default alias table of ``classes``, updated from a JSON file ``{"name": "class"}``."""
+    aliases = default_aliases(classes)
+    known = {c.lower() for c in classes}
     if path:
         extra = read_json(path, "alias table")
         if not isinstance(extra, dict):
             raise AnnotationError(f"alias table {path} must be a JSON object")
         for k, v in extra.items():
-            if v is not None and (not isinstance(v, str) or v.lower() not in CIFAR10_CLASSES):
-                raise AnnotationError(f"alias {k!r} -> {v!r}: not a CIFAR-10 class")
+            if v is not None and (not isinstance(v, str) or v.lower() not in known):
+                what = "a CIFAR-10 class" if tuple(classes) == CIFAR10_CLASSES else "one of the classifier's classes"
+                raise AnnotationError(f"alias {k!r} -> {v!r}: not {what}")
             aliases[str(k).lower()] = None if v is None else str(v).lower()
     return aliases
 
@@ -116,10 +126,12 @@ def _short(v, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def map_class(name: str, aliases: dict[str, str]) -> int | None:
+def map_class(name: str, aliases: dict[str, str], classes=CIFAR10_CLASSES) -> int | None:
+    """An annotation's class name -> the index of its class among ``classes`` (None: none)."""
     key = str(name).strip().lower().replace("_", " ")
     target = aliases.get(key, aliases.get(key.replace(" ", "")))
-    return None if target is None else CIFAR10_CLASSES.index(target)
+    index = {c.lower(): i for i, c in enumerate(classes)}
+    return None if target is None else index.get(target)
 
 
 def _clean_box(box, width: int, height: int, where: str, problems: list) -> list[float] | None:
@@ -149,12 +161,13 @@ def _image(file, width, height, boxes, labels, difficult, image_id=None, areas=N
         areas=None if areas is None else torch.tensor(areas, dtype=torch.float64))
 
 
-def load_coco(path: str | Path, aliases: dict[str, str] | None = None) -> AnnotatedSet:
+def load_coco(path: str | Path, aliases: dict[str, str] | None = None, classes=CIFAR10_CLASSES) -> AnnotatedSet:
     """Read a COCO detection JSON (``images``, ``annotations``, ``categories``).
 
-    ``bbox`` is ``[x, y, width, height]``; ``iscrowd`` boxes are kept as difficult.
+    ``bbox`` is ``[x, y, width, height]``; ``iscrowd`` boxes are kept as difficult. Categories
+    are mapped onto ``classes`` through ``aliases`` (default: :func:`default_aliases`).
     """
-    aliases = aliases or DEFAULT_ALIASES
+    aliases = aliases or default_aliases(classes)
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
@@ -164,7 +177,7 @@ def load_coco(path: str | Path, aliases: dict[str, str] | None = None) -> Annota
     cats = {}
     for c in data.get("categories") or []:
         if isinstance(c, dict) and _is_id(c.get("id")) and "name" in c:
-            cats[c["id"]] = (str(c["name"]), map_class(str(c["name"]), aliases))
+            cats[c["id"]] = (str(c["name"]), map_class(str(c["name"]), aliases, classes))
         else:
             problems.append({"file": str(path), "reason": f"category entry without an integer or string id "
                                                           f"and a name ({_short(c)}); ignored"})
@@ -201,7 +214,7 @@ def load_coco(path: str | Path, aliases: dict[str, str] | None = None) -> Annota
         name, label = cats.get(cat, (f"category {cat}", None))
         if label is None:
             unmapped[name] += 1
-            problems.append({"file": img["file"], "reason": f"class {name!r} has no CIFAR-10 counterpart; not scored"})
+            problems.append({"file": img["file"], "reason": f"class {name!r} has no {_counterpart(classes)}; not scored"})
             continue
         box = _clean_box([x, y, x + w, y + h], img["width"], img["height"], img["file"], problems)
         if box is not None:
@@ -216,16 +229,17 @@ def load_coco(path: str | Path, aliases: dict[str, str] | None = None) -> Annota
     for cat_id, (_, label) in sorted((k, v) for k, v in cats.items() if isinstance(k, int)):
         if label is not None:
             category_ids.setdefault(label, cat_id)
-    return AnnotatedSet(out, problems, unmapped, category_ids, "coco")
+    return AnnotatedSet(out, tuple(classes), problems, unmapped, category_ids, "coco")
 
 
 def load_voc_xml(xml_path: str | Path, aliases: dict[str, str] | None = None,
-                 problems: list | None = None, unmapped: Counter | None = None) -> AnnotatedImage | None:
+                 problems: list | None = None, unmapped: Counter | None = None,
+                 classes=CIFAR10_CLASSES) -> AnnotatedImage | None:
     """Read one Pascal VOC annotation file; None when it holds no scorable object."""
     from defusedxml import ElementTree as ET
     from defusedxml.common import DefusedXmlException
 
-    aliases = aliases or DEFAULT_ALIASES
+    aliases = aliases or default_aliases(classes)
     problems = problems if problems is not None else []
     unmapped = unmapped if unmapped is not None else Counter()
     try:
@@ -245,10 +259,10 @@ def load_voc_xml(xml_path: str | Path, aliases: dict[str, str] | None = None,
     boxes, labels, difficult = [], [], []
     for obj in root.iter("object"):
         name = obj.findtext("name") or "?"
-        label = map_class(name, aliases)
+        label = map_class(name, aliases, classes)
         if label is None:
             unmapped[name] += 1
-            problems.append({"file": file, "reason": f"class {name!r} has no CIFAR-10 counterpart; not scored"})
+            problems.append({"file": file, "reason": f"class {name!r} has no {_counterpart(classes)}; not scored"})
             continue
         try:
             bb = obj.find("bndbox")
@@ -266,7 +280,7 @@ def load_voc_xml(xml_path: str | Path, aliases: dict[str, str] | None = None,
     return _image(file, width, height, boxes, labels, difficult) if labels else None
 
 
-def load_voc(folder: str | Path, aliases: dict[str, str] | None = None) -> AnnotatedSet:
+def load_voc(folder: str | Path, aliases: dict[str, str] | None = None, classes=CIFAR10_CLASSES) -> AnnotatedSet:
     """Read every ``*.xml`` in ``folder/Annotations`` (or ``folder`` itself)."""
     folder = Path(folder)
     ann_dir = folder / "Annotations" if (folder / "Annotations").is_dir() else folder
@@ -278,25 +292,30 @@ def load_voc(folder: str | Path, aliases: dict[str, str] | None = None) -> Annot
     images = []
     for f in files:
         try:
-            im = load_voc_xml(f, aliases, problems, unmapped)
+            im = load_voc_xml(f, aliases, problems, unmapped, classes)
         except AnnotationError as exc:
             problems.append({"file": str(f), "reason": str(exc)})
             continue
         if im is not None:
             images.append(im)
-    return AnnotatedSet(images, problems, unmapped, source="voc")
+    return AnnotatedSet(images, tuple(classes), problems, unmapped, source="voc")
 
 
-def load_annotations(path: str | Path, aliases: dict[str, str] | None = None) -> AnnotatedSet:
-    """COCO JSON for a ``.json`` file, Pascal VOC for a folder or a single ``.xml``."""
+def load_annotations(path: str | Path, aliases: dict[str, str] | None = None, classes=CIFAR10_CLASSES) -> AnnotatedSet:
+    """COCO JSON for a ``.json`` file, Pascal VOC for a folder or a single ``.xml``, with its
+    classes mapped onto ``classes`` (a classifier's class names; CIFAR-10's by default)."""
     path = Path(path)
     if path.is_dir():
-        return load_voc(path, aliases)
+        return load_voc(path, aliases, classes)
     if path.suffix.lower() == ".xml":
         problems: list = []
         unmapped: Counter = Counter()
-        im = load_voc_xml(path, aliases, problems, unmapped)
-        return AnnotatedSet([im] if im else [], problems, unmapped, source="voc")
+        im = load_voc_xml(path, aliases, problems, unmapped, classes)
+        return AnnotatedSet([im] if im else [], tuple(classes), problems, unmapped, source="voc")
     if not path.exists():
         raise AnnotationError(f"annotations not found: {path}")
-    return load_coco(path, aliases)
+    return load_coco(path, aliases, classes)
+
+
+def _counterpart(classes) -> str:
+    return "CIFAR-10 counterpart" if tuple(classes) == CIFAR10_CLASSES else "counterpart among the classifier's classes"

@@ -132,25 +132,20 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .annotations import load_aliases
     from .evaluate import run_evaluation
     from .report import results_table, write_report
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    aliases = load_aliases(args.aliases)
     if args.images is None and Path(args.annotations, "JPEGImages").is_dir():
         args.images = str(Path(args.annotations, "JPEGImages"))  # the VOC layout
     gen = None
     if args.predictions is None:
         if args.images is None:
             raise ValueError("give --images DIR (run the pipeline) or --predictions FILE (score a run)")
-        gen = build_generator(args)
-        if gen.spec.classes != CIFAR10_CLASSES:
-            raise ValueError("evaluate maps annotations onto CIFAR-10's classes; with your own --model, "
-                             "localize and score its predictions.json yourself")
+        gen = build_generator(args)  # annotations are mapped onto its classes (--aliases: by a table of yours)
     evaluation = run_evaluation(args.annotations, Path(args.output), images_dir=args.images, gen=gen,
-                                predictions_json=args.predictions, aliases=aliases, workers=args.workers,
+                                predictions_json=args.predictions, aliases=args.aliases, workers=args.workers,
                                 baselines=not args.no_baselines, gradcam=not args.no_gradcam,
                                 selective_search=args.selective_search, limit=args.limit,
                                 sample_seed=args.sample_seed, exclude=read_exclude(args.exclude),

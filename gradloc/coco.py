@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from .annotations import AnnotatedSet
-from .model import CIFAR10_CLASSES
 from .results import predictions_from_json
 
 STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
@@ -33,13 +32,13 @@ def image_ids(ds: AnnotatedSet) -> list:
 
 
 def category_map(ds: AnnotatedSet) -> dict[int, int]:
-    """CIFAR-10 index -> category id for all ten classes: the annotation file's id where a
+    """Class index -> category id for every class of the set: the annotation file's id where a
     category maps onto the class, otherwise ids above the file's largest (so none collide);
     for sets without ids (VOC) the class index."""
     if not ds.category_ids:
-        return {c: c for c in range(len(CIFAR10_CLASSES))}
+        return {c: c for c in range(len(ds.class_names))}
     top = max(ds.category_ids.values())
-    return {c: ds.category_ids.get(c, top + 1 + c) for c in range(len(CIFAR10_CLASSES))}
+    return {c: ds.category_ids.get(c, top + 1 + c) for c in range(len(ds.class_names))}
 
 
 def _xywh(box, digits: int | None = 2) -> list[float]:
@@ -62,7 +61,7 @@ def ground_truth(ds: AnnotatedSet) -> dict:
             annotations.append({"id": len(annotations) + 1, "image_id": iid, "category_id": cats[label],
                                 "bbox": [x, y, w, h], "area": area, "iscrowd": int(hard)})
     return {"images": images, "annotations": annotations,
-            "categories": [{"id": cats[c], "name": name} for c, name in enumerate(CIFAR10_CLASSES)]}
+            "categories": [{"id": cats[c], "name": name} for c, name in enumerate(ds.class_names)]}
 
 
 def results(ds: AnnotatedSet, preds: list) -> list[dict]:

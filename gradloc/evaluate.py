@@ -78,21 +78,38 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     ``selective_search``: also OpenCV's selective search, a class-agnostic proposal anchor
     (needs ``images_dir`` and opencv-contrib). ``limit``: score only the first N images, or with
     ``sample_seed`` N images drawn at random (annotation files are often sorted by class).
-    ``exclude``: file names left out (before ``limit``), e.g. the photographs a model trained on.
+    ``aliases``: annotation names -> class names (a table, or an alias JSON file read against
+    the classes). ``exclude``: file names left out (before ``limit``), e.g. the photographs a model trained on.
     ``request``: the classes asked of each image (:func:`predict`); other than ``gt``, the CAM
     baselines ask the same and the box baselines, which cannot name a class, are left out.
     Every method's COCO results file goes to ``out/coco/``; its AP/AR come from that file.
+    Annotations are mapped onto the classifier's classes: ``gen``'s, or those named in the
+    predictions file (CIFAR-10's for the shipped WRN); with another classifier than the shipped
+    WRN, Grad-CAM and CAM (run on the WRN's normalisation) are left out.
     Returns the :class:`Evaluation` (``.results``: ``{name: metrics}``); write it with
     :func:`gradloc.report.write_report`.
     """
     from . import baselines as B
     from . import coco
-    from .annotations import load_annotations
+    from .annotations import load_aliases, load_annotations
+    from .model import CIFAR10_CLASSES
     from .io import atomic_write_text
 
     if request not in REQUESTS:
         raise ValueError(f"unknown request {request!r}; choose from {', '.join(REQUESTS)}")
-    ds = load_annotations(annotations, aliases)
+    records = settings = unreadable = None
+    if predictions_json is not None:
+        try:
+            records, settings, classes = read_predictions(predictions_json, with_classes=True)
+        except ValueError as exc:  # said after the annotations' own problems, which come first
+            unreadable, classes = exc, CIFAR10_CLASSES
+    elif gen is not None:
+        classes = gen.spec.classes
+    else:
+        classes = CIFAR10_CLASSES
+    if aliases is None or isinstance(aliases, (str, Path)):  # an alias file is read against those classes
+        aliases = load_aliases(aliases, classes)
+    ds = load_annotations(annotations, aliases, classes)
     if exclude:  # images a model was trained on (image-level labels), kept out of its scores
         ds.images = [im for im in ds.images if im.file not in exclude and Path(im.file).name not in exclude]
     ds.images = subset(ds.images, limit, sample_seed)
@@ -101,6 +118,8 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     if not any(im.classes() for im in ds.images):
         raise ValueError(f"nothing to score in {annotations}: every box of its {len(ds.images)} images is crowd "
                          "or difficult, which CorLoc and COCOeval ignore")
+    if unreadable is not None:
+        raise unreadable
     info: dict = {"annotations": str(annotations), "images": len(ds.images),
                   "pairs": sum(len(im.classes()) for im in ds.images),
                   "annotation_problems": ds.problems,
@@ -108,7 +127,6 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     preds_by_name: dict[str, list] = {}
     skipped: list[dict] = []
     if predictions_json is not None:
-        records, settings = read_predictions(predictions_json)
         name = method_label or f"gradloc ({settings.get('method', '?')})"
         preds_by_name[name], skipped = predictions_from_json(ds, records)
         info["settings"] = settings
@@ -118,7 +136,7 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
         name = method_label or f"gradloc ({gen.options.method})"
         preds_by_name[name], skipped = predict(gen, ds, images_dir, workers, request=request)
         info["settings"] = gen.settings()
-        if gradcam:
+        if gradcam and gen.spec.classes == CIFAR10_CLASSES:
             for method, label in (("gradcam", "Grad-CAM (final features, CAM box)"), ("cam", "CAM (CAM box)")):
                 preds_by_name[label], _ = B.predict_cam(gen.model, ds, images_dir, method, device=str(gen.device),
                                                         batch_size=gen.batch_size, workers=workers,

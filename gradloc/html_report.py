@@ -17,7 +17,6 @@ import numpy as np
 
 from .io import atomic_write_text
 from .metrics import top1_ious
-from .model import CIFAR10_CLASSES
 
 EXAMPLES_PER_CLASS = 3   # best and worst pairs shown per class
 THUMB_SIDE = 220         # contact-sheet thumbnails, longer side in pixels
@@ -90,7 +89,7 @@ def contact_sheet(ds, preds: list, images_dir: Path, per_class: int = EXAMPLES_P
             figures.append(f'<figure><img src="{data_uri(thumb, "image/jpeg")}" alt="{html.escape(im.file)}">'
                            f'<figcaption class="{kind}">{kind}: IoU {ious[j]:.2f}<br>{html.escape(Path(im.file).name[:32])}'
                            "</figcaption></figure>")
-        parts.append(f"<h3>{CIFAR10_CLASSES[c]} ({len(mine)} pairs)</h3><div class=\"sheet\">{''.join(figures)}</div>")
+        parts.append(f"<h3>{html.escape(ds.class_names[c])} ({len(mine)} pairs)</h3><div class=\"sheet\">{''.join(figures)}</div>")
     return "\n".join(parts)
 
 

@@ -45,7 +45,6 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from .annotations import AnnotatedSet
-from .model import CIFAR10_CLASSES
 
 DELTAS = (0.3, 0.5, 0.7)
 POINTING_TOLERANCE = 15 / 224
@@ -94,7 +93,7 @@ def corloc(ds: AnnotatedSet, preds: list, deltas=DELTAS) -> dict:
     out = {"n": int(len(ious)), "n_by_size": {name: int((sizes == name).sum()) for name, _, _ in SIZE_BUCKETS}}
     for d in deltas:
         out[f"{d:.1f}"] = float((ious >= d).mean()) if len(ious) else float("nan")
-        out[f"per_class@{d:.1f}"] = {CIFAR10_CLASSES[c]: float((ious[cls == c] >= d).mean())
+        out[f"per_class@{d:.1f}"] = {ds.class_names[c]: float((ious[cls == c] >= d).mean())
                                      for c in sorted(set(cls.tolist()))}
         out[f"by_size@{d:.1f}"] = {name: float((ious[sizes == name] >= d).mean()) if (sizes == name).any() else None
                                    for name, _, _ in SIZE_BUCKETS}

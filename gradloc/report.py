@@ -12,7 +12,6 @@ import numpy as np  # noqa: E402
 
 from .metrics import PRESENCE_THRESHOLDS, presence_curve, recall_and_mbo, top1_ious  # noqa: E402
 from .io import atomic_write_text  # noqa: E402
-from .model import CIFAR10_CLASSES  # noqa: E402
 
 COLUMNS = [
     ("CorLoc@0.3", lambda m: m["corloc"]["0.3"]),
@@ -158,8 +157,8 @@ ORACLE_HEADING = ("Generation and selection (CorLoc@0.5 of the chosen box; oracl
 
 
 def per_class_table(results: dict[str, dict], delta: str = "0.5") -> str:
-    classes = sorted({c for m in results.values() for c in m["corloc"][f"per_class@{delta}"]},
-                     key=CIFAR10_CLASSES.index)
+    # in the classifier's order, as each method's per-class dict lists them
+    classes = list(dict.fromkeys(c for m in results.values() for c in m["corloc"][f"per_class@{delta}"]))
     lines = ["| method | " + " | ".join(classes) + " |", "| --- | " + " | ".join("---:" for _ in classes) + " |"]
     for name, m in results.items():
         pc = m["corloc"][f"per_class@{delta}"]
@@ -220,8 +219,7 @@ def plot_iou_histogram(ds, preds_by_name: dict, path: Path) -> None:
 
 
 def plot_per_class(results: dict[str, dict], path: Path) -> None:
-    classes = sorted({c for m in results.values() for c in m["corloc"]["per_class@0.5"]},
-                     key=CIFAR10_CLASSES.index)
+    classes = list(dict.fromkeys(c for m in results.values() for c in m["corloc"]["per_class@0.5"]))
     x = np.arange(len(classes))
     width = 0.8 / max(1, len(results))
     fig, ax = plt.subplots(figsize=(max(6, len(classes) * 0.9), 4))
@@ -260,7 +258,7 @@ def plot_examples(ds, preds: list, images_dir: Path, path: Path, n: int = 8) -> 
         if top is not None and len(top):
             b = top[0].tolist()
             ax.add_patch(plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, color="red", lw=1.5))
-        ax.set_title(f"{kind} {CIFAR10_CLASSES[c]} {ious[j]:.2f}", fontsize=7)
+        ax.set_title(f"{kind} {ds.class_names[c]} {ious[j]:.2f}", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -124,33 +124,33 @@ def finite_numbers(v, n: int) -> list[float] | None:
     return out if all(x == x and abs(x) != float("inf") for x in out) else None
 
 
-def record_prediction(rec: dict) -> dict:
+def record_prediction(rec: dict, classes=CIFAR10_CLASSES) -> dict:
     """A ``predictions.json`` record -> the per-class prediction dict :mod:`gradloc.evaluate`
-    scores: ``boxes`` and ``scores`` {class: ``[K, 4]``, ``[K]``}, ``peaks``, ``probs``.
-    Proposals without a CIFAR-10 label and a finite box are left out."""
+    scores: ``boxes`` and ``scores`` {class index: ``[K, 4]``, ``[K]``}, ``peaks``, ``probs``.
+    Proposals without a label among ``classes`` (the run's classifier's) and a finite box are left out."""
     boxes: dict[int, list] = {}
     scores: dict[int, list] = {}
     props = rec.get("proposals")
     for prop in props if isinstance(props, list) else []:
-        if not isinstance(prop, dict) or prop.get("label") not in CIFAR10_CLASSES:
+        if not isinstance(prop, dict) or prop.get("label") not in classes:
             continue
         box, score = finite_numbers(prop.get("box"), 4), finite_numbers([prop.get("score", 0.0)], 1)
         if box is None:
             continue
-        c = CIFAR10_CLASSES.index(prop["label"])
+        c = classes.index(prop["label"])
         boxes.setdefault(c, []).append(box)
         scores.setdefault(c, []).append(score[0] if score else 0.0)
     raw_peaks = rec.get("peaks")
-    peaks = {CIFAR10_CLASSES.index(k): tuple(p) for k, v in (raw_peaks.items() if isinstance(raw_peaks, dict) else ())
-             if k in CIFAR10_CLASSES and (p := finite_numbers(v, 2)) is not None}
+    peaks = {classes.index(k): tuple(p) for k, v in (raw_peaks.items() if isinstance(raw_peaks, dict) else ())
+             if k in classes and (p := finite_numbers(v, 2)) is not None}
     probs = rec.get("probs")
-    if not (isinstance(probs, dict) and all(finite_numbers([probs.get(c)], 1) for c in CIFAR10_CLASSES)):
+    if not (isinstance(probs, dict) and all(finite_numbers([probs.get(c)], 1) for c in classes)):
         probs = None
     return {
         "boxes": {c: torch.tensor(b, dtype=torch.float32).view(-1, 4) for c, b in boxes.items()},
         "scores": {c: torch.tensor(v, dtype=torch.float32) for c, v in scores.items()},
         "peaks": peaks or None,
-        "probs": torch.tensor([probs[c] for c in CIFAR10_CLASSES]) if probs else None,
+        "probs": torch.tensor([probs[c] for c in classes]) if probs else None,
     }
 
 
@@ -184,5 +184,5 @@ def predictions_from_json(ds, records: list[dict]) -> tuple[list, list[dict]]:
             preds.append(None)
             missing.append({"file": im.file, "reason": "no prediction for this image"})
             continue
-        preds.append(record_prediction(rec))
+        preds.append(record_prediction(rec, ds.class_names))
     return preds, missing

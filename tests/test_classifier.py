@@ -162,3 +162,46 @@ def test_cli_resnet18_state_dict(tmp_path, capsys):
     assert "does not fit ResNet" in capsys.readouterr().err
     assert main(["localize", str(SAMPLES), "-o", str(tmp_path / "o"), "--input-size", "64"]) == 2
     assert "--input-size describes your own --model" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_users_model_on_annotations_of_its_own_classes(tiny, tmp_path):
+    """`gradloc evaluate --model ...`: a COCO file whose categories are the model's own names
+    (one by an alias of the user's) is mapped onto its classes; CorLoc per class is reported
+    by those names and beats the best centred box; Grad-CAM and CAM, defined on the shipped
+    WRN, are left out. Scoring the run's predictions.json gives the same CorLoc."""
+    folder, _ = tiny
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.RandomState(2)
+    images, annotations = [], []
+    categories = [{"id": 1, "name": "red"}, {"id": 2, "name": "green"}, {"id": 7, "name": "azure"},
+                  {"id": 9, "name": "cat"}]  # azure: the user's alias for blue; cat: not one of the model's
+    for k in range(9):
+        name = list(COLOURS)[k % 3]
+        img, (x0, y0, x1, y1) = scene(rng, 64, rng.randint(18, 30), COLOURS[name])
+        Image.fromarray(img).save(photos / f"{k}.png")
+        images.append({"id": k, "file_name": f"{k}.png", "width": 64, "height": 64})
+        annotations.append({"id": k, "image_id": k, "category_id": {"red": 1, "green": 2, "blue": 7}[name],
+                            "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+    annotations.append({"id": 99, "image_id": 0, "category_id": 9, "bbox": [0, 0, 5, 5], "area": 25, "iscrowd": 0})
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    (tmp_path / "aliases.json").write_text(json.dumps({"azure": "blue"}))
+    model = ["--model", f"{folder / 'tiny_cnn.py'}:tiny_cnn", "--weights", str(folder / "tiny.pt"),
+             "--class-names", str(folder / "names.txt"), "--input-size", "32", "--mean", "0.5,0.5,0.5",
+             "--std", "0.25,0.25,0.25", "--precision", "fp32"]
+    assert main(["evaluate", str(ann), "--images", str(photos), "-o", str(tmp_path / "ev"),
+                 "--aliases", str(tmp_path / "aliases.json"), *model]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    results, info = metrics["results"], metrics["info"]
+    assert info["pairs"] == 9 and info["unmapped_classes"] == {"cat": 1}
+    ours = results["gradloc (gradient)"]["corloc"]
+    assert set(ours["per_class@0.5"]) == {"red", "green", "blue"}
+    assert ours["0.5"] >= results["best centred box"]["corloc"]["0.5"] + 0.2
+    assert not any("CAM" in name for name in results)
+    # the run's own predictions.json, scored later, names the same classes
+    assert main(["localize", str(photos), "-o", str(tmp_path / "run"), *model, "--classes", "red,green,blue"]) == 0
+    assert main(["evaluate", str(ann), "--predictions", str(tmp_path / "run" / "predictions.json"),
+                 "-o", str(tmp_path / "ev2"), "--aliases", str(tmp_path / "aliases.json")]) == 0
+    again = json.loads((tmp_path / "ev2" / "metrics.json").read_text())["results"]
+    assert set(next(iter(again.values()))["corloc"]["per_class@0.5"]) == {"red", "green", "blue"}
