@@ -10,10 +10,6 @@ results pickled. ``preserve_order`` makes the driver receive batches in order, a
 them with the local engine's writer. Ray retries a failed or lost actor task; a batch's result
 depends only on its files, so a retried batch gives the same bytes. A batch that keeps failing
 ends the run with Ray's error (no ``max_errored_blocks``): nothing is dropped silently.
-
-Fault injection for the tests (environment of the cluster's workers): ``GRADLOC_RAY_SLOW_BATCH=K``
-makes the actor that runs batch K sleep a second first (batches then finish out of order), and
-``GRADLOC_RAY_KILL_ONCE=FILE`` makes the first actor call that creates FILE end its process.
 """
 from __future__ import annotations
 
@@ -77,7 +73,6 @@ class BatchWorker:
 
     def __call__(self, batch: dict) -> dict:
         from .runner import run_batch_of_files
-        _inject_faults([int(k) for k in batch["batch"]])
         payloads = []
         for start, paths, specs in zip(batch["start"], batch["paths"], batch["classes"]):
             files = [Path(os.fsdecode(bytes(p))) for p in paths]
@@ -87,21 +82,6 @@ class BatchWorker:
             payloads.append(pickle.dumps(([(i + shift, *rest) for i, *rest in done],
                                           [(i + shift, r) for i, r in skipped])))
         return {"batch": np.asarray(batch["batch"]), "payload": np.array(payloads, dtype=object)}
-
-
-def _inject_faults(batches: list[int]) -> None:
-    import time
-    slow = os.environ.get("GRADLOC_RAY_SLOW_BATCH")
-    if slow is not None and int(slow) in batches:
-        time.sleep(1.0)
-    marker = os.environ.get("GRADLOC_RAY_KILL_ONCE")
-    if marker:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-        os._exit(1)  # the actor dies mid-task; Ray restarts it and retries the batch
 
 
 def run_files_ray(gen, files: Sequence[Path], classes, options: RayOptions, desc: str = "gradloc",

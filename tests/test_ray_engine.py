@@ -1,7 +1,8 @@
 """--engine ray on a local cluster: byte-identical outputs, order, faults and resume across engines.
 
 Skipped without Ray (pip install "gradloc[ray]"). One cluster (2 CPUs) serves the module; its
-workers inherit the fault-injection variables set before it starts.
+actors are :class:`tests.ray_faults.FaultyBatchWorker` (sent by value: workers need not import
+the tests), and its workers inherit the fault-injection variables set before it starts.
 """
 import os
 from pathlib import Path
@@ -20,8 +21,12 @@ def cluster(tmp_path_factory):
     marker = tmp_path_factory.mktemp("faults") / "killed-once"
     os.environ["GRADLOC_RAY_SLOW_BATCH"] = "0"     # the first batch finishes last
     os.environ["GRADLOC_RAY_KILL_ONCE"] = str(marker)  # one actor dies once, mid-batch
+    from tests import ray_faults
+    ray.cloudpickle.register_pickle_by_value(ray_faults)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield marker
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("gradloc.ray_engine.BatchWorker", ray_faults.FaultyBatchWorker)
+        yield marker
     ray.shutdown()
     for k in ("GRADLOC_RAY_SLOW_BATCH", "GRADLOC_RAY_KILL_ONCE"):
         os.environ.pop(k, None)
