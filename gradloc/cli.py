@@ -175,7 +175,8 @@ def cmd_export_coco(args: argparse.Namespace) -> int:
     records, _, classes = read_predictions(args.predictions, with_classes=True)
     if args.annotations:
         from .annotations import load_aliases, load_annotations
-        ds = load_annotations(args.annotations, load_aliases(args.aliases))
+        # the annotations map onto the run's own classes (its classifier's names)
+        ds = load_annotations(args.annotations, load_aliases(args.aliases, classes), classes)
         dets, unmatched, missing = coco.results_from_predictions(records, ds)
         text = json.dumps(dets)
         for f in unmatched:

@@ -205,3 +205,9 @@ def test_evaluate_scores_a_users_model_on_annotations_of_its_own_classes(tiny, t
                  "-o", str(tmp_path / "ev2"), "--aliases", str(tmp_path / "aliases.json")]) == 0
     again = json.loads((tmp_path / "ev2" / "metrics.json").read_text())["results"]
     assert set(next(iter(again.values()))["corloc"]["per_class@0.5"]) == {"red", "green", "blue"}
+    # and its COCO results carry the annotation file's own category ids (blue -> 7, through the alias)
+    assert main(["export-coco", str(tmp_path / "run" / "predictions.json"), "--annotations", str(ann),
+                 "--aliases", str(tmp_path / "aliases.json"), "-o", str(tmp_path / "dets.json")]) == 0
+    dets = json.loads((tmp_path / "dets.json").read_text())
+    assert dets and {d["category_id"] for d in dets} <= {1, 2, 7}
+    assert {d["category_id"] for d in dets if d["image_id"] in (2, 5, 8)} >= {7}  # the blue squares' images
