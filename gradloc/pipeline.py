@@ -222,13 +222,13 @@ class ProposalGenerator:
         return boxes, scores
 
     def is_large(self, row: RowCandidates, prob: float) -> bool:
-        """Whether a row's object is large, by ``--consensus``: ``scale``, recognised better in the
-        coarse views than the fine ones (:func:`~gradloc.rescoring.recognised_large`); ``view``,
-        its 32x32 view gives the class more than :data:`VIEW_CONSENSUS` probability."""
+        """Whether a row's object is large, by ``--consensus``: ``view``, its 32x32 view gives the
+        class more than :data:`VIEW_CONSENSUS` probability; ``scale``, it is recognised better in
+        the coarse views than the fine ones (:func:`~gradloc.rescoring.recognised_large`)."""
         how = self.config.ranking.consensus
-        if how == "scale":
-            return recognised_large(row.view_sides, row.view_probs)
-        return how == "view" and prob > VIEW_CONSENSUS
+        if how == "view":
+            return prob > VIEW_CONSENSUS
+        return how == "scale" and recognised_large(row.view_sides, row.view_probs)
 
     def proposals_from_maps(self, maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,
                             sizes: Sequence[tuple[int, int]], work: Sequence[Tensor | None] | None = None,

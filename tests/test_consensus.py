@@ -1,5 +1,6 @@
 """Which photographs' rows pick the box their candidates agree on: those whose object is large,
-told by the input sizes at which the classifier recognises the class (``--consensus scale``)."""
+told by the 32x32 view's probability of the class (``--consensus view``, default) or by the input
+sizes at which the classifier recognises it (``--consensus scale``)."""
 import numpy as np
 import pytest
 import torch
@@ -53,10 +54,15 @@ def photograph():
     return img
 
 
+@pytest.mark.parametrize("gate", ["scale", "view"])
 @pytest.mark.parametrize("coarse", [True, False])
-def test_rows_pick_by_agreement_only_where_the_object_is_recognised_coarse(photograph, coarse):
+def test_rows_pick_by_agreement_only_where_the_object_is_recognised_coarse(photograph, coarse, gate):
+    """The size-telling classifier gives its class a high probability in the 32x32 view and the
+    coarse views (``coarse``), or a low one there and a high one in the fine views: either gate
+    takes the first for a large object."""
     gen = gradloc.ProposalGenerator.from_classifier(SizeTelling(coarse), ["near", "far"], 32, (0.5,) * 3, (0.25,) * 3,
-                                                    feature_layer="features", precision="fp32", device="cpu")
+                                                    feature_layer="features", precision="fp32", device="cpu",
+                                                    consensus=gate)
     out = gen(photograph, classes="near")[0]
     cand = out["candidates"][0]
     agreed = rank_and_fuse(cand.boxes, cand.scores, 0.5, 5, 0.2, consensus=True)[0][0]
