@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .annotations import AnnotatedSet
 from .preprocess import DEFAULT_MAX_PIXELS, normalize
+from .results import Prediction
 
 CENTRED_AREAS = (0.25, 0.5, 0.75)
 CAM_BOX_FRACTION = 0.2     # the CAM paper: the region above 20% of the map's maximum
@@ -37,9 +38,9 @@ def centred_box(width: int, height: int, area: float) -> Tensor:
 
 def baseline_centred(ds: AnnotatedSet, area: float) -> list:
     """One centred box of ``area`` per class; its centre as the pointing-game point."""
-    return [{"boxes": {c: centred_box(im.width, im.height, area) for c in im.classes()},
-             "scores": {c: torch.ones(1) for c in im.classes()},
-             "peaks": {c: (im.width / 2, im.height / 2) for c in im.classes()}} for im in ds.images]
+    return [Prediction({c: centred_box(im.width, im.height, area) for c in im.classes()},
+                       {c: torch.ones(1) for c in im.classes()},
+                       peaks={c: (im.width / 2, im.height / 2) for c in im.classes()}) for im in ds.images]
 
 
 def baseline_whole_image(ds: AnnotatedSet) -> list:
@@ -57,7 +58,7 @@ def baseline_random(ds: AnnotatedSet, seed: int = 0, k: int = 10) -> list:
             xs = torch.rand(k, 2, generator=gen).sort(1).values * im.width
             ys = torch.rand(k, 2, generator=gen).sort(1).values * im.height
             boxes[c] = torch.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], 1)
-        out.append({"boxes": boxes, "scores": {c: 1 - torch.arange(k) / k for c in boxes}})
+        out.append(Prediction(boxes, {c: 1 - torch.arange(k) / k for c in boxes}))
     return out
 
 
@@ -112,11 +113,11 @@ def predict_cam(model: nn.Module, ds: AnnotatedSet, images_dir: str | Path, meth
         out: list = [None] * len(sizes)
         for r, (j, c) in enumerate(zip(row_image, row_class)):
             size = sizes[j]
-            p = out[j] = out[j] or {"boxes": {}, "scores": {}, "maps": {}, "peaks": {}, "probs": probs[r]}
+            p = out[j] = out[j] or Prediction({}, {}, probs[r], {}, {})
             full = upsample_map(maps[r], size)
-            p["boxes"][c], p["scores"][c], p["maps"][c] = cam_box(full, size), probs[r, c:c + 1], maps[r]
+            p.boxes[c], p.scores[c], p.maps[c] = cam_box(full, size), probs[r, c:c + 1], maps[r]
             gy, gx = np.unravel_index(int(np.argmax(full)), full.shape)
-            p["peaks"][c] = ((gx + 0.5) * size[1] / full.shape[1], (gy + 0.5) * size[0] / full.shape[0])
+            p.peaks[c] = ((gx + 0.5) * size[1] / full.shape[1], (gy + 0.5) * size[0] / full.shape[0])
         return out
 
     preds: list = [None] * len(files)
@@ -176,5 +177,5 @@ def predict_selective_search(ds: AnnotatedSet, images_dir: str | Path, max_boxes
             continue
         boxes = selective_search(np.ascontiguousarray(rgb), max_boxes)
         scores = 1 - torch.arange(len(boxes)) / max(1, len(boxes))
-        preds.append({"boxes": {c: boxes for c in im.classes()}, "scores": {c: scores for c in im.classes()}})
+        preds.append(Prediction({c: boxes for c in im.classes()}, {c: scores for c in im.classes()}))
     return preds, skipped

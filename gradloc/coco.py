@@ -72,8 +72,8 @@ def results(ds: AnnotatedSet, preds: list) -> list[dict]:
     for p, iid in zip(preds, image_ids(ds)):
         if p is None:
             continue
-        for c, boxes in p["boxes"].items():
-            scores = p.get("scores", {}).get(c)
+        for c, boxes in p.boxes.items():
+            scores = p.scores.get(c)
             for k, box in enumerate(boxes.tolist()):
                 # without scores, rank order decides (COCOeval sorts by score)
                 s = float(scores[k]) if scores is not None else 1.0 - k / max(1, len(boxes))

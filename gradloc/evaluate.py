@@ -14,7 +14,7 @@ import numpy as np
 
 from .annotations import AnnotatedSet
 from .metrics import corloc, score
-from .results import predictions_from_json, read_predictions, result_prediction
+from .results import Prediction, predictions_from_json, read_predictions
 
 
 @dataclass
@@ -52,7 +52,7 @@ def predict(gen, ds: AnnotatedSet, images_dir: str | Path, workers: int | None =
                                   progress=progress):
         skipped += [{"file": str(files[i]), "reason": reason} for i, reason in failed]
         for i, _, _, res in done:
-            preds[i] = result_prediction(res)
+            preds[i] = Prediction.from_result(res)
     return preds, skipped
 
 

@@ -84,7 +84,7 @@ def contact_sheet(ds, preds: list, images_dir: Path, per_class: int = EXAMPLES_P
             except ImageError as exc:
                 figures.append(f"<figure><figcaption>{html.escape(im.file)}: {html.escape(str(exc))}</figcaption></figure>")
                 continue
-            boxes = preds[idx[j]]["boxes"].get(c)
+            boxes = preds[idx[j]].boxes.get(c)
             thumb = example_thumbnail(rgb, im.boxes_of(c).numpy(), np.zeros((0, 4)) if boxes is None else boxes[:3].numpy())
             figures.append(f'<figure><img src="{data_uri(thumb, "image/jpeg")}" alt="{html.escape(im.file)}">'
                            f'<figcaption class="{kind}">{kind}: IoU {ious[j]:.2f}<br>{html.escape(Path(im.file).name[:32])}'

@@ -16,7 +16,7 @@ from .labels import read_labels
 from .io import ResultStream, atomic_write_text, dumps_record, find_images, write_predictions_json
 from .model import CIFAR10_CLASSES
 from .preprocess import open_image
-from .results import image_record
+from .results import Prediction
 from .viz import panel, save_panel
 
 FORMAT_VERSION = 1
@@ -129,7 +129,7 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
         for done, failed in engine_runner(engine, ray_options)(gen, todo, per_image, workers, desc="localize"):
             records = []
             for i, x32, size, res in done:
-                rec = image_record(str(todo[i]), size, res, gen.spec.classes)
+                rec = Prediction.from_result(res).to_record(str(todo[i]), size, gen.spec.classes)
                 records.append(rec)
                 if verbose:
                     tqdm.write(f"{todo[i]}: {format_probs(rec['probs'])}")

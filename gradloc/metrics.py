@@ -64,7 +64,7 @@ def top1_ious(ds: AnnotatedSet, preds: list) -> tuple[np.ndarray, np.ndarray, np
     """Best IoU of each pair's top-1 box with the class's boxes: (ious, image idx, class)."""
     ious, idx, cls = [], [], []
     for i, im, p, c in _pairs(ds, preds):
-        boxes = p["boxes"].get(c)
+        boxes = p.boxes.get(c)
         v = float(box_iou(boxes[:1], im.boxes_of(c)).max()) if boxes is not None and len(boxes) else 0.0
         ious.append(v)
         idx.append(i)
@@ -108,7 +108,7 @@ def oracle_corloc(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> dict | N
     generation misses. None when the predictions carry no candidates (baselines, files)."""
     best = []
     for _, im, p, c in _pairs(ds, preds):
-        cands = (p.get("candidates") or {}).get(c)
+        cands = (p.candidates or {}).get(c)
         if cands is None:
             return None
         best.append(float(box_iou(cands, im.boxes_of(c)).max()) if len(cands) else 0.0)
@@ -127,26 +127,26 @@ def oracle_corloc(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> dict | N
 def top1_localization(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> float | None:
     hits, n = 0, 0
     for im, p in zip(ds.images, preds):
-        if p is None or p.get("probs") is None or not im.classes():
+        if p is None or p.probs is None or not im.classes():
             continue
         n += 1
-        c = int(p["probs"].argmax())
-        boxes = p["boxes"].get(c)
+        c = int(p.probs.argmax())
+        boxes = p.boxes.get(c)
         if c in im.classes() and boxes is not None and len(boxes):
             hits += float(box_iou(boxes[:1], im.boxes_of(c)).max()) >= delta
     return hits / n if n else None
 
 
 def classification_accuracy(ds: AnnotatedSet, preds: list) -> float | None:
-    res = [int(p["probs"].argmax()) in im.classes()
-           for im, p in zip(ds.images, preds) if p is not None and p.get("probs") is not None and im.classes()]
+    res = [int(p.probs.argmax()) in im.classes()
+           for im, p in zip(ds.images, preds) if p is not None and p.probs is not None and im.classes()]
     return float(np.mean(res)) if res else None
 
 
 def pointing_game(ds: AnnotatedSet, preds: list, tolerance: float = POINTING_TOLERANCE) -> float | None:
     hits = []
     for _, im, p, c in _pairs(ds, preds):
-        peak = (p.get("peaks") or {}).get(c)
+        peak = (p.peaks or {}).get(c)
         if peak is None:
             return None
         r = tolerance * max(im.width, im.height)
@@ -161,7 +161,7 @@ def recall_and_mbo(ds: AnnotatedSet, preds: list, ks=(1, 5, 10), delta: float = 
     best = {k: [] for k in ks}
     for _, im, p, c in _pairs(ds, preds):
         gt = im.boxes_of(c)
-        boxes = p["boxes"].get(c)
+        boxes = p.boxes.get(c)
         for k in ks:
             if boxes is None or not len(boxes):
                 best[k] += [0.0] * len(gt)
@@ -231,7 +231,7 @@ def max_box_acc_v2(ds: AnnotatedSet, preds: list, deltas=DELTAS,
     None when the predictions carry no maps."""
     best = []
     for _, im, p, c in _pairs(ds, preds):
-        m = (p.get("maps") or {}).get(c)
+        m = (p.maps or {}).get(c)
         if m is None:
             return None
         boxes, which = wsol_boxes(wsol_score_map(m.float().numpy()), thresholds)
@@ -269,10 +269,10 @@ def presence_curve(ds: AnnotatedSet, preds: list, delta: float = 0.5,
             continue
         positives += len(im.classes())
         ignored = set(im.labels.tolist()) - set(im.classes())
-        for c, boxes in p["boxes"].items():
+        for c, boxes in p.boxes.items():
             if not len(boxes) or c in ignored:
                 continue
-            s = p["probs"][c:c + 1] if by_prob else p.get("scores", {}).get(c)
+            s = p.probs[c:c + 1] if by_prob else p.scores.get(c)
             scores.append(float(s[0]) if s is not None and len(s) else 1.0)
             right.append(c in im.classes() and float(box_iou(boxes[:1], im.boxes_of(c)).max()) >= delta)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
@@ -287,7 +287,7 @@ def presence(ds: AnnotatedSet, preds: list, delta: float = 0.5, by_prob: bool = 
     """:func:`presence_curve` summarised: AP (all-points, as VOC 2010+), the claims' precision
     and recall when only those scoring at least each of :data:`PRESENCE_THRESHOLDS` are kept
     (what ``--min-score`` would keep), and the best F1 with its threshold."""
-    if by_prob and not all(p is None or p.get("probs") is not None for p in preds):
+    if by_prob and not all(p is None or p.probs is not None for p in preds):
         return None
     scores, precision, recall, positives = presence_curve(ds, preds, delta, by_prob)
     if not positives:

@@ -254,7 +254,7 @@ def plot_examples(ds, preds: list, images_dir: Path, path: Path, n: int = 8) -> 
             continue
         for b in im.boxes_of(c).tolist():
             ax.add_patch(plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, color="lime", lw=1.5))
-        top = preds[idx[j]]["boxes"].get(c)
+        top = preds[idx[j]].boxes.get(c)
         if top is not None and len(top):
             b = top[0].tolist()
             ax.add_patch(plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, color="red", lw=1.5))

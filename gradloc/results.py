@@ -1,12 +1,15 @@
-"""The pipeline's result for one image, and its JSON record in ``predictions.json``.
+"""The pipeline's result for one image, the prediction every method is scored as, and its JSON
+record in ``predictions.json``.
 
-:class:`Result` is what :class:`~gradloc.pipeline.ProposalGenerator` returns per image;
-:func:`image_record` writes it as the documented JSON record and :func:`record_prediction`
-reads such a record back for scoring: the one writer and the one reader of the format.
+:class:`Result` is what :class:`~gradloc.pipeline.ProposalGenerator` returns per image (tensors of
+every class together, its maps and candidates); :class:`Prediction` is one image's answer per
+class, as the pipeline, the baselines and ``predictions.json`` give it and as metrics, reports
+and writers read it: :meth:`Prediction.to_record` is the one writer of the documented record and
+:meth:`Prediction.from_record` the one reader.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
@@ -71,21 +74,6 @@ def _box(box) -> list[float]:
     return [round(float(v), 2) for v in box]
 
 
-def image_record(file: str, size: tuple[int, int], result: Result, classes=CIFAR10_CLASSES) -> dict:
-    """One image's entry of ``predictions.json`` (the documented format), labels named by the
-    classifier's ``classes``."""
-    probs = result["probs"].tolist()
-    return {
-        "file": file, "width": int(size[1]), "height": int(size[0]),
-        "predicted": classes[int(np.argmax(probs))],
-        "probs": {c: round(p, 5) for c, p in zip(classes, probs)},
-        "proposals": [{"box": _box(b), "score": round(float(s), 5), "label": classes[int(lab)]}
-                      for b, s, lab in zip(result["boxes"], result["scores"], result["labels"])],
-        "peaks": {classes[int(c)]: [round(float(v), 2) for v in pt]
-                  for c, pt in zip(result["map_classes"], result["peaks"])},
-    }
-
-
 def read_predictions(path: str | Path, with_classes: bool = False) -> tuple:
     """A ``predictions.json`` from ``gradloc localize`` -> (its image records, its settings).
     Refuses, with a one-line :class:`ValueError` naming the file, anything else: not JSON, nested
@@ -124,53 +112,78 @@ def finite_numbers(v, n: int) -> list[float] | None:
     return out if all(x == x and abs(x) != float("inf") for x in out) else None
 
 
-def record_prediction(rec: dict, classes=CIFAR10_CLASSES) -> dict:
-    """A ``predictions.json`` record -> the per-class prediction dict :mod:`gradloc.evaluate`
-    scores: ``boxes`` and ``scores`` {class index: ``[K, 4]``, ``[K]``}, ``peaks``, ``probs``.
-    Proposals without a label among ``classes`` (the run's classifier's) and a finite box are left out."""
-    boxes: dict[int, list] = {}
-    scores: dict[int, list] = {}
-    props = rec.get("proposals")
-    for prop in props if isinstance(props, list) else []:
-        if not isinstance(prop, dict) or prop.get("label") not in classes:
-            continue
-        box, score = finite_numbers(prop.get("box"), 4), finite_numbers([prop.get("score", 0.0)], 1)
-        if box is None:
-            continue
-        c = classes.index(prop["label"])
-        boxes.setdefault(c, []).append(box)
-        scores.setdefault(c, []).append(score[0] if score else 0.0)
-    raw_peaks = rec.get("peaks")
-    peaks = {classes.index(k): tuple(p) for k, v in (raw_peaks.items() if isinstance(raw_peaks, dict) else ())
-             if k in classes and (p := finite_numbers(v, 2)) is not None}
-    probs = rec.get("probs")
-    if not (isinstance(probs, dict) and all(finite_numbers([probs.get(c)], 1) for c in classes)):
-        probs = None
-    return {
-        "boxes": {c: torch.tensor(b, dtype=torch.float32).view(-1, 4) for c, b in boxes.items()},
-        "scores": {c: torch.tensor(v, dtype=torch.float32) for c, v in scores.items()},
-        "peaks": peaks or None,
-        "probs": torch.tensor([probs[c] for c in classes]) if probs else None,
-    }
+@dataclass
+class Prediction:
+    """One image's answer, the one type every method gives and every metric, report and writer
+    reads: the pipeline's (:meth:`from_result`), a baseline's, or a ``predictions.json``
+    record's (:meth:`from_record`, :meth:`to_record`). Classes are indices into the
+    classifier's class names."""
 
+    boxes: dict[int, Tensor]                          # class -> float [K, 4], xyxy, original pixels, best first
+    scores: dict[int, Tensor] = field(default_factory=dict)  # class -> float [K] (none: ranked by order)
+    probs: Tensor | None = None                       # float [C], the image's class probabilities
+    peaks: dict[int, tuple] | None = None             # class -> (x, y), where its map is largest
+    maps: dict[int, Tensor] | None = None             # class -> its saliency map (float16: memory over large sets)
+    candidates: dict[int, Tensor] | None = None       # class -> every candidate box before selection [M, 4]
 
-def result_prediction(res: Result) -> dict:
-    """A :class:`Result` -> the per-class prediction dict scored by :mod:`gradloc.evaluate`
-    (maps kept as float16 to hold memory down over large sets)."""
-    boxes, scores, maps, peaks, candidates = {}, {}, {}, {}, {}
-    for r, c in enumerate(res["map_classes"].tolist()):
-        candidates[c] = res["candidates"][r].boxes
-        boxes[c] = res["boxes"][res["labels"] == c]
-        scores[c] = res["scores"][res["labels"] == c]
-        maps[c] = res["maps"][r].half()
-        peaks[c] = tuple(res["peaks"][r].tolist())
-    return {"boxes": boxes, "scores": scores, "maps": maps, "peaks": peaks, "probs": res["probs"],
-            "candidates": candidates}
+    @classmethod
+    def from_result(cls, res: Result) -> "Prediction":
+        """The pipeline's :class:`Result`, per class."""
+        p = cls({}, {}, res["probs"], {}, {}, {})
+        for r, c in enumerate(res["map_classes"].tolist()):
+            mine = res["labels"] == c
+            p.boxes[c], p.scores[c] = res["boxes"][mine], res["scores"][mine]
+            p.maps[c], p.peaks[c] = res["maps"][r].half(), tuple(res["peaks"][r].tolist())
+            p.candidates[c] = res["candidates"][r].boxes
+        return p
+
+    def to_record(self, file: str, size: tuple[int, int], classes=CIFAR10_CLASSES) -> dict:
+        """The image's entry of ``predictions.json`` (the documented format), labels named by
+        the classifier's ``classes``: every class's proposals, best score first."""
+        labels = [c for c, b in self.boxes.items() for _ in range(len(b))]
+        boxes = torch.cat(list(self.boxes.values())) if labels else torch.zeros(0, 4)
+        scores = torch.cat([self.scores[c] for c in self.boxes]) if labels else torch.zeros(0)
+        order = torch.argsort(scores, descending=True, stable=True).tolist()
+        probs = self.probs.tolist()
+        return {
+            "file": file, "width": int(size[1]), "height": int(size[0]),
+            "predicted": classes[int(np.argmax(probs))],
+            "probs": {c: round(p, 5) for c, p in zip(classes, probs)},
+            "proposals": [{"box": _box(boxes[k]), "score": round(float(scores[k]), 5), "label": classes[labels[k]]}
+                          for k in order],
+            "peaks": {classes[c]: [round(float(v), 2) for v in pt] for c, pt in (self.peaks or {}).items()},
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict, classes=CIFAR10_CLASSES) -> "Prediction":
+        """A ``predictions.json`` record. Proposals without a label among ``classes`` (the run's
+        classifier's) and a finite box are left out."""
+        boxes: dict[int, list] = {}
+        scores: dict[int, list] = {}
+        props = rec.get("proposals")
+        for prop in props if isinstance(props, list) else []:
+            if not isinstance(prop, dict) or prop.get("label") not in classes:
+                continue
+            box, score = finite_numbers(prop.get("box"), 4), finite_numbers([prop.get("score", 0.0)], 1)
+            if box is None:
+                continue
+            c = classes.index(prop["label"])
+            boxes.setdefault(c, []).append(box)
+            scores.setdefault(c, []).append(score[0] if score else 0.0)
+        raw_peaks = rec.get("peaks")
+        peaks = {classes.index(k): tuple(p) for k, v in (raw_peaks.items() if isinstance(raw_peaks, dict) else ())
+                 if k in classes and (p := finite_numbers(v, 2)) is not None}
+        probs = rec.get("probs")
+        if not (isinstance(probs, dict) and all(finite_numbers([probs.get(c)], 1) for c in classes)):
+            probs = None
+        return cls(boxes={c: torch.tensor(b, dtype=torch.float32).view(-1, 4) for c, b in boxes.items()},
+                   scores={c: torch.tensor(v, dtype=torch.float32) for c, v in scores.items()},
+                   probs=torch.tensor([probs[c] for c in classes]) if probs else None, peaks=peaks or None)
 
 
 def predictions_from_json(ds, records: list[dict]) -> tuple[list, list[dict]]:
     """Match ``predictions.json`` image records to the images of an annotated set ``ds`` by file
-    name (the path, else its base name) -> one :func:`record_prediction` per image (None when
+    name (the path, else its base name) -> one :class:`Prediction` per image (None when
     missing) and the annotated files without a record."""
     by_name: dict[str, dict] = {}
     for rec in records:
@@ -184,5 +197,5 @@ def predictions_from_json(ds, records: list[dict]) -> tuple[list, list[dict]]:
             preds.append(None)
             missing.append({"file": im.file, "reason": "no prediction for this image"})
             continue
-        preds.append(record_prediction(rec, ds.class_names))
+        preds.append(Prediction.from_record(rec, ds.class_names))
     return preds, missing

@@ -90,11 +90,11 @@ def test_predict_cam_on_an_annotated_set(tmp_path, random_wrn):
         preds, skipped = predict_cam(random_wrn, ds, tmp_path, method, progress=False)
         assert preds[1] is None and skipped[0]["file"].endswith("gone.png")
         p = preds[0]
-        assert set(p["boxes"]) == {3, 5} and p["maps"][3].shape == (8, 8)
+        assert set(p.boxes) == {3, 5} and p.maps[3].shape == (8, 8)
         for c in (3, 5):
-            x0, y0, x1, y1 = p["boxes"][c][0].tolist()
+            x0, y0, x1, y1 = p.boxes[c][0].tolist()
             assert 0 <= x0 < x1 <= 90 and 0 <= y0 < y1 <= 60
-            assert 0 <= p["peaks"][c][0] <= 90 and 0 <= p["peaks"][c][1] <= 60
+            assert 0 <= p.peaks[c][0] <= 90 and 0 <= p.peaks[c][1] <= 60
 
 
 @pytest.mark.skipif(not has_selective_search(), reason="OpenCV contrib (cv2.ximgproc) not installed")

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+from gradloc.results import Prediction
 from gradloc import ProposalGenerator
 from gradloc.annotations import AnnotatedImage, AnnotatedSet
 from gradloc.metrics import oracle_corloc, score
@@ -22,9 +23,9 @@ def test_oracle_counts_a_pair_whose_right_box_was_generated_but_not_chosen():
                        img("b", 200, 200, [[100, 100, 200, 200]], [3]),
                        img("c", 200, 200, [[0, 0, 40, 40]], [5])])
     hit_a, hit_b, miss = [[0.0, 0, 100, 100]], [[100.0, 100, 200, 200]], [[150.0, 150, 200, 200]]
-    preds = [{"boxes": {3: torch.tensor(hit_a)}, "candidates": {3: torch.tensor(miss + hit_a)}},
-             {"boxes": {3: torch.tensor(miss)}, "candidates": {3: torch.tensor(miss + hit_b)}},
-             {"boxes": {5: torch.tensor(miss)}, "candidates": {5: torch.tensor(miss)}}]
+    preds = [Prediction(boxes={3: torch.tensor(hit_a)}, candidates={3: torch.tensor(miss + hit_a)}),
+             Prediction(boxes={3: torch.tensor(miss)}, candidates={3: torch.tensor(miss + hit_b)}),
+             Prediction(boxes={5: torch.tensor(miss)}, candidates={5: torch.tensor(miss)})]
     o = oracle_corloc(ds, preds)
     assert o["oracle"] == pytest.approx(2 / 3)
     assert o["chosen_given_oracle"] == pytest.approx(1 / 2)
@@ -32,8 +33,8 @@ def test_oracle_counts_a_pair_whose_right_box_was_generated_but_not_chosen():
     assert o["chosen_given_oracle_by_size"]["large"] == pytest.approx(1 / 2)
     assert o["chosen_given_oracle_by_size"]["medium"] is None  # no oracle hit to keep
     # baselines carry no candidates: no oracle, and no row in the report's table
-    assert oracle_corloc(ds, [{"boxes": p["boxes"]} for p in preds]) is None
-    results = {"m": score(ds, preds), "baseline": score(ds, [{"boxes": p["boxes"]} for p in preds])}
+    assert oracle_corloc(ds, [Prediction(boxes=p.boxes) for p in preds]) is None
+    results = {"m": score(ds, preds), "baseline": score(ds, [Prediction(boxes=p.boxes) for p in preds])}
     table = oracle_table(results)
     assert "| m |" in table and "baseline" not in table and "66.7" in table
 

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from torchvision.ops import box_iou
 
+from gradloc.results import Prediction
 from gradloc.annotations import (AnnotatedImage, AnnotatedSet, AnnotationError, load_aliases,
                                  load_annotations, load_coco, load_voc)
 from gradloc.cli import main
@@ -31,9 +32,9 @@ def test_corloc_exactly_two_thirds():
                        img("b", 100, 100, [[10, 10, 60, 60], [50, 50, 100, 100]], [5, 3]),
                        ])
     preds = [
-        {"boxes": {3: torch.tensor([[0.0, 0, 50, 50]])}},                      # hit (IoU 1)
-        {"boxes": {5: torch.tensor([[10.0, 10, 60, 60]]),                      # hit
-                   3: torch.tensor([[0.0, 0, 10, 10], [50.0, 50, 100, 100]])}},  # top-1 misses
+        Prediction(boxes={3: torch.tensor([[0.0, 0, 50, 50]])}),                      # hit (IoU 1)
+        Prediction(boxes={5: torch.tensor([[10.0, 10, 60, 60]]),                      # hit
+                          3: torch.tensor([[0.0, 0, 10, 10], [50.0, 50, 100, 100]])}),  # top-1 misses
     ]
     res = corloc(ds, preds)
     assert res["n"] == 3
@@ -46,14 +47,14 @@ def test_corloc_exactly_two_thirds():
 def test_difficult_boxes_are_not_scored():
     ds = AnnotatedSet([img("a", 10, 10, [[0, 0, 5, 5], [5, 5, 10, 10]], [1, 2], [False, True])])
     assert ds.images[0].classes() == [1]
-    assert corloc(ds, [{"boxes": {1: torch.tensor([[0.0, 0, 5, 5]])}}])["n"] == 1
+    assert corloc(ds, [Prediction(boxes={1: torch.tensor([[0.0, 0, 5, 5]])})])["n"] == 1
 
 
 def test_top1_localization_needs_the_right_class():
     ds = AnnotatedSet([img("a", 10, 10, [[0, 0, 10, 10]], [1]), img("b", 10, 10, [[0, 0, 10, 10]], [2])])
     full = torch.tensor([[0.0, 0, 10, 10]])
-    preds = [{"boxes": {1: full}, "probs": torch.eye(10)[1]},
-             {"boxes": {2: full}, "probs": torch.eye(10)[7]}]  # wrong class: a miss
+    preds = [Prediction(boxes={1: full}, probs=torch.eye(10)[1]),
+             Prediction(boxes={2: full}, probs=torch.eye(10)[7])]  # wrong class: a miss
     assert top1_localization(ds, preds) == 0.5
 
 
@@ -65,7 +66,7 @@ def test_max_box_acc_v2_follows_wsolevaluation_by_hand():
     # convention (x + w, inclusive corners), area 101 * 101. The ground truth [0, 0, 100, 150]
     # (pixel edges) becomes (0, 0, 100, 150), area 101 * 151: IoU = 10201 / 15251 = 0.669.
     ds = AnnotatedSet([img("a", 224, 224, [[0, 0, 100, 150]], [0])])
-    res = max_box_acc_v2(ds, [{"boxes": {}, "maps": {0: m}}])
+    res = max_box_acc_v2(ds, [Prediction(boxes={}, maps={0: m})])
     assert res["0.3"] == 1.0 and res["0.5"] == 1.0 and res["0.7"] == 0.0
     assert res["v2"] == pytest.approx(2 / 3)
     assert inclusive_iou(np.array([[0, 0, 100, 100]]), np.array([[0, 0, 100, 150]]))[0, 0] == pytest.approx(10201 / 15251)
@@ -87,7 +88,7 @@ def test_max_box_acc_v2_thresholds_and_contours():
     assert wsol_gt_boxes(torch.tensor([[3.0, 5.0, 101.0, 111.0]]), 448, 112).tolist() == [[1, 10, 50, 222]]
     # The large square matches a box of the ground truth only while it is kept.
     ds = AnnotatedSet([img("a", 224, 224, [[100, 100, 160, 160]], [0])])
-    res = max_box_acc_v2(ds, [{"boxes": {}, "maps": {0: torch.from_numpy(score_map)}}])
+    res = max_box_acc_v2(ds, [Prediction(boxes={}, maps={0: torch.from_numpy(score_map)})])
     assert res["v2"] == 1.0 and res["best_threshold@0.7"] == 0.0
 
 
@@ -97,14 +98,14 @@ def test_max_box_acc_v2_resizes_low_resolution_maps():
     m = torch.zeros(8, 8)
     m[:4, :4] = 1.0
     ds = AnnotatedSet([img("a", 640, 480, [[0, 0, 320, 240]], [0])])
-    assert max_box_acc_v2(ds, [{"boxes": {}, "maps": {0: m}}])["v2"] == 1.0
+    assert max_box_acc_v2(ds, [Prediction(boxes={}, maps={0: m})])["v2"] == 1.0
 
 
 def test_pointing_game_tolerance():
     ds = AnnotatedSet([img("a", 224, 224, [[100, 100, 150, 150]], [4])])
-    inside = [{"boxes": {}, "peaks": {4: (120.0, 120.0)}}]
-    near = [{"boxes": {}, "peaks": {4: (160.0, 120.0)}}]   # 10 px away, tolerance 15 px
-    far = [{"boxes": {}, "peaks": {4: (170.0, 120.0)}}]    # 20 px away
+    inside = [Prediction(boxes={}, peaks={4: (120.0, 120.0)})]
+    near = [Prediction(boxes={}, peaks={4: (160.0, 120.0)})]   # 10 px away, tolerance 15 px
+    far = [Prediction(boxes={}, peaks={4: (170.0, 120.0)})]    # 20 px away
     assert pointing_game(ds, inside) == 1.0 and pointing_game(ds, near) == 1.0
     assert pointing_game(ds, far) == 0.0
 
@@ -287,11 +288,11 @@ def test_presence_by_hand():
     ds = AnnotatedSet([img("a", 100, 100, [[0, 0, 50, 50], [50, 50, 100, 100]], [3, 5]),
                        img("b", 100, 100, [[10, 10, 60, 60], [0, 0, 9, 9]], [1, 2], [False, True])])
     preds = [
-        {"boxes": {3: torch.tensor([[0.0, 0, 50, 50]]), 5: torch.tensor([[0.0, 0, 10, 10]]),
-                   7: torch.tensor([[0.0, 0, 10, 10]])},
-         "scores": {3: torch.tensor([0.9]), 5: torch.tensor([0.2]), 7: torch.tensor([0.8])}},
-        {"boxes": {1: torch.tensor([[10.0, 10, 60, 60]]), 2: torch.tensor([[0.0, 0, 9, 9]])},
-         "scores": {1: torch.tensor([0.5]), 2: torch.tensor([0.99])}},
+        Prediction(boxes={3: torch.tensor([[0.0, 0, 50, 50]]), 5: torch.tensor([[0.0, 0, 10, 10]]),
+                          7: torch.tensor([[0.0, 0, 10, 10]])},
+                   scores={3: torch.tensor([0.9]), 5: torch.tensor([0.2]), 7: torch.tensor([0.8])}),
+        Prediction(boxes={1: torch.tensor([[10.0, 10, 60, 60]]), 2: torch.tensor([[0.0, 0, 9, 9]])},
+                   scores={1: torch.tensor([0.5]), 2: torch.tensor([0.99])}),
     ]
     p = presence(ds, preds)
     assert (p["claims"], p["pairs"]) == (4, 3)

@@ -10,7 +10,7 @@ from PIL import Image
 from gradloc.annotations import AnnotationError, load_aliases, load_annotations
 from gradloc.cli import main
 from gradloc.preprocess import ImageError, open_image, to_rgb_tensor
-from gradloc.results import read_predictions, record_prediction
+from gradloc.results import Prediction, read_predictions
 
 CATS = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
 
@@ -128,8 +128,8 @@ def test_records_without_a_file_are_left_out_and_bad_proposals_dropped(tmp_path)
         {"label": "cat", "box": [10, 10, 40, 30], "score": 0.5}], "peaks": {"cat": [1, "y"]}, "probs": [1]}]}))
     records, _ = read_predictions(pred)
     assert len(records) == 1  # the COCO image entry has no "file"
-    p = record_prediction(records[0])
-    assert p["boxes"][3].tolist() == [[10.0, 10.0, 40.0, 30.0]] and p["probs"] is None and p["peaks"] is None
+    p = Prediction.from_record(records[0])
+    assert p.boxes[3].tolist() == [[10.0, 10.0, 40.0, 30.0]] and p.probs is None and p.peaks is None
     assert main(["evaluate", str(ann), "--predictions", str(pred), "-o", str(tmp_path / "o")]) == 0
 
 
