@@ -24,6 +24,22 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
             g.add_argument(flag, type=kind, default=f.default, choices=choices, help=help)
     m = p.add_argument_group("model")
+    add_model_options(m)
+    m.add_argument("--batch-size", type=int, default=64)
+    m.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="the network's passes: auto (default: bf16 where the device has it natively - CUDA, "
+                        "AVX-512-BF16/AMX CPUs - else fp32), fp32 (identical results on every machine), bf16")
+    m.add_argument("--amp", action="store_true", help="the same as --precision bf16")
+    m.add_argument("--workers", type=int, default=None,
+                   help="data-loader processes decoding images beside the compute (0: none; default: 1, "
+                        "or 0 on machines of 2 cores or fewer, where one would take a core from the network)")
+    m.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse larger images (decompression-bomb guard)")
+
+
+def add_model_options(m) -> None:
+    """The classifier's flags: the shipped WRN (--weights, --depth, --width) or the user's --model
+    with its description, and the device."""
     m.add_argument("--model", default=None, metavar="torchvision:NAME|MODULE:CALLABLE",
                    help="your own classifier instead of the shipped WRN: a torchvision.models classifier by name, or "
                         "CALLABLE(num_classes=...) from a module or .py file; needs --weights, --class-names, "
@@ -41,16 +57,6 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--depth", type=int, default=16)
     m.add_argument("--width", type=int, default=4)
     m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    m.add_argument("--batch-size", type=int, default=64)
-    m.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="the network's passes: auto (default: bf16 where the device has it natively - CUDA, "
-                        "AVX-512-BF16/AMX CPUs - else fp32), fp32 (identical results on every machine), bf16")
-    m.add_argument("--amp", action="store_true", help="the same as --precision bf16")
-    m.add_argument("--workers", type=int, default=None,
-                   help="data-loader processes decoding images beside the compute (0: none; default: 1, "
-                        "or 0 on machines of 2 cores or fewer, where one would take a core from the network)")
-    m.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="refuse larger images (decompression-bomb guard)")
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
@@ -223,19 +229,25 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from .classifier import CIFAR10, ClassifierSpec
     from .model import wide_resnet
     from .sensitivity import class_sensitivity, save
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = ("cuda" if __import__("torch").cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model = wide_resnet(args.depth, args.width, weights=args.weights)
+    if args.model is None:
+        model, spec = wide_resnet(args.depth, args.width, weights=args.weights), CIFAR10
+    else:
+        c = user_classifier(args)
+        model, spec = c["model"], ClassifierSpec(tuple(c["classes"]), c["input_size"], c["mean"], c["std"])
     result = class_sensitivity(model, args.paths, cls=args.cls, output=args.model_output, batch_size=args.batch_size,
-                               workers=args.workers, device=device, max_pixels=args.max_pixels)
+                               workers=args.workers, device=device, max_pixels=args.max_pixels, spec=spec)
     for s in result.skipped:
         print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
-    save(result, Path(args.output), {"weights": str(args.weights), "class": args.cls, "output": args.model_output})
-    counts = ", ".join(f"{c} {int(n)}" for c, n in zip(CIFAR10_CLASSES, result.counts) if n)
+    save(result, Path(args.output), {"weights": str(args.weights), "class": args.cls, "output": args.model_output,
+                                     **({"model": args.model} if args.model else {})})
+    counts = ", ".join(f"{c} {int(n)}" for c, n in zip(result.names, result.counts) if n)
     print(f"gradloc: {int(result.counts.sum())} images ({counts or 'none'}), {len(result.skipped)} skipped; "
           f"maps in {args.output}/", file=sys.stderr)
     return 0 if result.counts.sum() else 1
@@ -340,18 +352,16 @@ def main(argv: list[str] | None = None) -> int:
 
     se = sub.add_parser("sensitivity", help="mean |d f_c / d x| per class over a folder (describes the model)",
                         description="For each image's predicted class (or --class for all), the mean over the "
-                                    "folder of |d f_c / d x| on the 32x32 grid. Writes OUT/sensitivity.npy "
-                                    "[10, 32, 32], OUT/<class>.npy and .png, OUT/sensitivity.png and "
+                                    "folder of |d f_c / d x| on the model's input grid (32x32 for the shipped WRN; "
+                                    "--model for yours). Writes OUT/sensitivity.npy [C, S, S], "
+                                    "OUT/<class>.npy and .png, OUT/sensitivity.png and "
                                     "OUT/sensitivity.json (counts).")
     se.add_argument("paths", nargs="+", help="image files and folders")
     se.add_argument("-o", "--output", required=True, help="output folder")
     se.add_argument("--class", dest="cls", default=None, help="one class for every image (default: each one's predicted class)")
     se.add_argument("--model-output", default="probs", choices=("probs", "logits", "log_probs"),
                     help="output the class mask multiplies (default: probs)")
-    se.add_argument("--weights", default="default", help="state-dict file (default: the shipped weights)")
-    se.add_argument("--depth", type=int, default=16)
-    se.add_argument("--width", type=int, default=4)
-    se.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_model_options(se)
     se.add_argument("--batch-size", type=int, default=64)
     se.add_argument("--workers", type=int, default=None,
                     help="data-loader processes decoding images (0: none; default: 1, or 0 on 2 cores or fewer)")

@@ -19,30 +19,33 @@ import torch
 from torch import nn
 
 from .classes import class_index
+from .classifier import CIFAR10, ClassifierSpec
 from .io import atomic_write_text, find_images
-from .model import CIFAR10_CLASSES
-from .preprocess import DEFAULT_MAX_PIXELS, INPUT_SIZE, normalize
+from .preprocess import DEFAULT_MAX_PIXELS
 from .runner import Batching, run_steps, skipped_files
 from .saliency import Gradient
 
 
 @dataclass
 class Sensitivity:
-    """Per class: the summed maps ``sums`` ``float64 [C, 32, 32]`` and image ``counts`` ``[C]``."""
+    """Per class: the summed maps ``sums`` ``float64 [C, S, S]`` (S: the model's input side) and
+    image ``counts`` ``[C]``; ``names``: the classifier's class names."""
 
     sums: np.ndarray
     counts: np.ndarray
     skipped: list[dict] = field(default_factory=list)
+    names: tuple = CIFAR10.classes
 
     @property
     def means(self) -> np.ndarray:
-        """The mean map per class, ``float32 [C, 32, 32]`` (zeros for a class with no image)."""
+        """The mean map per class, ``float32 [C, S, S]`` (zeros for a class with no image)."""
         return (self.sums / np.maximum(self.counts, 1)[:, None, None]).astype(np.float32)
 
 
 def class_sensitivity(model: nn.Module, paths: Iterable[str | Path], cls: str | int | None = None,
                 output: str = "probs", batch_size: int = 64, workers: int = 0, device: str = "cpu",
-                max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True) -> Sensitivity:
+                max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True,
+                spec: ClassifierSpec = CIFAR10) -> Sensitivity:
     """The mean |d f_c / d x| per class over every image under ``paths``, streamed in batches.
 
     Parameters
@@ -52,36 +55,45 @@ def class_sensitivity(model: nn.Module, paths: Iterable[str | Path], cls: str | 
     paths : image files and folders (searched recursively, as ``gradloc localize`` does).
     cls : None for each image's predicted class, or one class (name or index) for all.
     output : which output the class mask multiplies: ``probs`` (default), ``logits``, ``log_probs``.
+    spec : the classifier's class names, input side and normalisation (default: the shipped WRN's).
     """
     files, skipped = find_images(paths)
-    target = None if cls is None else class_index(cls)
+    target = None if cls is None else class_index(cls, spec.classes)
     method = Gradient(model.eval().requires_grad_(False).to(device), output=output, reduce="max")
-    sums = np.zeros((len(CIFAR10_CLASSES), INPUT_SIZE, INPUT_SIZE), np.float64)
-    counts = np.zeros(len(CIFAR10_CLASSES), np.int64)
+    side = spec.input_size
+    sums = np.zeros((len(spec.classes), side, side), np.float64)
+    counts = np.zeros(len(spec.classes), np.int64)
+
     def step(x_uint8, sizes, specs, work) -> list[int]:  # adds the batch's maps, returns each image's class
-        x = normalize(x_uint8.to(device))
+        x = spec.normalize(x_uint8.to(device))
         targets = (lambda z: z.argmax(1)) if target is None else torch.full((len(x),), target, device=device)
         maps, logits = method(x, targets)
         classes = logits.argmax(1).cpu().numpy() if target is None else np.full(len(x), target)
         np.add.at(sums, classes, maps.detach().cpu().double().numpy())
         return classes.tolist()
 
-    for done, bad in run_steps(files, step, Batching(batch_size, max_pixels), None, workers, "sensitivity", progress):
+    for done, bad in run_steps(files, step, Batching(batch_size, max_pixels, side), None, workers, "sensitivity",
+                               progress):
         skipped += skipped_files(files, bad)
         for _, _, _, c in done:
             counts[c] += 1
-    return Sensitivity(sums, counts, skipped)
+    return Sensitivity(sums, counts, skipped, tuple(spec.classes))
 
 
 def plot_grid(result: Sensitivity, path: Path) -> None:
-    """Every class's mean map in one figure, each scaled to its own maximum, with its count."""
+    """The mean maps in one figure, each scaled to its own maximum, with its count: every class
+    of a classifier of up to ten classes, else the 20 classes with most images."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 5, figsize=(12, 5.4))
-    for c, ax in enumerate(axes.ravel()):
+    shown = list(range(len(result.names))) if len(result.names) <= 10 else \
+        [int(c) for c in np.argsort(-result.counts, kind="stable")[:20] if result.counts[c]]
+    rows = max(1, -(-len(shown) // 5))
+    fig, axes = plt.subplots(rows, 5, figsize=(12, 2.7 * rows), squeeze=False)
+    for ax in axes.ravel():
         ax.axis("off")
-        ax.set_title(f"{CIFAR10_CLASSES[c]} (n={int(result.counts[c])})", fontsize=10)
+    for c, ax in zip(shown, axes.ravel()):
+        ax.set_title(f"{result.names[c]} (n={int(result.counts[c])})", fontsize=10)
         if result.counts[c]:
             ax.imshow(result.means[c], cmap="inferno", interpolation="nearest")
     fig.suptitle("mean |d f_c / d x| over the folder, per class (each map scaled to its maximum)")
@@ -91,7 +103,7 @@ def plot_grid(result: Sensitivity, path: Path) -> None:
 
 
 def save(result: Sensitivity, out: Path, settings: dict | None = None) -> None:
-    """``out/sensitivity.npy`` (``[C, 32, 32]``), per class ``<class>.npy`` and ``<class>.png``
+    """``out/sensitivity.npy`` (``[C, S, S]``), per class ``<class>.npy`` and ``<class>.png``
     (for classes with images), ``sensitivity.png`` (the grid) and ``sensitivity.json`` (counts,
     settings, skipped files)."""
     import matplotlib
@@ -100,11 +112,11 @@ def save(result: Sensitivity, out: Path, settings: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     means = result.means
     np.save(out / "sensitivity.npy", means)
-    for c, name in enumerate(CIFAR10_CLASSES):
+    for c, name in enumerate(result.names):
         if result.counts[c]:
             np.save(out / f"{name}.npy", means[c])
             plt.imsave(out / f"{name}.png", np.kron(means[c], np.ones((8, 8))), cmap="inferno")
     plot_grid(result, out / "sensitivity.png")
     atomic_write_text(out / "sensitivity.json", json.dumps({
-        "counts": {n: int(k) for n, k in zip(CIFAR10_CLASSES, result.counts)},
+        "counts": {n: int(k) for n, k in zip(result.names, result.counts)},
         "settings": settings or {}, "skipped": result.skipped}, indent=1, ensure_ascii=True))

@@ -211,3 +211,22 @@ def test_evaluate_scores_a_users_model_on_annotations_of_its_own_classes(tiny, t
     dets = json.loads((tmp_path / "dets.json").read_text())
     assert dets and {d["category_id"] for d in dets} <= {1, 2, 7}
     assert {d["category_id"] for d in dets if d["image_id"] in (2, 5, 8)} >= {7}  # the blue squares' images
+
+
+def test_sensitivity_of_a_users_model(tiny, tmp_path):
+    """`gradloc sensitivity --model ...`: the mean |d f_c / d x| per predicted class of the user's
+    classifier, on its input grid, counted under its own class names."""
+    folder, model = tiny
+    rng = np.random.RandomState(3)
+    for k in range(6):
+        name = list(COLOURS)[k % 3]
+        img, _ = scene(rng, 32, 14, COLOURS[name])
+        Image.fromarray(img).save(tmp_path / f"{k}_{name}.png")
+    assert main(["sensitivity", str(tmp_path), "-o", str(tmp_path / "sens"), "--model", f"{folder / 'tiny_cnn.py'}:tiny_cnn",
+                 "--weights", str(folder / "tiny.pt"), "--class-names", str(folder / "names.txt"), "--input-size", "32",
+                 "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--workers", "0"]) == 0
+    info = json.loads((tmp_path / "sens" / "sensitivity.json").read_text())
+    assert info["counts"] == {"red": 2, "green": 2, "blue": 2, "none": 0}  # each square's colour, as trained
+    means = np.load(tmp_path / "sens" / "sensitivity.npy")
+    assert means.shape == (4, 32, 32) and (means[:3].max((1, 2)) > 0).all() and not means[3].any()
+    assert (tmp_path / "sens" / "red.png").is_file() and not (tmp_path / "sens" / "none.png").exists()
