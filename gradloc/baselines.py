@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .annotations import AnnotatedSet
-from .preprocess import DEFAULT_MAX_PIXELS, normalize
+from .classifier import CIFAR10, ClassifierSpec
+from .preprocess import DEFAULT_MAX_PIXELS
 from .results import Prediction
 
 CENTRED_AREAS = (0.25, 0.5, 0.75)
@@ -89,8 +90,9 @@ REQUEST_K = {"predicted": 1, "top3": 3, "all": 10}  # classes asked of each imag
 def predict_cam(model: nn.Module, ds: AnnotatedSet, images_dir: str | Path, method: str = "gradcam",
                 layer: str = "relu", device: str = "cpu", batch_size: int = 64, workers: int = 0,
                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True,
-                request: str = "gt") -> tuple[list, list[dict]]:
-    """Grad-CAM or CAM (``method``) on the 32x32 input for each ground-truth class of each
+                request: str = "gt", spec: ClassifierSpec = CIFAR10) -> tuple[list, list[dict]]:
+    """Grad-CAM or CAM (``method``) on the model's input (``spec``: its side and normalisation;
+    the shipped WRN's 32x32 by default) for each ground-truth class of each
     image (``request`` ``gt``), or for the model's own ``predicted`` / ``top3`` / ``all``
     classes, boxed by :func:`cam_box` at image resolution. ``maps`` holds the map at the layer's
     resolution (MaxBoxAccV2 resizes it as its protocol says); ``peaks`` the maximum of the
@@ -102,7 +104,7 @@ def predict_cam(model: nn.Module, ds: AnnotatedSet, images_dir: str | Path, meth
     files = [Path(images_dir) / im.file for im in ds.images]
 
     def step(x_uint8, sizes, asked, work) -> list[dict]:
-        x = normalize(x_uint8.to(device))
+        x = spec.normalize(x_uint8.to(device))
         if request != "gt":
             with torch.no_grad():
                 asked = model(x).topk(REQUEST_K[request], 1).indices.tolist()
@@ -123,7 +125,7 @@ def predict_cam(model: nn.Module, ds: AnnotatedSet, images_dir: str | Path, meth
     preds: list = [None] * len(files)
     skipped: list[dict] = []
     gt = (lambda i: ds.images[i].classes()) if request == "gt" else None
-    for done, bad in run_steps(files, step, Batching(batch_size, max_pixels), gt, workers, method, progress):
+    for done, bad in run_steps(files, step, Batching(batch_size, max_pixels, spec.input_size), gt, workers, method, progress):
         skipped += skipped_files(files, bad)
         for i, _, _, p in done:
             preds[i] = p

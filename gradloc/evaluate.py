@@ -84,8 +84,8 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     baselines ask the same and the box baselines, which cannot name a class, are left out.
     Every method's COCO results file goes to ``out/coco/``; its AP/AR come from that file.
     Annotations are mapped onto the classifier's classes: ``gen``'s, or those named in the
-    predictions file (CIFAR-10's for the shipped WRN); with another classifier than the shipped
-    WRN, Grad-CAM and CAM (run on the WRN's normalisation) are left out.
+    predictions file (CIFAR-10's for the shipped WRN). Grad-CAM and CAM run on the same classifier
+    where it defines them (:func:`cam_baselines`).
     Returns the :class:`Evaluation` (``.results``: ``{name: metrics}``); write it with
     :func:`gradloc.report.write_report`.
     """
@@ -136,11 +136,11 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
         name = method_label or f"gradloc ({gen.options.method})"
         preds_by_name[name], skipped = predict(gen, ds, images_dir, workers, request=request)
         info["settings"] = gen.settings()
-        if gradcam and gen.spec.classes == CIFAR10_CLASSES:
-            for method, label in (("gradcam", "Grad-CAM (final features, CAM box)"), ("cam", "CAM (CAM box)")):
-                preds_by_name[label], _ = B.predict_cam(gen.model, ds, images_dir, method, device=str(gen.device),
+        if gradcam:
+            for method, label, layer in cam_baselines(gen, info):
+                preds_by_name[label], _ = B.predict_cam(gen.model, ds, images_dir, method, layer, device=str(gen.device),
                                                         batch_size=gen.batch_size, workers=workers,
-                                                        max_pixels=gen.max_pixels, request=request)
+                                                        max_pixels=gen.max_pixels, request=request, spec=gen.spec)
     if selective_search and images_dir is not None:
         if not B.has_selective_search():
             raise ValueError("selective search needs OpenCV's contrib module: pip install opencv-contrib-python-headless")
@@ -183,6 +183,26 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     return Evaluation(f"gradloc evaluation: {Path(annotations).name}", results, ds,
                       {n: p for n, p in preds_by_name.items() if not n.startswith("centre ")}, name, info,
                       Path(images_dir) if images_dir else None)
+
+
+def cam_baselines(gen, info: dict) -> list[tuple[str, str, str]]:
+    """The CAM-family baselines that ``gen``'s classifier defines, as ``(method, label)``: Grad-CAM
+    on its last feature layer, and CAM where a linear head ``fc`` follows global pooling (the
+    shipped WRN, torchvision's ResNets). What cannot run is said in ``info["notes"]``."""
+    from torch import nn
+
+    from .classifier import find_feature_layer
+    try:
+        layer = find_feature_layer(gen.model, gen.spec.feature_layer)
+    except ValueError as exc:
+        info.setdefault("notes", []).append(f"Grad-CAM and CAM left out: {exc}")
+        return []
+    out = [("gradcam", "Grad-CAM (final features, CAM box)", layer)]
+    if isinstance(getattr(gen.model, "fc", None), nn.Linear):
+        out.append(("cam", "CAM (CAM box)", layer))
+    else:
+        info.setdefault("notes", []).append("CAM left out: the classifier has no linear head 'fc' after global pooling")
+    return out
 
 
 def slug(name: str) -> str:

@@ -191,14 +191,19 @@ def test_evaluate_scores_a_users_model_on_annotations_of_its_own_classes(tiny, t
              "--class-names", str(folder / "names.txt"), "--input-size", "32", "--mean", "0.5,0.5,0.5",
              "--std", "0.25,0.25,0.25", "--precision", "fp32"]
     assert main(["evaluate", str(ann), "--images", str(photos), "-o", str(tmp_path / "ev"),
-                 "--aliases", str(tmp_path / "aliases.json"), *model]) == 0
+                 "--aliases", str(tmp_path / "aliases.json"), *model, "--feature-layer", "6"]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     results, info = metrics["results"], metrics["info"]
     assert info["pairs"] == 9 and info["unmapped_classes"] == {"cat": 1}
     ours = results["gradloc (gradient)"]["corloc"]
     assert set(ours["per_class@0.5"]) == {"red", "green", "blue"}
     assert ours["0.5"] >= results["best centred box"]["corloc"]["0.5"] + 0.2
-    assert not any("CAM" in name for name in results)
+    # Grad-CAM on its last feature layer (the last ReLU, named); CAM needs a linear head 'fc' it lacks
+    assert set(results["Grad-CAM (final features, CAM box)"]["corloc"]["per_class@0.5"]) == {"red", "green", "blue"}
+    assert "CAM (CAM box)" not in results and any("CAM left out" in n for n in info["notes"])
+    assert main(["evaluate", str(ann), "--images", str(photos), "-o", str(tmp_path / "ev0"), *model]) == 0
+    info = json.loads((tmp_path / "ev0" / "metrics.json").read_text())["info"]  # no layer it knows: said
+    assert any(n.startswith("Grad-CAM and CAM left out: the model has no feature layer") for n in info["notes"])
     # the run's own predictions.json, scored later, names the same classes
     assert main(["localize", str(photos), "-o", str(tmp_path / "run"), *model, "--classes", "red,green,blue"]) == 0
     assert main(["evaluate", str(ann), "--predictions", str(tmp_path / "run" / "predictions.json"),
