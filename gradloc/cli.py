@@ -77,12 +77,15 @@ def build_generator(args: argparse.Namespace):
         if given:
             raise ValueError(f"--{given[0].replace('_', '-')} describes your own --model; the shipped WRN needs none")
         return ProposalGenerator.pretrained(weights=args.weights, depth=args.depth, width=args.width, **common)
-    return ProposalGenerator.from_classifier(**user_classifier(args), **common)
+    model, spec = user_classifier(args)
+    return ProposalGenerator(model, spec=spec, **common)
 
 
-def user_classifier(args: argparse.Namespace) -> dict:
-    """``--model`` and its description -> :meth:`ProposalGenerator.from_classifier`'s arguments."""
-    from .classifier import IMAGENET_MEAN, IMAGENET_STD, load_callable, read_class_names, torchvision_classifier
+def user_classifier(args: argparse.Namespace):
+    """``--model`` and its description -> the model (weights loaded) and its
+    :class:`~gradloc.classifier.ClassifierSpec`."""
+    from .classifier import (IMAGENET_MEAN, IMAGENET_STD, ClassifierSpec, load_callable, read_class_names,
+                             torchvision_classifier)
     from .model import load_weights
     if args.class_names is None or args.input_size is None or args.weights == "default":
         raise ValueError("--model needs --weights FILE (its state dict), --class-names FILE and --input-size N")
@@ -101,8 +104,8 @@ def user_classifier(args: argparse.Namespace) -> dict:
         if len(v) != 3:
             raise ValueError(f"{flag} must be three comma-separated numbers, got {text!r}")
         return v
-    return dict(model=model, classes=names, input_size=args.input_size, feature_layer=args.feature_layer,
-                mean=triple(args.mean, IMAGENET_MEAN, "--mean"), std=triple(args.std, IMAGENET_STD, "--std"))
+    return model, ClassifierSpec(tuple(names), args.input_size, triple(args.mean, IMAGENET_MEAN, "--mean"),
+                                 triple(args.std, IMAGENET_STD, "--std"), args.feature_layer)
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
@@ -229,7 +232,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from .classifier import CIFAR10, ClassifierSpec
+    from .classifier import CIFAR10
     from .model import wide_resnet
     from .sensitivity import class_sensitivity, save
 
@@ -239,8 +242,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     if args.model is None:
         model, spec = wide_resnet(args.depth, args.width, weights=args.weights), CIFAR10
     else:
-        c = user_classifier(args)
-        model, spec = c["model"], ClassifierSpec(tuple(c["classes"]), c["input_size"], c["mean"], c["std"])
+        model, spec = user_classifier(args)
     result = class_sensitivity(model, args.paths, cls=args.cls, output=args.model_output, batch_size=args.batch_size,
                                workers=args.workers, device=device, max_pixels=args.max_pixels, spec=spec)
     for s in result.skipped:

@@ -110,7 +110,7 @@ def recognised_large(sides: Tensor, probs: Tensor) -> bool:
     classifier recognises it: views ``sides`` ``[V]`` (px) and the class's probability in each
     ``[V]``. A CIFAR-10 network recognises an object that appears at about its input's size, so
     a large object is recognised in the coarse views (the whole photograph squeezed to 32-64 px)
-    and a small one only in the fine views (192-256 px), where it is CIFAR-sized. True when the
+    and a small one only in the fine views (128-256 px), where it is CIFAR-sized. True when the
     mean probability of the views below the sizes' geometric middle exceeds that of the views
     above it."""
     sides, probs = sides.float(), probs.float()
