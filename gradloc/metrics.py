@@ -28,6 +28,10 @@ Metric definitions (each unit is an (image, ground-truth class) pair unless stat
   IoU among the top-k proposals for its class.
 - Oracle CorLoc@0.5: the pair's best *candidate* (any box generated before selection)
   hits; beside it, the share of those pairs whose chosen box hits (selection's success).
+- Misses by kind: each pair whose top-1 box misses at IoU 0.5, against the class's box it
+  overlaps most: ``too large`` (larger than that box and holding at least half of it: the object
+  with too much around it, or several objects), ``part`` (smaller and at least half inside it),
+  ``elsewhere`` (neither: beside the object or on another), ``none`` (no box).
 - Classification accuracy (unit: image): the predicted class is one of the image's classes.
 - Presence AP@0.5 (unit: the method's claims, one per (image, class) it gave a box): a claim is
   right when the class is in the image and its best box hits a box of it at IoU >= 0.5; ranked
@@ -122,6 +126,49 @@ def oracle_corloc(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> dict | N
             "chosen_given_oracle": share(chosen, best),
             "oracle_by_size": {name: share(best, sizes == name) for name, _, _ in SIZE_BUCKETS},
             "chosen_given_oracle_by_size": {name: share(chosen, best & (sizes == name)) for name, _, _ in SIZE_BUCKETS}}
+
+
+MISS_KINDS = ("too large", "part", "elsewhere", "none")
+
+
+def miss_kind(box: Tensor | None, gt: Tensor) -> str:
+    """Why a top-1 ``box`` ``[4]`` (xyxy, or None) that misses fails, against the boxes ``gt``
+    ``[G, 4]`` of its class: one of :data:`MISS_KINDS`, judged against the box it overlaps most."""
+    if box is None:
+        return "none"
+    iou = box_iou(box[None].float(), gt.float())[0]
+    g = gt[int(iou.argmax())].float()
+    b = box.float()
+    inter = ((torch.minimum(b[2], g[2]) - torch.maximum(b[0], g[0])).clamp_min(0)
+             * (torch.minimum(b[3], g[3]) - torch.maximum(b[1], g[1])).clamp_min(0))
+    area_b, area_g = (b[2] - b[0]) * (b[3] - b[1]), (g[2] - g[0]) * (g[3] - g[1])
+    if area_b > area_g and inter >= 0.5 * area_g:
+        return "too large"
+    if area_b <= area_g and inter >= 0.5 * area_b:
+        return "part"
+    return "elsewhere"
+
+
+def misses(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> dict:
+    """The pairs whose top-1 box misses at IoU ``delta``, by :func:`miss_kind`, overall and by
+    object size: ``{"n": misses, "share": {kind: share of misses}, "by_size": {size: {...}}}``
+    (shares None where nothing misses). Says whether selection errs large or small."""
+    kinds, sizes_of = [], []
+    ious, idx, cls = top1_ious(ds, preds)
+    sizes = pair_sizes(ds, idx, cls)
+    for v, i, c, size in zip(ious, idx.tolist(), cls.tolist(), sizes):
+        if v >= delta:
+            continue
+        boxes = preds[i].boxes.get(c)
+        kinds.append(miss_kind(boxes[0] if boxes is not None and len(boxes) else None, ds.images[i].boxes_of(c)))
+        sizes_of.append(size)
+    kinds, sizes_of = np.array(kinds), np.array(sizes_of)
+
+    def shares(sel: np.ndarray) -> dict:
+        n = int(sel.sum())
+        return {"n": n, "share": {k: float((kinds[sel] == k).mean()) if n else None for k in MISS_KINDS}}
+    return {"delta": delta, **shares(np.ones(len(kinds), bool)),
+            "by_size": {name: shares(sizes_of == name) for name, _, _ in SIZE_BUCKETS}}
 
 
 def top1_localization(ds: AnnotatedSet, preds: list, delta: float = 0.5) -> float | None:
@@ -311,6 +358,7 @@ def score(ds: AnnotatedSet, preds: list) -> dict:
     return {
         "corloc": cl,
         "oracle": oracle_corloc(ds, preds),
+        "misses": misses(ds, preds),
         "top1_loc": top1_localization(ds, preds),
         "maxboxacc": max_box_acc_v2(ds, preds),
         "pointing": pointing_game(ds, preds),

@@ -112,6 +112,27 @@ def oracle_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def misses_table(results: dict[str, dict]) -> str:
+    """Per method: how many pairs its top-1 box misses at IoU 0.5 and, in percent of those, how
+    (:func:`~gradloc.metrics.miss_kind`), overall and per object size."""
+    from .metrics import MISS_KINDS, SIZE_BUCKETS
+    rows = [(n, m["misses"]) for n, m in results.items() if m.get("misses")]
+    sizes = [name for name, _, _ in SIZE_BUCKETS]
+    heads = ["misses", *MISS_KINDS] + [f"{s}: too large / part / elsewhere (misses)" for s in sizes]
+    lines = ["| method | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
+    for name, m in rows:
+        cells = [str(m["n"])] + [_fmt(m["share"][k]) for k in MISS_KINDS]
+        for s in sizes:
+            b = m["by_size"][s]
+            cells.append(" / ".join(_fmt(b["share"][k]) for k in MISS_KINDS[:3]) + f" ({b['n']})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if rows else ""
+
+
+MISSES_HEADING = ("Why the top-1 box misses (percent of the pairs it misses at IoU 0.5, against the class's box it "
+                  "overlaps most: too large holds at least half of it, part lies at least half inside it)")
+
+
 def presence_table(results: dict[str, dict]) -> str:
     """Per method: presence AP@0.5, best F1 and the score it is at, and precision / recall of
     the claims kept at each minimum score, in percent."""
@@ -295,9 +316,11 @@ def write_report(out: Path, evaluation) -> None:
               "Definitions: `gradloc/evaluate.py`.", "", results_table(results), "",
               "## By object size (small < 32², medium < 96², large; CorLoc by the pair's largest box)", "", size_table(results), "",
               "## GT-known CorLoc@0.5 per class", "", per_class_table(results), ""]
-    oracle, present = oracle_table(results), presence_table(results)
+    oracle, missed, present = oracle_table(results), misses_table(results), presence_table(results)
     if oracle:
         lines += [f"## {ORACLE_HEADING}", "", oracle, ""]
+    if missed:
+        lines += [f"## {MISSES_HEADING}", "", missed, ""]
     if present:
         lines += [f"## {PRESENCE_HEADING}", "", present, ""]
     lines += [f"![{p}]({p})" for p in plots]
@@ -314,6 +337,7 @@ def write_report(out: Path, evaluation) -> None:
                                         "By object size (CorLoc by the pair's largest box; COCO AR@100, AP)": size_table(results),
                                         "GT-known CorLoc@0.5 per class": per_class_table(results),
                                         **({ORACLE_HEADING: oracle} if oracle else {}),
+                                        **({MISSES_HEADING: missed} if missed else {}),
                                         **({PRESENCE_HEADING: present} if present else {})},
                       [p for p in plots if p != "examples.png"])
 

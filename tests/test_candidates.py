@@ -7,8 +7,8 @@ from torchvision.ops import box_iou
 from gradloc.results import Prediction
 from gradloc import ProposalGenerator
 from gradloc.annotations import AnnotatedImage, AnnotatedSet
-from gradloc.metrics import oracle_corloc, score
-from gradloc.report import oracle_table
+from gradloc.metrics import misses, oracle_corloc, score
+from gradloc.report import misses_table, oracle_table
 
 
 def img(file, w, h, boxes, labels):
@@ -37,6 +37,24 @@ def test_oracle_counts_a_pair_whose_right_box_was_generated_but_not_chosen():
     results = {"m": score(ds, preds), "baseline": score(ds, [Prediction(boxes=p.boxes) for p in preds])}
     table = oracle_table(results)
     assert "| m |" in table and "baseline" not in table and "66.7" in table
+
+
+def test_misses_are_told_apart_as_too_large_part_or_elsewhere():
+    # every image holds one 100x100 cat at (50, 50); the top-1 boxes: a hit, the object with a
+    # wide margin, its head, a box beside it, a box twice its size half on it, and none at all
+    obj = [[50, 50, 150, 150]]
+    tops = {"hit": [[55.0, 50, 150, 150]], "wide": [[0.0, 0, 200, 200]], "head": [[50.0, 50, 90, 90]],
+            "beside": [[160.0, 50, 200, 150]], "shifted": [[100.0, 50, 250, 200]], "nothing": []}
+    ds = AnnotatedSet([img(k, 300, 300, obj, [3]) for k in tops])
+    preds = [Prediction(boxes={3: torch.tensor(b).view(-1, 4)}) for b in tops.values()]
+    m = misses(ds, preds)
+    # "shifted" is larger than the cat and holds half of it: too large, as "wide" is
+    assert m["n"] == 5
+    assert m["share"] == pytest.approx({"too large": 2 / 5, "part": 1 / 5, "elsewhere": 1 / 5, "none": 1 / 5})
+    assert m["by_size"]["large"]["n"] == 5 and m["by_size"]["medium"] == {
+        "n": 0, "share": {"too large": None, "part": None, "elsewhere": None, "none": None}}
+    table = misses_table({"m": score(ds, preds)})
+    assert "| m | 5 | 40.0 | 20.0 | 20.0 | 20.0 |" in table and "40.0 / 20.0 / 20.0 (5)" in table
 
 
 @pytest.mark.parametrize("side", [32, 320])  # the whole-image plan and the pyramid
