@@ -37,10 +37,11 @@ class AnnotationError(ValueError):
 
 def read_json(path: str | Path, what: str = "") -> object:
     """A JSON file's content, or :class:`AnnotationError` naming the file: unreadable, not UTF-8,
-    not JSON, or nested too deeply for the parser."""
+    not JSON, or nested too deeply for the parser. A leading byte-order mark (as Windows editors
+    write) is read past."""
     label = f"{what} {path}" if what else str(path)
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except OSError as exc:
         raise AnnotationError(f"cannot read {label}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

@@ -130,7 +130,7 @@ def evaluate_against_file(annotations: str | Path | dict, dets: list[dict], img_
     user running pycocotools on it would get; a path or its parsed content), or
     ``{"error": reason}`` when it cannot be read or pycocotools refuses it."""
     try:
-        gt = annotations if isinstance(annotations, dict) else json.loads(Path(annotations).read_text(encoding="utf-8"))
+        gt = annotations if isinstance(annotations, dict) else json.loads(Path(annotations).read_text(encoding="utf-8-sig"))
         return coco_eval(gt, dets, img_ids)
     except Exception as exc:  # pycocotools asserts and raises many types on odd files
         return {"error": f"{type(exc).__name__}: {exc}"}

@@ -91,7 +91,7 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     """
     from . import baselines as B
     from . import coco
-    from .annotations import load_aliases, load_annotations
+    from .annotations import load_aliases, load_annotations, read_json
     from .model import CIFAR10_CLASSES
     from .io import atomic_write_text
 
@@ -167,7 +167,7 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     (out / "coco").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "coco" / "ground_truth.json", json.dumps(gt))
     # the file as given (load_annotations has just parsed it), once for every method
-    given = json.loads(Path(annotations).read_text(encoding="utf-8")) if ds.source == "coco" else None
+    given = read_json(annotations) if ds.source == "coco" else None
     results = {}
     for n, preds in preds_by_name.items():
         path = out / "coco" / (slug(n) + ".json")

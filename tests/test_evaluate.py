@@ -160,6 +160,19 @@ def test_coco_malformed_files(tmp_path):
         load_coco(bad)
 
 
+def test_files_with_a_byte_order_mark_read_as_without(tmp_path):
+    # Windows editors write UTF-8 with a BOM, which json.loads refuses
+    plain = write_coco(tmp_path / "plain.json")
+    marked = tmp_path / "marked.json"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    a, b = load_coco(plain), load_coco(marked)
+    assert [im.file for im in a.images] == [im.file for im in b.images]
+    assert all(torch.equal(x.boxes, y.boxes) and torch.equal(x.labels, y.labels) for x, y in zip(a.images, b.images))
+    aliases = tmp_path / "aliases.json"
+    aliases.write_bytes(b"\xef\xbb\xbf" + json.dumps({"person": "horse"}).encode())
+    assert load_coco(marked, load_aliases(aliases)).unmapped == {}
+
+
 def test_alias_override(tmp_path):
     f = tmp_path / "aliases.json"
     f.write_text(json.dumps({"person": "horse", "car": None}))
