@@ -255,6 +255,18 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0 if result.counts.sum() else 1
 
 
+def error_text(exc: Exception) -> str:
+    """The one line said for an error: an operating-system error as its reason and path (not
+    Python's ``[Errno 17] File exists: '...'``), saying so where a file stands where a folder
+    is needed; any other error as its message."""
+    if not isinstance(exc, OSError) or not exc.strerror or exc.filename is None:
+        return str(exc)
+    text = f"{exc.strerror}: {exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        text += " (a file stands where a folder is needed)"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="gradloc", description="Object discovery from classifier gradients.")
@@ -390,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = lambda message, *_: print(f"gradloc: note: {message}", file=sys.stderr)
             return args.func(args)
     except (WeightsError, ImageError, ValueError, FileNotFoundError, OSError) as exc:
-        print(f"gradloc: error: {exc}", file=sys.stderr)
+        print(f"gradloc: error: {error_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gradloc: interrupted; finished results are kept (rerun with --resume)", file=sys.stderr)

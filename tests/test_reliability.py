@@ -222,3 +222,18 @@ def test_decoding_workers_default_to_none_on_two_cores_and_refuse_negatives(monk
     assert gio.decoding_workers() == 1 and gio.decoding_workers(0) == 0
     with pytest.raises(ValueError, match="workers must be an integer >= 0"):
         gio.decoding_workers(-1)
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_an_output_folder_that_is_a_file_is_a_one_line_error(tmp_path, capsys, below):
+    # -o names a file, or a folder under one: the reason and the path, not Python's "[Errno 17]"
+    img = tmp_path / "a.png"
+    Image.new("RGB", (32, 32), (90, 30, 200)).save(img)
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    out = taken / "run" if below else taken
+    assert main(["localize", str(img), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"gradloc: error: {'Not a directory' if below else 'File exists'}: {out} " \
+                  "(a file stands where a folder is needed)"
+    assert taken.read_text() == "a file"  # nothing of the user's is overwritten
