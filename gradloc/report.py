@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .metrics import PRESENCE_THRESHOLDS, presence_curve, recall_and_mbo, top1_ious  # noqa: E402
+from .metrics import (MISS_KINDS, PRESENCE_THRESHOLDS, SIZE_BUCKETS, presence_curve, recall_and_mbo,  # noqa: E402
+                      top1_ious)
 from .io import atomic_write_text  # noqa: E402
 
 COLUMNS = [
@@ -115,7 +116,6 @@ def oracle_table(results: dict[str, dict]) -> str:
 def misses_table(results: dict[str, dict]) -> str:
     """Per method: how many pairs its top-1 box misses at IoU 0.5 and, in percent of those, how
     (:func:`~gradloc.metrics.miss_kind`), overall and per object size."""
-    from .metrics import MISS_KINDS, SIZE_BUCKETS
     rows = [(n, m["misses"]) for n, m in results.items() if m.get("misses")]
     sizes = [name for name, _, _ in SIZE_BUCKETS]
     heads = ["misses", *MISS_KINDS] + [f"{s}: too large / part / elsewhere (misses)" for s in sizes]
