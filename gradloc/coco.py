@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .annotations import AnnotatedSet
+from .annotations import AnnotatedSet, read_json
 from .results import predictions_from_json
 
 STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
@@ -130,7 +130,7 @@ def evaluate_against_file(annotations: str | Path | dict, dets: list[dict], img_
     user running pycocotools on it would get; a path or its parsed content), or
     ``{"error": reason}`` when it cannot be read or pycocotools refuses it."""
     try:
-        gt = annotations if isinstance(annotations, dict) else json.loads(Path(annotations).read_text(encoding="utf-8-sig"))
+        gt = annotations if isinstance(annotations, dict) else read_json(annotations)
         return coco_eval(gt, dets, img_ids)
     except Exception as exc:  # pycocotools asserts and raises many types on odd files
         return {"error": f"{type(exc).__name__}: {exc}"}
