@@ -4,11 +4,11 @@ A CIFAR-10 wide ResNet classifies an image; the gradient of its class-masked out
 respect to the input pixels marks the influential pixels; thresholding, OpenCV morphology
 and connected components turn them into bounding-box proposals.
 """
-from .model import CIFAR10_CLASSES, WeightsError, WideResNet, load_weights, wide_resnet
-from .config import Options
-from .pipeline import ProposalGenerator
-from .preprocess import ImageError
-from .saliency import METHODS, SaliencyMethod, make_method
+from .models.wrn import CIFAR10_CLASSES, WeightsError, WideResNet, load_weights, wide_resnet
+from .discovery.config import Options
+from .discovery.pipeline import ProposalGenerator
+from .data.preprocess import ImageError
+from .attribution.saliency import METHODS, SaliencyMethod, make_method
 from .sensitivity import Sensitivity, class_sensitivity
 
 __version__ = "0.1.0"

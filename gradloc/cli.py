@@ -7,12 +7,12 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
-from .model import CIFAR10_CLASSES, WeightsError
-from .preprocess import DEFAULT_MAX_PIXELS, ImageError
+from .models.wrn import CIFAR10_CLASSES, WeightsError
+from .data.preprocess import DEFAULT_MAX_PIXELS, ImageError
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """Model, device and every :class:`gradloc.Options` field as a flag."""
-    from .config import Options
+    from .discovery.config import Options
 
     g = p.add_argument_group("pipeline")
     for f in fields(Options):
@@ -60,12 +60,12 @@ def add_model_options(m) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
-    from .config import Options
+    from .discovery.config import Options
     return {f.name: getattr(args, f.name) for f in fields(Options)}
 
 
 def build_generator(args: argparse.Namespace):
-    from .pipeline import ProposalGenerator
+    from .discovery.pipeline import ProposalGenerator
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -83,10 +83,10 @@ def build_generator(args: argparse.Namespace):
 
 def user_classifier(args: argparse.Namespace):
     """``--model`` and its description -> the model (weights loaded) and its
-    :class:`~gradloc.classifier.ClassifierSpec`."""
-    from .classifier import (IMAGENET_MEAN, IMAGENET_STD, ClassifierSpec, load_callable, read_class_names,
+    :class:`~gradloc.models.classifier.ClassifierSpec`."""
+    from .models.classifier import (IMAGENET_MEAN, IMAGENET_STD, ClassifierSpec, load_callable, read_class_names,
                              torchvision_classifier)
-    from .model import load_weights
+    from .models.wrn import load_weights
     if args.class_names is None or args.input_size is None or args.weights == "default":
         raise ValueError("--model needs --weights FILE (its state dict), --class-names FILE and --input-size N")
     names = read_class_names(args.class_names)
@@ -110,7 +110,7 @@ def user_classifier(args: argparse.Namespace):
 
 def cmd_localize(args: argparse.Namespace) -> int:
     from .localize import localize
-    from .classes import parse_class_spec
+    from .models.classes import parse_class_spec
     classes = None
     if args.classes is not None:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
@@ -119,7 +119,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         classes = classes[0] if len(classes) == 1 else classes
     ray_options = None
     if args.engine == "ray":
-        from .ray_engine import RayOptions
+        from .engines.ray_actors import RayOptions
         ray_options = RayOptions(address=args.ray_address, actors=args.actors, cpus=args.cpus_per_actor,
                                  gpus=args.gpus_per_actor, threads=args.threads)
     elif args.threads:
@@ -127,7 +127,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if classes is not None and args.classes_from is not None:
         raise ValueError("give --classes (every image) or --classes-from (each image's own), not both")
-    from .annotations import load_aliases
+    from .data.annotations import load_aliases
     aliases = load_aliases(args.aliases)
     gen = build_generator(args)
     if classes is not None:
@@ -141,8 +141,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import run_evaluation
-    from .report import results_table, write_report
+    from .evaluation.evaluate import run_evaluation
+    from .evaluation.report import results_table, write_report
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
@@ -176,14 +176,14 @@ def read_exclude(path: str | None) -> set[str] | None:
 def cmd_export_coco(args: argparse.Namespace) -> int:
     import json
 
-    from . import coco
-    from .io import atomic_write_text
+    from .evaluation import coco
+    from .data.io import atomic_write_text
 
-    from .results import read_predictions
+    from .discovery.results import read_predictions
 
     records, _, classes = read_predictions(args.predictions, with_classes=True)
     if args.annotations:
-        from .annotations import load_aliases, load_annotations
+        from .data.annotations import load_aliases, load_annotations
         # the annotations map onto the run's own classes (its classifier's names)
         ds = load_annotations(args.annotations, load_aliases(args.aliases, classes), classes)
         dets, unmatched, missing = coco.results_from_predictions(records, ds)
@@ -210,7 +210,7 @@ def cmd_export_coco(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export, select
-    from .results import read_predictions
+    from .discovery.results import read_predictions
 
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
@@ -223,7 +223,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
-    from .synthetic import make_synthetic
+    from .data.synthetic import make_synthetic
     path = make_synthetic(args.cifar, args.output, n=args.n, canvas=(args.size, args.size),
                           max_objects=args.max_objects, scale=(args.min_scale, args.max_scale),
                           seed=args.seed, distractors=args.distractors)
@@ -232,8 +232,8 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from .classifier import CIFAR10
-    from .model import wide_resnet
+    from .models.classifier import CIFAR10
+    from .models.wrn import wide_resnet
     from .sensitivity import class_sensitivity, save
 
     if args.batch_size < 1:

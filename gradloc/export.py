@@ -21,9 +21,9 @@ from xml.etree import ElementTree as ET
 import torch
 from torchvision.ops import clip_boxes_to_image
 
-from .io import atomic_write_text
-from .model import CIFAR10_CLASSES
-from .results import finite_numbers
+from .data.io import atomic_write_text
+from .models.wrn import CIFAR10_CLASSES
+from .discovery.results import finite_numbers
 
 FORMATS = ("coco", "voc", "yolo")
 

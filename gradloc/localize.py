@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .ray_engine import engine_runner
-from .labels import read_labels
-from .io import ResultStream, atomic_write_text, dumps_record, find_images, write_predictions_json
-from .model import CIFAR10_CLASSES
-from .preprocess import open_image
-from .results import Prediction
+from .engines.ray_actors import engine_runner
+from .data.labels import read_labels
+from .data.io import ResultStream, atomic_write_text, dumps_record, find_images, write_predictions_json
+from .models.wrn import CIFAR10_CLASSES
+from .data.preprocess import open_image
+from .discovery.results import Prediction
 from .viz import panel, save_panel
 
 FORMAT_VERSION = 1
@@ -70,12 +70,12 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
     """Localise objects in every image under ``paths``; write results into ``out``.
 
     ``classes``: one class request for every image; or ``classes_from``: each image's own
-    classes from a label source (:func:`gradloc.labels.read_labels`: ``"folders"``, a
+    classes from a label source (:func:`gradloc.data.labels.read_labels`: ``"folders"``, a
     ``file,class`` CSV or a COCO file; ``aliases`` maps its names to classes), images without
     a label skipped with the reason.
 
     ``engine``: ``local`` (this process, ``workers`` decoding processes) or ``ray``
-    (:mod:`gradloc.ray_engine`, with ``ray_options``); both write the same bytes.
+    (:mod:`gradloc.engines.ray_actors`, with ``ray_options``); both write the same bytes.
     Returns a summary: counts of images done, skipped, resumed, and seconds.
     """
     t0 = time.time()

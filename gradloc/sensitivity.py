@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .classes import class_index
-from .classifier import CIFAR10, ClassifierSpec
-from .io import atomic_write_text, find_images
-from .preprocess import DEFAULT_MAX_PIXELS
-from .runner import Batching, run_steps, skipped_files
-from .saliency import Gradient
+from .models.classes import class_index
+from .models.classifier import CIFAR10, ClassifierSpec
+from .data.io import atomic_write_text, find_images
+from .data.preprocess import DEFAULT_MAX_PIXELS
+from .engines.local import Batching, run_steps, skipped_files
+from .attribution.saliency import Gradient
 
 
 @dataclass

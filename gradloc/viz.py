@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from torch import Tensor
 
-from .model import CIFAR10_CLASSES
+from .models.wrn import CIFAR10_CLASSES
 
 COLORS = [(0, 200, 0), (0, 140, 255), (255, 80, 0), (200, 0, 200), (0, 200, 200)]  # BGR
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from gradloc.report import replace_marked_block  # noqa: E402
+from gradloc.evaluation.report import replace_marked_block  # noqa: E402
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
 
 
@@ -54,7 +54,7 @@ def peak_rss_mb() -> float:
 
 
 def load_model(weights: str):
-    from gradloc.model import default_weights_path, wide_resnet
+    from gradloc.models.wrn import default_weights_path, wide_resnet
     if weights == "default" and not default_weights_path().is_file():
         weights = None  # cost does not depend on the values
     return wide_resnet(weights=weights)
@@ -103,7 +103,7 @@ class _PilFolder:
 
     def __init__(self, files):
         from torchvision import transforms as T
-        from gradloc.model import CIFAR10_MEAN, CIFAR10_STD
+        from gradloc.models.wrn import CIFAR10_MEAN, CIFAR10_STD
         self.files = files
         self.tf = T.Compose([T.Resize((32, 32), antialias=True), T.ToTensor(),
                              T.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
@@ -119,7 +119,7 @@ class _PilFolder:
 
 
 def _write_records(f, files, idx, boxes_scores, hs, ws, labels):
-    from gradloc.model import CIFAR10_CLASSES
+    from gradloc.models.wrn import CIFAR10_CLASSES
     for (boxes, scores), i, h, w, c in zip(boxes_scores, idx, hs, ws, labels):
         f.write(json.dumps({"file": str(files[i]), "width": w, "height": h, "proposals": [
             {"box": [round(v, 2) for v in b], "score": round(s, 5), "label": CIFAR10_CLASSES[c]}
@@ -131,9 +131,9 @@ def run_captum(args, files) -> int:
     from captum.attr import Saliency
     from torch.utils.data import DataLoader
 
-    from gradloc.boxes import scale_boxes
-    from gradloc.proposals import propose
-    from gradloc.threshold import top_n
+    from gradloc.ops.boxes import scale_boxes
+    from gradloc.discovery.proposals import propose
+    from gradloc.discovery.threshold import top_n
     model = load_model(args.weights).requires_grad_(True)  # as a user's model comes
     sal = Saliency(lambda x: model(x).softmax(1))
     loader = DataLoader(_PilFolder(files), batch_size=args.batch_size, num_workers=args.workers)
@@ -189,7 +189,7 @@ def amp_agreement(args, n: int) -> dict:
     """Share of fp32's top-N pixels that bf16 autocast also keeps, and both speeds."""
     import torch
     from gradloc import ProposalGenerator
-    from gradloc.preprocess import prepare
+    from gradloc.data.preprocess import prepare
     files = image_list(Path(args.images), n)
     x = torch.stack([prepare(f)[0] for f in files])  # 64x64 dev photos: single window
     out = {}
@@ -294,11 +294,11 @@ def main() -> int:
         args.workload = args.worker
         worker_main(args)
         return 0
-    from gradloc.io import decoding_workers
+    from gradloc.data.io import decoding_workers
     args.workers = decoding_workers(args.workers)
     args.images = Path(args.images) if args.images else prepare_images(args)
     import torch
-    from gradloc.model import cpu_flags, cpu_has_native_bf16, resolve_precision
+    from gradloc.models.wrn import cpu_flags, cpu_has_native_bf16, resolve_precision
     native_bf16 = cpu_has_native_bf16()
     if args.only is None:
         args.only = ",".join(WORKLOADS)

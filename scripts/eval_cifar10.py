@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gradloc.cifar import load_cifar10  # noqa: E402
-from gradloc.model import CIFAR10_CLASSES, wide_resnet  # noqa: E402
-from gradloc.preprocess import normalize  # noqa: E402
+from gradloc.data.cifar import load_cifar10  # noqa: E402
+from gradloc.models.wrn import CIFAR10_CLASSES, wide_resnet  # noqa: E402
+from gradloc.data.preprocess import normalize  # noqa: E402
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gradloc.cifar import load_cifar10  # noqa: E402
-from gradloc.model import CIFAR10_CLASSES  # noqa: E402
+from gradloc.data.cifar import load_cifar10  # noqa: E402
+from gradloc.models.wrn import CIFAR10_CLASSES  # noqa: E402
 
 
 def main() -> None:

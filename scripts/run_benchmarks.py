@@ -9,7 +9,7 @@ Benchmarks:
 - the synthetic multi-object benchmark: ``gradloc make-synthetic`` with seed 0, 128x128
   textured canvases holding 1-3 CIFAR-10 *test* images of different classes (32-80 px).
 
-Each is scored with `gradloc.evaluate.run_evaluation` (the method, Grad-CAM and CAM as published on
+Each is scored with `gradloc.evaluation.evaluate.run_evaluation` (the method, Grad-CAM and CAM as published on
 the same network, and the box baselines, by the same code), and the tables are written between the markers
 ``<!-- localisation:begin -->`` and ``<!-- localisation:end -->`` of BENCHMARKS.md.
 
@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gradloc.report import replace_marked_block  # noqa: E402
+from gradloc.evaluation.report import replace_marked_block  # noqa: E402
 from gradloc import ProposalGenerator  # noqa: E402
-from gradloc.evaluate import run_evaluation as _run_evaluation  # noqa: E402
-from gradloc.multiscale import resolve_scales  # noqa: E402
-from gradloc.model import default_weights_path, sha256_of  # noqa: E402
-from gradloc.report import describe_threshold, per_class_table, results_table, size_table, write_report  # noqa: E402
-from gradloc.synthetic import make_synthetic  # noqa: E402
+from gradloc.evaluation.evaluate import run_evaluation as _run_evaluation  # noqa: E402
+from gradloc.discovery.multiscale import resolve_scales  # noqa: E402
+from gradloc.models.wrn import default_weights_path, sha256_of  # noqa: E402
+from gradloc.evaluation.report import describe_threshold, per_class_table, results_table, size_table, write_report  # noqa: E402
+from gradloc.data.synthetic import make_synthetic  # noqa: E402
 
 BEGIN, END = "<!-- localisation:begin -->", "<!-- localisation:end -->"
 SECTIONS = ("real", "dev", "synthetic", "large")

@@ -24,7 +24,7 @@ batches and augmentations. ``--export`` only ever reads ``last.pt`` (an epoch's 
 
 Photographs and "none of these" (``--photos``, ``--negatives``): each step adds ``--extra-batch``
 photographs of the ten classes, image-level labels only (a fixed ``--photos-share`` of an
-annotated set chosen by ``--split-seed``, see :func:`gradloc.datasets.photo_split`; benchmarks
+annotated set chosen by ``--split-seed``, see :func:`photo_sets.photo_split`; benchmarks
 leave those images out), and as many negatives, photographs of none of the classes trained
 towards the uniform distribution (outlier exposure, Hendrycks et al. 2019, weight ``--oe-weight``).
 Both are shown as random resized crops (``--photo-scale``: smallest area share) at 32x32.
@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gradloc.cifar import load_cifar10  # noqa: E402
-from gradloc.model import (CIFAR10_MEAN, CIFAR10_STD, WeightsError, WideResNet,  # noqa: E402
+from gradloc.data.cifar import load_cifar10  # noqa: E402
+from gradloc.models.wrn import (CIFAR10_MEAN, CIFAR10_STD, WeightsError, WideResNet,  # noqa: E402
                            cpu_has_native_bf16, load_weights, sha256_of)
 
 
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     train_inputs = normalise(x_train)  # augmentation runs on normalised tensors
     photos = negatives = None
     if args.photos:
-        from gradloc.datasets import load_labelled_photos, photo_split
+        from photo_sets import load_labelled_photos, photo_split
         xs, ys, listing = [], [], []
         for source in args.photos:  # each set split on its own, so --exclude works per benchmark
             px, py, names = load_labelled_photos(source)
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
         counts = torch.bincount(photos[1], minlength=10).clamp(min=1).float()
         photo_weights = (1.0 / counts)[photos[1]] if args.photo_balance else torch.ones(len(photos[1]))
     if args.negatives:
-        from gradloc.datasets import load_photo_folder
+        from photo_sets import load_photo_folder
         negatives = normalise(torch.from_numpy(load_photo_folder(args.negatives)))
         print(f"negatives: {len(negatives)} from {args.negatives}", flush=True)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradloc.model import WideResNet
+from gradloc.models.wrn import WideResNet
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("GRADLOC_SHARED", ROOT.parent / "shared")) / "data"

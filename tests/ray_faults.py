@@ -1,5 +1,5 @@
 """Fault injection for the Ray engine's tests, kept out of the product: an actor that runs
-gradloc's :class:`~gradloc.ray_engine.BatchWorker` after the faults its environment asks for.
+gradloc's :class:`~gradloc.engines.ray_actors.BatchWorker` after the faults its environment asks for.
 
 ``GRADLOC_RAY_SLOW_BATCH=K``: the actor that runs batch K sleeps a second first (batches then
 finish out of order). ``GRADLOC_RAY_KILL_ONCE=FILE``: the first call that creates FILE ends its
@@ -8,7 +8,7 @@ process mid-task (Ray restarts the actor and retries the batch).
 import os
 import time
 
-from gradloc.ray_engine import BatchWorker
+from gradloc.engines.ray_actors import BatchWorker
 
 
 class FaultyBatchWorker(BatchWorker):

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from gradloc.annotations import AnnotatedImage, AnnotatedSet
-from gradloc.baselines import (cam_box, has_selective_search, predict_cam, selective_search,
+from gradloc.data.annotations import AnnotatedImage, AnnotatedSet
+from gradloc.evaluation.baselines import (cam_box, has_selective_search, predict_cam, selective_search,
                                upsample_map)
-from gradloc.model import wide_resnet
-from gradloc.preprocess import normalize, prepare
-from gradloc.saliency import CAM, GradCAM
+from gradloc.models.wrn import wide_resnet
+from gradloc.data.preprocess import normalize, prepare
+from gradloc.attribution.saliency import CAM, GradCAM
 
 from .conftest import SAMPLES
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from gradloc.results import Prediction
+from gradloc.discovery.results import Prediction
 from gradloc import ProposalGenerator
-from gradloc.annotations import AnnotatedImage, AnnotatedSet
-from gradloc.metrics import misses, oracle_corloc, score
-from gradloc.report import misses_table, oracle_table
+from gradloc.data.annotations import AnnotatedImage, AnnotatedSet
+from gradloc.evaluation.metrics import misses, oracle_corloc, score
+from gradloc.evaluation.report import misses_table, oracle_table
 
 
 def img(file, w, h, boxes, labels):

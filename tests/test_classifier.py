@@ -13,7 +13,7 @@ from torchvision.ops import box_iou
 
 import gradloc
 from gradloc.cli import main
-from gradloc.model import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from gradloc.models.wrn import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230)}
@@ -119,12 +119,12 @@ def test_torchvision_resnet18_plumbing(tmp_path, side):
     """Random weights, 3 classes: valid boxes labelled with those names, whatever the plan
     (the photograph's pyramid at 64 px input; the whole image at 224), and Grad-CAM on layer4."""
     torch.manual_seed(0)
-    from gradloc.classifier import torchvision_classifier
+    from gradloc.models.classifier import torchvision_classifier
     model = torchvision_classifier("resnet18", 3)
     photo = np.asarray(Image.open(SAMPLES / "chelsea_cat.png").convert("RGB"))
     for method in ("gradient", "gradcam"):
-        gen = gradloc.ProposalGenerator.from_classifier(model, ["a", "b", "c"], side, gradloc.classifier.IMAGENET_MEAN,
-                                                        gradloc.classifier.IMAGENET_STD, precision="fp32", method=method)
+        gen = gradloc.ProposalGenerator.from_classifier(model, ["a", "b", "c"], side, gradloc.models.classifier.IMAGENET_MEAN,
+                                                        gradloc.models.classifier.IMAGENET_STD, precision="fp32", method=method)
         for res, (h, w) in zip(gen([photo, photo[:40, :50]], classes="all"), [photo.shape[:2], (40, 50)]):
             b = res["boxes"]
             assert len(res["probs"]) == 3 and len(b) and set(res["labels"].tolist()) <= {0, 1, 2}
@@ -133,7 +133,7 @@ def test_torchvision_resnet18_plumbing(tmp_path, side):
 
 
 def test_cli_resnet18_state_dict(tmp_path, capsys):
-    from gradloc.classifier import torchvision_classifier
+    from gradloc.models.classifier import torchvision_classifier
     torch.manual_seed(0)
     torch.save(torchvision_classifier("resnet18", 3).state_dict(), tmp_path / "r18.pt")
     (tmp_path / "names.txt").write_text("bird\nboat\ncar\n")

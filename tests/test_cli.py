@@ -15,7 +15,7 @@ from PIL import Image
 
 import gradloc
 from gradloc.cli import main
-from gradloc.model import CIFAR10_CLASSES
+from gradloc.models.wrn import CIFAR10_CLASSES
 
 from .conftest import SAMPLES
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradloc.annotations import load_annotations
+from gradloc.data.annotations import load_annotations
 from gradloc.cli import main
-from gradloc import coco
+from gradloc.evaluation import coco
 
 ANNOTATIONS = {
     "images": [{"id": 11, "file_name": "a.png", "width": 80, "height": 60},

@@ -5,7 +5,7 @@ from dataclasses import FrozenInstanceError, fields
 import pytest
 
 from gradloc.cli import main
-from gradloc.config import STAGES, Options, PlanConfig, ProposalConfig, RankingConfig, SaliencyConfig
+from gradloc.discovery.config import STAGES, Options, PlanConfig, ProposalConfig, RankingConfig, SaliencyConfig
 
 
 def test_every_option_is_declared_once_in_one_stage():

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 import gradloc
-from gradloc.rescoring import rank_and_fuse, recognised_large
+from gradloc.discovery.rescoring import rank_and_fuse, recognised_large
 
 SIDES = torch.tensor([32, 48, 64, 96, 128, 192, 256])
 

@@ -3,7 +3,7 @@ import torch
 from torchvision.ops import box_iou
 
 from gradloc import ProposalGenerator
-from gradloc.windows import contrast_maps
+from gradloc.discovery.windows import contrast_maps
 
 LEFT, RIGHT = (slice(4, 12), slice(2, 10)), (slice(18, 28), slice(20, 30))  # (rows, cols) on the 32x32 grid
 LEFT_BOX, RIGHT_BOX = torch.tensor([[2.0, 4, 10, 12]]), torch.tensor([[20.0, 18, 30, 28]])  # xyxy, grid pixels
@@ -64,7 +64,7 @@ def test_a_class_asked_alone_is_boxed_the_same_with_or_without_contrast(random_w
 
 
 def test_grad_cam_keeps_its_published_box_recipe():
-    from gradloc.config import Options
+    from gradloc.discovery.config import Options
     assert Options().class_contrast and not Options(method="gradcam").effective().proposals.class_contrast
 
 

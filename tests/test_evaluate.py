@@ -7,13 +7,13 @@ import torch
 from PIL import Image
 from torchvision.ops import box_iou
 
-from gradloc.results import Prediction
-from gradloc.annotations import (AnnotatedImage, AnnotatedSet, AnnotationError, load_aliases,
+from gradloc.discovery.results import Prediction
+from gradloc.data.annotations import (AnnotatedImage, AnnotatedSet, AnnotationError, load_aliases,
                                  load_annotations, load_coco, load_voc)
 from gradloc.cli import main
-from gradloc.baselines import baseline_centred, baseline_whole_image, centred_box
-from gradloc.evaluate import subset
-from gradloc.metrics import (corloc, inclusive_iou, max_box_acc_v2, pointing_game, recall_and_mbo, score,
+from gradloc.evaluation.baselines import baseline_centred, baseline_whole_image, centred_box
+from gradloc.evaluation.evaluate import subset
+from gradloc.evaluation.metrics import (corloc, inclusive_iou, max_box_acc_v2, pointing_game, recall_and_mbo, score,
                              top1_localization, wsol_boxes, wsol_gt_boxes)
 
 
@@ -272,7 +272,7 @@ def test_evaluate_cli_runs_and_scores_predictions(tmp_path, random_weights_file)
 
 def test_make_synthetic_boxes_are_exact(tmp_path):
     from .conftest import shared_file
-    from gradloc.synthetic import make_synthetic
+    from gradloc.data.synthetic import make_synthetic
     cifar = shared_file("cifar10-jpeg.tar.gz")
     path = make_synthetic(cifar, tmp_path / "syn", n=6, canvas=(96, 96), seed=3)
     ds = load_coco(path)
@@ -297,7 +297,7 @@ def test_evaluate_excludes_listed_images(tmp_path, random_weights_file):
 def test_presence_by_hand():
     """Four claims over two images, three pairs to find: ranked by score they go right, wrong
     (absent class), right, wrong (box misses); a crowd-only class counts neither way."""
-    from gradloc.metrics import presence
+    from gradloc.evaluation.metrics import presence
     ds = AnnotatedSet([img("a", 100, 100, [[0, 0, 50, 50], [50, 50, 100, 100]], [3, 5]),
                        img("b", 100, 100, [[10, 10, 60, 60], [0, 0, 9, 9]], [1, 2], [False, True])])
     preds = [

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gradloc.annotations import load_voc_xml
+from gradloc.data.annotations import load_voc_xml
 from gradloc.cli import main
-from gradloc.model import CIFAR10_CLASSES
+from gradloc.models.wrn import CIFAR10_CLASSES
 
 RECORDS = [
     {"file": "photos/bird/a.jpg", "width": 200, "height": 100, "proposals": [

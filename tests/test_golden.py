@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from gradloc import ProposalGenerator
-from gradloc.model import wide_resnet
+from gradloc.models.wrn import wide_resnet
 
 from .conftest import SAMPLES
 

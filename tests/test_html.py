@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from gradloc.cli import main
-from gradloc.html_report import markdown_table_to_html
+from gradloc.evaluation.html_report import markdown_table_to_html
 
 from .test_evaluate import two_image_set
 

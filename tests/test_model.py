@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from gradloc.model import (WeightsError, WideResNet, default_weights_path, sha256_of, wide_resnet)
+from gradloc.models.wrn import (WeightsError, WideResNet, default_weights_path, sha256_of, wide_resnet)
 
 
 def test_architecture_shapes():

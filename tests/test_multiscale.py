@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from gradloc import ProposalGenerator
-from gradloc.boxes import boxes_to_image, crop_windows
-from gradloc.multiscale import accumulate, top_windows, wants_multiscale, window_boxes
+from gradloc.ops.boxes import boxes_to_image, crop_windows
+from gradloc.discovery.multiscale import accumulate, top_windows, wants_multiscale, window_boxes
 from torchvision.ops import box_iou
 
 

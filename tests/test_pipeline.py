@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gradloc import ProposalGenerator
-from gradloc.classes import parse_class_spec
+from gradloc.models.classes import parse_class_spec
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +80,8 @@ def test_unknown_option_is_an_error(random_wrn):
 
 
 def test_precision_auto_picks_bf16_only_where_it_is_native(monkeypatch, random_wrn):
-    import gradloc.model as model_module
-    from gradloc.model import resolve_precision
+    import gradloc.models.wrn as model_module
+    from gradloc.models.wrn import resolve_precision
     monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
     monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gradloc.preprocess import ImageError, open_image, prepare, to_rgb_tensor
+from gradloc.data.preprocess import ImageError, open_image, prepare, to_rgb_tensor
 
 
 def save(tmp_path, name, im, **kw):
@@ -106,6 +106,6 @@ def test_prepare_resizes_with_antialias_and_keeps_size():
 @pytest.mark.parametrize("image", [np.zeros((0, 0, 3), np.uint8), np.zeros((0, 7), np.uint8),
                                    torch.zeros(3, 5, 0, dtype=torch.uint8), Image.new("RGB", (0, 4))])
 def test_zero_size_images_get_a_clear_error(image):
-    from gradloc.preprocess import ImageError, to_rgb_tensor
+    from gradloc.data.preprocess import ImageError, to_rgb_tensor
     with pytest.raises(ImageError, match="image has no pixels"):
         to_rgb_tensor(image)

@@ -4,9 +4,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops import box_iou, clip_boxes_to_image
 
-from gradloc.boxes import scale_boxes
-from gradloc.saliency import make_method
-from gradloc.threshold import mass, top_n
+from gradloc.ops.boxes import scale_boxes
+from gradloc.attribution.saliency import make_method
+from gradloc.discovery.threshold import mass, top_n
 
 coord = st.floats(0, 500, allow_nan=False, width=32)
 

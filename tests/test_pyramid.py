@@ -6,8 +6,8 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from gradloc import ProposalGenerator
-from gradloc.saliency import GradientXActivation
-from gradloc.windows import PYRAMID_GRID, resize_longer_side
+from gradloc.attribution.saliency import GradientXActivation
+from gradloc.discovery.windows import PYRAMID_GRID, resize_longer_side
 
 
 class RedFeatures(nn.Module):

@@ -25,7 +25,7 @@ def cluster(tmp_path_factory):
     ray.cloudpickle.register_pickle_by_value(ray_faults)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("gradloc.ray_engine.BatchWorker", ray_faults.FaultyBatchWorker)
+        patch.setattr("gradloc.engines.ray_actors.BatchWorker", ray_faults.FaultyBatchWorker)
         yield marker
     ray.shutdown()
     for k in ("GRADLOC_RAY_SLOW_BATCH", "GRADLOC_RAY_KILL_ONCE"):
@@ -93,7 +93,7 @@ def test_ray_with_per_image_labels_and_a_users_classifier(cluster, folder, tmp_p
     """Each batch carries its files' own classes, and the actors build the user's classifier:
     --classes-from and --model give the local engine's bytes on Ray too."""
     import torch
-    from gradloc.classifier import torchvision_classifier
+    from gradloc.models.classifier import torchvision_classifier
     torch.manual_seed(0)
     torch.save(torchvision_classifier("resnet18", 3).state_dict(), tmp_path / "r18.pt")
     (tmp_path / "names.txt").write_text("cat\ndog\nship\n")

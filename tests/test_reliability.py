@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradloc.annotations import AnnotationError, load_aliases, load_annotations
+from gradloc.data.annotations import AnnotationError, load_aliases, load_annotations
 from gradloc.cli import main
-from gradloc.preprocess import ImageError, open_image, to_rgb_tensor
-from gradloc.results import Prediction, read_predictions
+from gradloc.data.preprocess import ImageError, open_image, to_rgb_tensor
+from gradloc.discovery.results import Prediction, read_predictions
 
 CATS = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
 
@@ -163,7 +163,7 @@ def test_evaluate_with_nothing_scorable_exits_non_zero_in_one_line(tmp_path, cap
 
 @pytest.mark.parametrize("spec", [3.5, True, [1, 2.5], {"cat": 1}, [None]])
 def test_class_requests_of_the_wrong_type_get_gradlocs_message(spec):
-    from gradloc.classes import parse_class_spec
+    from gradloc.models.classes import parse_class_spec
     with pytest.raises(ValueError, match="is not a class name, an integer index"):
         parse_class_spec(spec)
 
@@ -215,7 +215,7 @@ def test_float_arrays_and_tensors_with_nan(tmp_path):
 
 
 def test_decoding_workers_default_to_none_on_two_cores_and_refuse_negatives(monkeypatch):
-    import gradloc.io as gio
+    import gradloc.data.io as gio
     monkeypatch.setattr(gio.os, "cpu_count", lambda: 2)
     assert gio.decoding_workers() == 0 and gio.decoding_workers(3) == 3
     monkeypatch.setattr(gio.os, "cpu_count", lambda: 16)

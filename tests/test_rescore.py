@@ -4,11 +4,12 @@ import torch
 from torchvision.ops import box_iou
 
 from gradloc import ProposalGenerator
-from gradloc.boxes import MEAN_COLOUR, clip_nonempty
-from gradloc.config import Options
-from gradloc.proposals import rank
-from gradloc.report import describe_threshold
-from gradloc.rescoring import blank_in_thumbnail
+from gradloc.models.classifier import CIFAR10
+from gradloc.ops.boxes import clip_nonempty
+from gradloc.discovery.config import Options
+from gradloc.discovery.proposals import rank
+from gradloc.evaluation.report import describe_threshold
+from gradloc.discovery.rescoring import blank_in_thumbnail
 
 from .test_multiscale import RedDetector
 
@@ -107,7 +108,7 @@ def test_describe_threshold_names_what_runs():
 
 
 def test_blank_boxes_fills_covered_pixels_and_blends_partly_covered_ones():
-    from gradloc.boxes import blank_boxes
+    from gradloc.ops.boxes import blank_boxes
     image = torch.full((3, 8, 8), 200, dtype=torch.uint8)
     out = blank_boxes(image, torch.tensor([[2.0, 1, 4, 3], [5.5, 0, 8, 8]]), (0, 100, 50))
     assert out.shape == (2, 3, 8, 8)
@@ -137,7 +138,7 @@ def test_crop_minus_deletion_prefers_the_whole_object_to_a_part_of_it():
     # The evidence is the crop's class probability minus the blanked image's; the score is the
     # image's probability of the class (1 here) times exp(evidence - the best's).
     crop = gen.rescorer.crop_scores([image], [res["boxes"]], [3])[0]
-    blanked = gen.rescorer.deletion_scores(blank_in_thumbnail([image], [res["boxes"]]), [3])[0]
+    blanked = gen.rescorer.deletion_scores(blank_in_thumbnail([image], [res["boxes"]], 32, CIFAR10.mean_colour), [3])[0]
     torch.testing.assert_close(res["scores"], (crop - blanked - (crop - blanked)[0]).exp())
     assert blanked[0] < 0.2 < blanked[1] and float(crop[0]) == pytest.approx(float(crop[1]), abs=0.02)
     assert describe_threshold(Options(rescore="crop-delete", fuse=0, moment_box=0, frame_box=0, peaks=0)).endswith("crop-minus-deletion rescoring")
@@ -158,7 +159,7 @@ def test_crop_minus_deletion_on_large_images_blanks_each_box_in_its_own_window()
     assert box_iou(out["boxes"][:1], torch.tensor([[40.0, 300.0, 80.0, 340.0]])).item() > 0.7
     (blanked,), = seen  # one row, its boxes blanked in 32x32 window views, not in the canvas
     assert blanked.shape[1:] == (3, 32, 32) and len(blanked) >= 4
-    fill = torch.tensor([round(v) for v in MEAN_COLOUR], dtype=torch.uint8).view(3, 1, 1)
+    fill = torch.tensor([round(v) for v in CIFAR10.mean_colour], dtype=torch.uint8).view(3, 1, 1)
     assert all((v == fill).all(0).sum() >= 4 for v in blanked)  # each view has a blanked box (>= 2x2 cells)
     crop = gen.rescorer.crop_scores([torch.from_numpy(canvas).permute(2, 0, 1)], [out["boxes"][:1]], [3])[0]
     cand = out["candidates"][0]
@@ -170,7 +171,7 @@ def test_crop_minus_deletion_on_large_images_blanks_each_box_in_its_own_window()
 def test_fusion_replaces_the_best_box_by_the_score_weighted_mean_of_its_neighbours():
     """A red square with a dim halo: the ladder's rungs give nested boxes (square, square plus
     halo), the pipeline's first proposal is fuse_best of them, the others are unchanged."""
-    from gradloc.rescoring import fuse_best
+    from gradloc.discovery.rescoring import fuse_best
     maps = torch.zeros(1, 32, 32)
     maps[0, 8:24, 8:24] = 1.0    # halo
     maps[0, 10:22, 10:22] = 4.0  # square: 576 / 688 = 84% of the mass
@@ -207,7 +208,7 @@ def test_identical_views_are_scored_once_and_each_row_gets_its_class():
 
 
 def test_near_duplicates_group_each_box_with_the_first_it_overlaps():
-    from gradloc.rescoring import near_duplicates
+    from gradloc.discovery.rescoring import near_duplicates
     boxes = torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 11], [0, 0, 20, 20], [20, 20, 30, 31.0]])
     reps, owner = near_duplicates(boxes, 0.85)
     assert reps.tolist() == [0, 1, 3] and owner.tolist() == [0, 1, 0, 2, 1]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradloc.saliency import METHODS, class_mask, make_method, reduce_channels
+from gradloc.attribution.saliency import METHODS, class_mask, make_method, reduce_channels
 
 
 class Linear(nn.Module):

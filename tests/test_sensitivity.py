@@ -8,8 +8,8 @@ from PIL import Image
 
 from gradloc import class_sensitivity
 from gradloc.cli import main
-from gradloc.preprocess import normalize, prepare
-from gradloc.saliency import Gradient
+from gradloc.data.preprocess import normalize, prepare
+from gradloc.attribution.saliency import Gradient
 
 
 @pytest.fixture()

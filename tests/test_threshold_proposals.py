@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from gradloc.boxes import scale_boxes
-from gradloc.proposals import (candidate_boxes, box_contrast, component_boxes, moment_box, morphology, propose, rank,
+from gradloc.ops.boxes import scale_boxes
+from gradloc.discovery.proposals import (candidate_boxes, box_contrast, component_boxes, moment_box, morphology, propose, rank,
                                union_box)
-from gradloc.rescoring import fuse_best, rank_and_fuse
-from gradloc.threshold import fraction_of_max, mass, otsu, percentile, threshold, top_n
+from gradloc.discovery.rescoring import fuse_best, rank_and_fuse
+from gradloc.discovery.threshold import fraction_of_max, mass, otsu, percentile, threshold, top_n
 
 
 def two_blobs():
@@ -159,12 +159,12 @@ def test_moment_box_spans_the_spread_of_the_map():
 
 
 def boxes_from_mask(m, masks, config, peaks=False):
-    """The candidate boxes and scores of one map under a :class:`~gradloc.config.ProposalConfig`."""
+    """The candidate boxes and scores of one map under a :class:`~gradloc.discovery.config.ProposalConfig`."""
     return candidate_boxes(m, masks, config, peaks=peaks)[:2]
 
 
 def test_moment_box_is_a_rescoring_candidate_only():
-    from gradloc.config import Options
+    from gradloc.discovery.config import Options
     m = torch.zeros(32, 32)
     m[8:24, 4:12] = 1.0
     masks = (m > 0)[None].expand(2, 32, 32)
@@ -175,7 +175,7 @@ def test_moment_box_is_a_rescoring_candidate_only():
 
 
 def test_peak_boxes_box_each_peak_by_its_own_value():
-    from gradloc.proposals import peak_boxes
+    from gradloc.discovery.proposals import peak_boxes
     m = two_blobs()
     # the weak blob's region at half *its* value is its own 3x3, not lost to the strong blob
     assert peak_boxes(m, 2, (0.5,)).tolist() == [[3, 2, 8, 6], [25, 20, 28, 23]]
@@ -189,7 +189,7 @@ def test_peak_boxes_box_each_peak_by_its_own_value():
 
 
 def test_peak_regions_are_rescoring_candidates_of_plans_that_ask():
-    from gradloc.config import Options
+    from gradloc.discovery.config import Options
     m = torch.from_numpy(two_blobs())
     masks = (m > 0)[None].expand(2, 32, 32)
     config = Options(peaks=2, peak_fractions="0.5", frame_box=False).effective().proposals
@@ -204,14 +204,14 @@ def test_peak_regions_are_rescoring_candidates_of_plans_that_ask():
 @pytest.mark.parametrize("bad", [dict(peaks=-1), dict(peak_fractions="0.5,1.2"), dict(peak_fractions="x"),
                                  dict(peak_fractions="")])
 def test_bad_peak_options_are_refused(bad):
-    from gradloc.config import Options
+    from gradloc.discovery.config import Options
     with pytest.raises(ValueError, match="peak"):
         Options(**bad)
 
 
 def test_frame_box_is_the_centred_box_of_a_share_of_each_side():
-    from gradloc.config import Options
-    from gradloc.proposals import frame_box
+    from gradloc.discovery.config import Options
+    from gradloc.discovery.proposals import frame_box
     assert frame_box((32, 32), 0.9).tolist() == [pytest.approx([1.6, 1.6, 30.4, 30.4])]
     assert frame_box((20, 48), 1).tolist() == [[0, 0, 48, 20]]
     assert Options(rescore="off").effective().proposals.frame_box == 0

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from gradloc.model import wide_resnet
+from gradloc.models.wrn import wide_resnet
 
 from .conftest import ROOT, shared_file
 
@@ -126,7 +126,12 @@ def write_photo_set(root, n=8):
 
 
 def test_photos_split_and_outlier_exposure(tmp_path):
-    from gradloc.datasets import load_labelled_photos, load_photo_folder, photo_split
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("photo_sets", ROOT / "scripts" / "photo_sets.py")
+    photo_sets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(photo_sets)
+    load_labelled_photos, load_photo_folder, photo_split = (photo_sets.load_labelled_photos,
+                                                            photo_sets.load_photo_folder, photo_sets.photo_split)
     photos, negatives = write_photo_set(tmp_path)
     x, y, names = load_labelled_photos(photos)
     assert x.shape == (8, 64, 64, 3) and y.tolist() == list(range(8)) and names == sorted(names)

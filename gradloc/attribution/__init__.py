@@ -1,0 +1,1 @@
+"""Saliency methods: one base class, one batched backward per call, a registry (:func:`make_method`)."""

@@ -1,0 +1,1 @@
+"""Scoring against annotated images: metrics, COCO via pycocotools, baselines as published, reports."""

@@ -1,0 +1,131 @@
+"""The classifier gradloc explains: a module and what it must be told about it.
+
+:class:`ClassifierSpec` holds everything besides the module that the stages need: the class
+names, the square input size the model was trained at, the normalisation of its input and the
+last feature layer (Grad-CAM, CAM and the pyramid's gradient x activation hook it). The shipped
+WRN is :data:`CIFAR10`; :func:`torchvision_classifier` and :func:`load_callable` build the
+user's own (``--model torchvision:NAME`` / ``MODULE:CALLABLE``).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .wrn import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The last feature layer of common torchvision families, tried in order (the module whose output
+# global pooling averages): ResNet / ResNeXt / RegNet, VGG / AlexNet / MobileNet / EfficientNet /
+# ConvNeXt / DenseNet ("features"), and the shipped WRN's final BN-ReLU.
+FEATURE_LAYERS = ("relu", "layer4", "trunk_output", "features")
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """A classifier's class names, input side (px, square), input mean and std (RGB in [0, 1])
+    and last feature layer (a name in ``model.named_modules()``, None: found by
+    :func:`find_feature_layer` when a method needs it)."""
+
+    classes: tuple[str, ...]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    feature_layer: str | None = None
+
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if isinstance(size, (tuple, list)):
+            if len(size) != 2 or size[0] != size[1]:
+                raise ValueError(f"input_size must be one side or a square (h, w); got {tuple(size)}")
+            size = size[0]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+            raise ValueError(f"input_size must be an integer side >= 8 px, got {self.input_size!r}")
+        object.__setattr__(self, "input_size", size)
+        names = tuple(str(c).strip() for c in self.classes)
+        if len(names) < 2 or len(set(n.lower() for n in names)) < len(names) or not all(names):
+            raise ValueError(f"classes must be at least two distinct non-empty names, got {len(names)}")
+        object.__setattr__(self, "classes", names)
+        for key in ("mean", "std"):
+            v = tuple(float(x) for x in getattr(self, key))
+            if len(v) != 3 or (key == "std" and not all(x > 0 for x in v)):
+                raise ValueError(f"{key} must be three numbers (one per RGB channel){', all > 0' if key == 'std' else ''}")
+            object.__setattr__(self, key, v)
+
+    @property
+    def mean_colour(self) -> tuple[float, float, float]:
+        """The colour (0-255) that normalises to zero: no evidence, what blanking fills with."""
+        return tuple(255 * m for m in self.mean)
+
+    def normalize(self, x_uint8: Tensor) -> Tensor:
+        """``uint8 [B, 3, H, W]`` -> float, normalised as the model was trained."""
+        mean = torch.tensor(self.mean, device=x_uint8.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x_uint8.device).view(1, 3, 1, 1)
+        return (x_uint8.float() / 255.0 - mean) / std
+
+
+CIFAR10 = ClassifierSpec(CIFAR10_CLASSES, 32, CIFAR10_MEAN, CIFAR10_STD, "relu")
+
+
+def find_feature_layer(model: nn.Module, name: str | None = None) -> str:
+    """``name`` if the model has it, else the first of :data:`FEATURE_LAYERS` it has; a
+    one-line error naming its top-level layers when there is none."""
+    layers = dict(model.named_modules())
+    if name is not None and name in layers:
+        return name
+    found = next((n for n in FEATURE_LAYERS if name is None and n in layers), None)
+    if found is None:
+        tops = ", ".join(n for n in layers if n and "." not in n)
+        what = f"no layer {name!r}" if name else "no feature layer gradloc knows"
+        raise ValueError(f"the model has {what} (tried {', '.join(FEATURE_LAYERS)}); give the last "
+                         f"convolutional layer's name (--feature-layer); top-level layers: {tops}")
+    return found
+
+
+def torchvision_classifier(name: str, num_classes: int) -> nn.Module:
+    """``torchvision.models.<name>`` with ``num_classes`` outputs and random weights (the user
+    loads theirs: nothing is downloaded)."""
+    import torchvision
+    try:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    except (ValueError, KeyError):
+        known = ", ".join(sorted(torchvision.models.list_models(torchvision.models))[:12])
+        raise ValueError(f"torchvision has no classification model {name!r} (e.g. {known}, ...)") from None
+
+
+def load_callable(spec: str, num_classes: int) -> nn.Module:
+    """``MODULE:CALLABLE`` -> ``CALLABLE(num_classes=...)`` (or ``CALLABLE()``) from an
+    importable module or a ``.py`` file path, which must give an ``nn.Module``."""
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--model {spec!r}: give torchvision:NAME or MODULE:CALLABLE")
+    try:
+        if module_name.endswith(".py"):
+            loader = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+        fn = getattr(module, attr)
+    except (ImportError, AttributeError, FileNotFoundError) as exc:
+        raise ValueError(f"--model {spec!r}: cannot load it ({type(exc).__name__}: {exc})") from None
+    try:
+        model = fn(num_classes=num_classes)
+    except TypeError:
+        model = fn()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"--model {spec!r} gave a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def read_class_names(path: str | Path) -> tuple[str, ...]:
+    """One class name a line (blank lines and # comments ignored)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read class names from {path}: {exc}") from None
+    return tuple(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))

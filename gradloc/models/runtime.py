@@ -1,0 +1,72 @@
+"""Where and how the classifier runs, decided once: the model and its spec, the device, the
+precision, the batch size and the largest image accepted.
+
+The pipeline (:class:`~gradloc.discovery.pipeline.ProposalGenerator`), the engines (local and
+Ray) and evaluation (the CAM baselines) all take one :class:`Runtime`; none resolves a device
+or a precision of its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from .classifier import CIFAR10, ClassifierSpec
+from .wrn import resolve_precision
+
+DEFAULT_MAX_PIXELS = 100_000_000  # larger images are refused (decompression-bomb guard)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else the CPU; ``cuda`` without a CUDA device is a one-line
+    error; any other torch device as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} but no CUDA device is available")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The classifier (eval mode, frozen, on ``device``, channels_last) and how it runs.
+
+    ``precision`` is resolved (``fp32`` or ``bf16``, :func:`~gradloc.models.wrn.resolve_precision`);
+    build one with :meth:`build`, which validates and resolves every field.
+    """
+
+    model: nn.Module
+    spec: ClassifierSpec
+    device: torch.device
+    precision: str
+    batch_size: int
+    max_pixels: int
+
+    @classmethod
+    def build(cls, model: nn.Module, spec: ClassifierSpec = CIFAR10, device: str | torch.device = "auto",
+              precision: str = "auto", batch_size: int = 64, max_pixels: int = DEFAULT_MAX_PIXELS) -> "Runtime":
+        for name, value in (("batch_size", batch_size), ("max_pixels", max_pixels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        where = resolve_device(device)
+        model.eval().requires_grad_(False)
+        model = model.to(where).to(memory_format=torch.channels_last)
+        return cls(model, spec, where, resolve_precision(precision, where), batch_size, max_pixels)
+
+    @property
+    def amp(self) -> bool:
+        """Whether the network's passes run under bf16 autocast."""
+        return self.precision == "bf16"
+
+    def settings(self) -> dict:
+        """What travels to another process besides the model (:meth:`on`)."""
+        return {"spec": self.spec, "precision": self.precision, "batch_size": self.batch_size,
+                "max_pixels": self.max_pixels}
+
+    def on(self, device: str | torch.device) -> "Runtime":
+        """The same runtime with the model on another device."""
+        where = resolve_device(device)
+        return replace(self, model=self.model.to(where), device=where,
+                       precision=resolve_precision(self.precision, where))

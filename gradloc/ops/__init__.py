@@ -1,0 +1,1 @@
+"""Box geometry in one place: pad, scale, clip, crop, blank, place (float xyxy)."""
