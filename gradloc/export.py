@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -148,3 +149,26 @@ def export(records: list[dict], fmt: str, out: Path, relative_to: str | Path | N
         if fmt == "yolo":
             atomic_write_text(out / "classes.txt", "".join(c + "\n" for c in classes))
     return len(records), sum(len(r["proposals"]) for r in records)
+
+
+def coco_results_or_dataset(records: list[dict], classes, annotations: str | None = None, aliases: str | None = None,
+                            relative_to: str | None = None) -> tuple[object, str]:
+    """``gradloc export-coco``: with ``annotations``, a COCO results file (the annotations' image
+    and category ids, mapped onto the run's own classes through ``aliases``; images of either side
+    without a counterpart are said on stderr); without, a COCO dataset of the selected proposals.
+    Returns the document and what it holds, in words."""
+    if annotations:
+        from .data.annotations import load_aliases, load_annotations
+        from .evaluation import coco
+        ds = load_annotations(annotations, load_aliases(aliases, classes), classes)
+        dets, unmatched, missing = coco.results_from_predictions(records, ds)
+        for f in unmatched:
+            print(f"gradloc: {f}: no annotated image of this name; its proposals are not in the results",
+                  file=sys.stderr)
+        for f in missing:
+            print(f"gradloc: {f}: annotated, but no prediction for it", file=sys.stderr)
+        return dets, f"{len(dets)} results for {len(ds.images) - len(missing)} annotated images"
+    kept = select(records, classes=classes)
+    files = [r["file"] for r in kept]
+    dataset = coco_dataset(kept, files if relative_to is None else relative_names(files, relative_to), classes)
+    return dataset, f"a COCO dataset of {len(dataset['images'])} images and {len(dataset['annotations'])} scored boxes"

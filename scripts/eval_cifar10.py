@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gradloc.data.cifar import load_cifar10  # noqa: E402
 from gradloc.models.wrn import CIFAR10_CLASSES, wide_resnet  # noqa: E402
-from gradloc.data.preprocess import normalize  # noqa: E402
+from gradloc.models.classifier import CIFAR10  # noqa: E402
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def predict(model, images: np.ndarray, batch: int = 500) -> np.ndarray:
     x = torch.from_numpy(images).permute(0, 3, 1, 2)
     preds = []
     for i in range(0, len(x), batch):
-        xb = normalize(x[i:i + batch]).contiguous(memory_format=torch.channels_last)
+        xb = CIFAR10.normalize(x[i:i + batch]).contiguous(memory_format=torch.channels_last)
         preds.append(model(xb).argmax(1))
     return torch.cat(preds).numpy()
 

@@ -10,8 +10,10 @@ from PIL import Image
 from gradloc.data.annotations import AnnotatedImage, AnnotatedSet
 from gradloc.evaluation.baselines import (cam_box, has_selective_search, predict_cam, selective_search,
                                upsample_map)
+from gradloc.models.classifier import CIFAR10
+from gradloc.models.runtime import Runtime
 from gradloc.models.wrn import wide_resnet
-from gradloc.data.preprocess import normalize, prepare
+from gradloc.data.preprocess import prepare
 from gradloc.attribution.saliency import CAM, GradCAM
 
 from .conftest import SAMPLES
@@ -24,7 +26,7 @@ def shipped():
 
 def sample_batch():
     files = sorted((SAMPLES / "cifar10").glob("*.png")) + [SAMPLES / "chelsea_cat.png"]
-    return normalize(torch.stack([prepare(f)[0] for f in files]))
+    return CIFAR10.normalize(torch.stack([prepare(f)[0] for f in files]))
 
 
 def test_gradcam_targets_the_pooled_features(random_wrn):
@@ -87,7 +89,7 @@ def test_predict_cam_on_an_annotated_set(tmp_path, random_wrn):
                         torch.tensor([3, 5]), torch.tensor([False, False]))
     ds = AnnotatedSet([im, AnnotatedImage("gone.png", 90, 60, im.boxes[:1], im.labels[:1], im.difficult[:1])])
     for method in ("gradcam", "cam"):
-        preds, skipped = predict_cam(random_wrn, ds, tmp_path, method, progress=False)
+        preds, skipped = predict_cam(Runtime.build(random_wrn, device="cpu"), ds, tmp_path, method, progress=False)
         assert preds[1] is None and skipped[0]["file"].endswith("gone.png")
         p = preds[0]
         assert set(p.boxes) == {3, 5} and p.maps[3].shape == (8, 8)

@@ -88,7 +88,7 @@ def test_precision_auto_picks_bf16_only_where_it_is_native(monkeypatch, random_w
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
     gen = ProposalGenerator(random_wrn, device="cpu")
-    assert gen.precision == "fp32" and not gen.net.amp
+    assert gen.precision == "fp32" and not gen.amp
     for g in (ProposalGenerator(random_wrn, device="cpu", amp=True),
               ProposalGenerator(random_wrn, device="cpu", precision="bf16").with_options(top_k=3)):
         assert g.precision == "bf16" and g.net.amp  # the alias, and kept by with_options

@@ -9,7 +9,7 @@ from gradloc.ops.boxes import clip_nonempty
 from gradloc.discovery.config import Options
 from gradloc.discovery.proposals import rank
 from gradloc.evaluation.report import describe_threshold
-from gradloc.discovery.rescoring import blank_in_thumbnail
+from gradloc.discovery.rescoring import Rescorer, blank_in_thumbnail, evidence_scores
 
 from .test_multiscale import RedDetector
 
@@ -137,9 +137,13 @@ def test_crop_minus_deletion_prefers_the_whole_object_to_a_part_of_it():
     assert box_iou(res["boxes"][1:], part).item() > 0.9
     # The evidence is the crop's class probability minus the blanked image's; the score is the
     # image's probability of the class (1 here) times exp(evidence - the best's).
-    crop = gen.rescorer.crop_scores([image], [res["boxes"]], [3])[0]
-    blanked = gen.rescorer.deletion_scores(blank_in_thumbnail([image], [res["boxes"]], 32, CIFAR10.mean_colour), [3])[0]
-    torch.testing.assert_close(res["scores"], (crop - blanked - (crop - blanked)[0]).exp())
+    # score_boxes gives the pipeline's own ranking score for any box: the same evidence
+    crop = gen.with_options(rescore="crop").score_boxes(image, res["boxes"], "cat")
+    evidence = gen.score_boxes(image, res["boxes"], 3)
+    blanked = crop - evidence
+    torch.testing.assert_close(res["scores"], (evidence - evidence[0]).exp())
+    torch.testing.assert_close(blanked, counting_rescorer()[0].deletion_scores(
+        blank_in_thumbnail([image], [res["boxes"]], 32, CIFAR10.mean_colour), [3])[0])
     assert blanked[0] < 0.2 < blanked[1] and float(crop[0]) == pytest.approx(float(crop[1]), abs=0.02)
     assert describe_threshold(Options(rescore="crop-delete", fuse=0, moment_box=0, frame_box=0, peaks=0)).endswith("crop-minus-deletion rescoring")
 
@@ -150,18 +154,17 @@ def test_crop_minus_deletion_on_large_images_blanks_each_box_in_its_own_window()
     import numpy as np
     canvas = np.full((384, 384, 3), 128, np.uint8)
     canvas[300:340, 40:80] = (230, 20, 20)
-    gen = ProposalGenerator(RedDetector(), device="cpu", batch_size=32, windows=4, smooth_sigma=0, scales="1,2,3,4",
+    model, inputs = RedDetector(), []
+    model.register_forward_hook(lambda m, x, out: None if torch.is_grad_enabled() else inputs.append(x[0]))
+    gen = ProposalGenerator(model, device="cpu", batch_size=32, windows=4, smooth_sigma=0, scales="1,2,3,4",
                             threshold="fraction", threshold_value=0.5, rescore="crop-delete")
-    seen = []
-    deletion = gen.rescorer.deletion_scores
-    gen.rescorer.deletion_scores = lambda *a: seen.append(a[0]) or deletion(*a)
     out = gen(canvas, classes="cat")[0]
     assert box_iou(out["boxes"][:1], torch.tensor([[40.0, 300.0, 80.0, 340.0]])).item() > 0.7
-    (blanked,), = seen  # one row, its boxes blanked in 32x32 window views, not in the canvas
-    assert blanked.shape[1:] == (3, 32, 32) and len(blanked) >= 4
-    fill = torch.tensor([round(v) for v in CIFAR10.mean_colour], dtype=torch.uint8).view(3, 1, 1)
-    assert all((v == fill).all(0).sum() >= 4 for v in blanked)  # each view has a blanked box (>= 2x2 cells)
-    crop = gen.rescorer.crop_scores([torch.from_numpy(canvas).permute(2, 0, 1)], [out["boxes"][:1]], [3])[0]
+    # the deletion views: 32x32 window views, each with a box blanked to the colour that
+    # normalises to zero (>= 2x2 cells), not the whole canvas' view
+    blanked = [v for x in inputs for v in x if (v.abs() < 0.01).all(0).sum() >= 4]
+    assert len(blanked) >= 4 and all(v.shape == (3, 32, 32) for v in blanked)
+    crop = gen.with_options(rescore="crop").score_boxes(canvas, out["boxes"][:1], "cat")
     cand = out["candidates"][0]
     best = int(box_iou(out["boxes"][:1], cand.boxes)[0].argmax())
     assert cand.scores[best] > 0.5 * crop[0] > 0.2  # the blanked window keeps little of the class
@@ -190,19 +193,31 @@ def test_fusion_replaces_the_best_box_by_the_score_weighted_mean_of_its_neighbou
     assert not torch.equal(fused["boxes"][0], plain["boxes"][0])  # the two boxes did blend
 
 
+def counting_rescorer(merge_iou: float = 0.85):
+    """A :class:`Rescorer` on :class:`RedDetector`'s probabilities that records each batch it classifies."""
+    model, seen = RedDetector().eval(), []
+
+    def classify(views):
+        seen.append(len(views))
+        with torch.no_grad():
+            return model(CIFAR10.normalize(views)).softmax(1)
+    return Rescorer(classify, merge_iou, 32, CIFAR10.mean_colour), seen
+
+
+def box_scores(rescorer, *args, **kwargs):
+    return [evidence_scores(e) for e in rescorer.box_evidence(*args, **kwargs)]
+
+
 def test_identical_views_are_scored_once_and_each_row_gets_its_class():
-    gen = ProposalGenerator(RedDetector(), device="cpu", batch_size=2)
     grey = torch.full((3, 32, 32), 128, dtype=torch.uint8)
     red = grey.clone()
     red[:, 8:24, 8:24] = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)
     rows = [torch.stack([red, grey, red]), torch.stack([grey]), torch.zeros(0, 3, 32, 32, dtype=torch.uint8),
             torch.stack([red])]
-    seen = []
-    window_probs = gen.rescorer.classify
-    gen.rescorer.classify = lambda x: seen.append(len(x)) or window_probs(x)
-    got = gen.rescorer.class_probs(rows, [3, 3, 3, 0])
+    rescorer, seen = counting_rescorer()
+    got = rescorer.class_probs(rows, [3, 3, 3, 0])
     assert seen == [2]  # six views, two distinct
-    direct = window_probs(torch.cat([r for r in rows if len(r)]))
+    direct = rescorer.classify(torch.cat([r for r in rows if len(r)]))
     torch.testing.assert_close(torch.cat(got), torch.cat([direct[:4, 3], direct[4:, 0]]))
     assert got[0][0] > got[0][1] and len(got[2]) == 0
 
@@ -218,49 +233,43 @@ def test_near_duplicates_group_each_box_with_the_first_it_overlaps():
 
 
 def test_near_duplicate_candidates_share_a_score_and_are_not_scored_twice():
-    gen = ProposalGenerator(RedDetector(), device="cpu")
     img = torch.full((3, 64, 64), 128, dtype=torch.uint8)
     img[:, 16:48, 16:48] = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)
     boxes = torch.tensor([[16, 16, 48, 48], [16, 16, 48, 49], [0, 0, 20, 20.0]])
-    seen = []
-    classify = gen.rescorer.classify
-    gen.rescorer.classify = lambda x: seen.append(len(x)) or classify(x)
-    merged = gen.rescorer.box_scores([img], [boxes], [3], "crop-delete")[0]
+    rescorer, seen = counting_rescorer()
+    merged = box_scores(rescorer, [img], [boxes], [3], "crop-delete")[0]
     assert seen == [2, 2]  # two representatives: their crops, then their blanked views
     assert merged[0] == merged[1] and merged[0] > merged[2]
-    gen.rescorer.merge_iou = 1.01
-    each = gen.rescorer.box_scores([img], [boxes], [3], "crop-delete")[0]
+    each = box_scores(counting_rescorer(merge_iou=1.01)[0], [img], [boxes], [3], "crop-delete")[0]
     torch.testing.assert_close(each[[0, 2]], merged[[0, 2]])
     with pytest.raises(ValueError, match="merge_iou"):
         Options(merge_iou=0)
 
 
 def test_the_frame_hypothesis_is_scored_by_the_whole_view_without_views_of_its_own():
-    gen = ProposalGenerator(RedDetector(), device="cpu")
     img = torch.full((3, 64, 64), 128, dtype=torch.uint8)
     img[:, 2:62, 2:62] = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)  # fills the view
     boxes = torch.tensor([[16, 16, 48, 48], [3.2, 3.2, 60.8, 60.8]])  # a part, then the frame
     last = torch.tensor([False, True])
-    seen = []
-    classify = gen.rescorer.classify
-    gen.rescorer.classify = lambda x: seen.append(len(x)) or classify(x)
-    whole = float(classify(torch.nn.functional.interpolate(img[None].float(), size=32).round().byte())[0, 3])
-    scores = gen.rescorer.box_scores([img], [boxes], [3], "crop-delete", frames=[last], whole=[whole])[0]
+    rescorer, seen = counting_rescorer()
+    whole = float(rescorer.classify(torch.nn.functional.interpolate(img[None].float(), size=32).round().byte())[0, 3])
+    seen.clear()
+    scores = box_scores(rescorer, [img], [boxes], [3], "crop-delete", frames=[last], whole=[whole])[0]
     assert seen == [1, 1, 1]  # the part's crop and blanked view, and the blank view once
-    blank = gen.rescorer.blank_probs()
+    blank = rescorer.blank_probs()
     assert scores[1] == pytest.approx(whole - float(blank[3])) and scores[1] > scores[0]
-    gen.rescorer.box_scores([img], [boxes], [3], "crop-delete", frames=[last], whole=[whole])
+    box_scores(rescorer, [img], [boxes], [3], "crop-delete", frames=[last], whole=[whole])
     assert seen == [1, 1, 1, 1, 1]  # the blank view's probabilities are kept
-    crop = gen.rescorer.box_scores([img], [boxes], [3], "crop", frames=[last], whole=[whole])[0]
+    crop = box_scores(rescorer, [img], [boxes], [3], "crop", frames=[last], whole=[whole])[0]
     assert crop[1] == pytest.approx(whole)
     # a frame that another candidate already represents shares its score, as any near-duplicate
     near = torch.tensor([[3.2, 3.2, 60.8, 61.0], [3.2, 3.2, 60.8, 60.8]])
-    shared = gen.rescorer.box_scores([img], [near], [3], "crop-delete", frames=[last], whole=[whole])[0]
+    shared = box_scores(rescorer, [img], [near], [3], "crop-delete", frames=[last], whole=[whole])[0]
     assert shared[0] == shared[1]
     # the frame is known by its kind, not its place: first in the row, it scores the same
-    first = gen.rescorer.box_scores([img], [boxes.flip(0)], [3], "crop-delete", frames=[last.flip(0)],
+    first = box_scores(rescorer, [img], [boxes.flip(0)], [3], "crop-delete", frames=[last.flip(0)],
                                     whole=[whole])[0]
     assert torch.equal(first, scores.flip(0))
     # a box not marked as a frame is an ordinary candidate, wherever it is
-    plain = gen.rescorer.box_scores([img], [boxes], [3], "crop-delete", whole=[whole])[0]
+    plain = box_scores(rescorer, [img], [boxes], [3], "crop-delete", whole=[whole])[0]
     assert len(plain) == 2 and plain[1] != scores[1]

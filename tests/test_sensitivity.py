@@ -8,7 +8,8 @@ from PIL import Image
 
 from gradloc import class_sensitivity
 from gradloc.cli import main
-from gradloc.data.preprocess import normalize, prepare
+from gradloc.data.preprocess import prepare
+from gradloc.models.classifier import CIFAR10
 from gradloc.attribution.saliency import Gradient
 
 
@@ -26,7 +27,7 @@ def folder(tmp_path):
 def test_means_are_the_per_class_average_of_each_images_gradient(folder, random_wrn):
     res = class_sensitivity(random_wrn, [folder], batch_size=3, progress=False)
     files = sorted(p for p in folder.glob("*.png"))
-    x = normalize(torch.stack([prepare(p)[0] for p in files]))
+    x = CIFAR10.normalize(torch.stack([prepare(p)[0] for p in files]))
     maps, logits = Gradient(random_wrn)(x, lambda z: z.argmax(1))
     pred = logits.argmax(1).numpy()
     assert res.counts.sum() == 7 and (res.counts == np.bincount(pred, minlength=10)).all()

@@ -160,7 +160,9 @@ def test_moment_box_spans_the_spread_of_the_map():
 
 def boxes_from_mask(m, masks, config, peaks=False):
     """The candidate boxes and scores of one map under a :class:`~gradloc.discovery.config.ProposalConfig`."""
-    return candidate_boxes(m, masks, config, peaks=peaks)[:2]
+    return candidate_boxes(m, masks, morph=config.morph, kernel=config.kernel, score=config.component_score,
+                           union_box=config.union_box, moment=config.moment_box, peaks=config.peaks if peaks else 0,
+                           peak_shares=config.peak_shares())[:2]
 
 
 def test_moment_box_is_a_rescoring_candidate_only():

@@ -17,7 +17,6 @@ from torch import Tensor
 
 from ..ops.boxes import resize_uint8
 from ..models.runtime import DEFAULT_MAX_PIXELS
-from ..models.wrn import CIFAR10_MEAN, CIFAR10_STD
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
 
@@ -204,14 +203,6 @@ def working_image(rgb: Tensor, max_side: int = WORK_INPUT_MAX_SIDE) -> Tensor:
         return rgb
     scale = max_side / max(h, w)
     return resize_uint8(rgb, (max(1, round(h * scale)), max(1, round(w * scale))))
-
-
-def normalize(x_uint8: Tensor) -> Tensor:
-    """``uint8 [B, 3, H, W]`` -> float, CIFAR-10 mean/std normalised (another classifier's:
-    :meth:`gradloc.models.classifier.ClassifierSpec.normalize`)."""
-    mean = torch.tensor(CIFAR10_MEAN, device=x_uint8.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=x_uint8.device).view(1, 3, 1, 1)
-    return (x_uint8.float() / 255.0 - mean) / std
 
 
 def prepare(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, keep_work: bool = False,

@@ -186,8 +186,8 @@ class RankingConfig:
                             "temperature 0.5. view: the object is large where the photograph's 32x32 view gives its "
                             "class more than 0.5; scale: where the classifier recognises the class better in the "
                             "coarse inputs (32-64 px) than the fine ones (128-256 px), which suits photographs of one "
-                            "large object (VOC dev 47.3 -> 48.5) and loses on small objects in clutter (large "
-                            "canvases 47.7 -> 37.8); off (default: %(default)s)", choices=("view", "scale", "off"))
+                            "large object and loses on small objects in clutter (BENCHMARKS.md); off (default: "
+                            "%(default)s)", choices=("view", "scale", "off"))
     min_score: float | None = option(None, "drop proposals scoring under this, so that a class can be answered "
                                      "absent (default: keep all)")
 
@@ -328,11 +328,3 @@ class Options:
     def threshold_values(self) -> list[float | None]:
         """The threshold values boxes are made at (:meth:`ProposalConfig.values` of what runs)."""
         return list(self.effective().proposals.values())
-
-    def method_kwargs(self) -> dict:
-        """The saliency method's constructor arguments."""
-        return self.stage(SaliencyConfig).method_kwargs()
-
-    def pyramid_sizes(self) -> tuple[int, ...]:
-        """The pyramid's input sizes beyond the 32x32 view, sorted, each once."""
-        return self.stage(PlanConfig).pyramid_sizes()

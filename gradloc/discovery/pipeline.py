@@ -20,16 +20,18 @@ import torch
 from torch import Tensor, nn
 
 from . import multiscale as ms
-from .candidates import RowCandidates, gather
-from ..models.classes import ClassSpec, parse_class_spec
+from .candidates import CandidateMaker, RowCandidates
+from ..models.classes import ClassSpec, class_index, parse_class_spec
 from ..models.classifier import CIFAR10, ClassifierSpec, find_feature_layer
 from .config import CAM_METHODS, Options
-from ..models.wrn import resolve_precision, wide_resnet
+from ..models.runtime import DEFAULT_MAX_PIXELS, Runtime
+from ..models.wrn import wide_resnet
 from ..models.network import Network
-from ..data.preprocess import DEFAULT_MAX_PIXELS, ImageInput, prepare
+from ..data.preprocess import ImageInput, prepare
+from ..ops.boxes import scale_boxes
 from .proposals import smooth_and_threshold
 from .rescoring import Rescorer, evidence_scores, presence_scores, rank_and_fuse, recognised_large
-from .results import Candidates, Result, assemble
+from .results import Candidates, ClassProposals, Result, assemble
 from ..attribution.saliency import make_method
 from .windows import MultiScale, Pyramid, WholeImage, WindowPlan, Windows, contrasted
 
@@ -42,8 +44,9 @@ class ProposalGenerator:
 
     Parameters
     ----------
-    model : nn.Module
-        Classifier on normalised input (``spec``); put in eval mode with frozen parameters.
+    model : nn.Module or Runtime
+        Classifier on normalised input (``spec``); put in eval mode with frozen parameters. Or a
+        :class:`~gradloc.models.runtime.Runtime` built once (the arguments below then unused).
     spec : ClassifierSpec
         Its class names, input size, normalisation and last feature layer (default: the shipped
         CIFAR-10 WRN's); :meth:`from_classifier` builds one.
@@ -55,7 +58,7 @@ class ProposalGenerator:
         Larger images are refused (decompression-bomb guard).
     precision : {"auto", "fp32", "bf16"}
         The network's passes in bf16 autocast or fp32. ``auto`` (default): bf16 where the device
-        computes it natively (CUDA, CPUs with AVX-512-BF16 / AMX; 2.4x on this project's CPU),
+        computes it natively (CUDA, CPUs with AVX-512-BF16 / AMX; BENCHMARKS.md),
         fp32 elsewhere (on AVX2-only CPUs bf16 is many times slower). Boxes agree closely between
         the two (BENCHMARKS.md); pin ``fp32`` for results identical on every machine.
     amp : bool
@@ -64,11 +67,9 @@ class ProposalGenerator:
         Fields of :class:`~gradloc.discovery.config.Options` (``method``, ``top_n``, ``threshold``, ...).
     """
 
-    def __init__(self, model: nn.Module, device: str = "auto", batch_size: int = 64,
+    def __init__(self, model: nn.Module | Runtime, device: str = "auto", batch_size: int = 64,
                  max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "auto", amp: bool = False,
                  spec: ClassifierSpec = CIFAR10, **options) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         unknown = set(options) - {f.name for f in fields(Options)}
         if unknown:
             raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
@@ -76,22 +77,23 @@ class ProposalGenerator:
         for note in self.options.inert():  # an option that would do nothing is said so, not ignored
             warnings.warn(note, UserWarning, stacklevel=2)
         self.config = self.options.effective()  # what runs, one config per stage
-        self.device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-        model.eval().requires_grad_(False)
-        self.model = model.to(self.device).to(memory_format=torch.channels_last)
-        self.precision = resolve_precision("bf16" if amp else precision, self.device)
-        self.batch_size, self.max_pixels, self.amp = batch_size, max_pixels, self.precision == "bf16"
-        self.spec = spec
+        self.runtime = model if isinstance(model, Runtime) else Runtime.build(
+            model, spec, device, "bf16" if amp else precision, batch_size, max_pixels)
+        spec = self.spec
         saliency, plan = self.config.saliency, self.config.plan
         kwargs = saliency.method_kwargs()
         if saliency.method in (*CAM_METHODS, "grad-x-activation") and "layer" not in kwargs:
             kwargs["layer"] = find_feature_layer(self.model, spec.feature_layer)  # the features pooled last
         self.method = make_method(saliency.method, self.model, **kwargs)
-        self.net = Network(self.model, self.method, self.device, batch_size, self.amp, saliency.flip, spec)
+        self.net = Network(self.model, self.method, self.device, self.batch_size, self.amp, saliency.flip, spec)
         self.rescorer = Rescorer(self.net.class_probs, self.config.ranking.merge_iou, spec.input_size, spec.mean_colour)
         self.whole_image = WholeImage()
-        self.multiscale = MultiScale(plan.scales, plan.max_windows, plan.windows, spec.mean_colour)
+        self.multiscale = MultiScale(plan.scales, plan.max_windows, plan.windows)
+        p, ranking = self.config.proposals, self.config.ranking
+        self.candidates = CandidateMaker(
+            morph=p.morph, kernel=p.kernel, score=p.component_score, union_box=p.union_box, nms_iou=ranking.nms_iou,
+            top_k=ranking.top_k, moment=p.moment_box, peaks=p.peaks, peak_shares=p.peak_shares(),
+            padding=p.box_padding, frame=p.frame_box, blank=ranking.rescore == "crop-delete", fill=spec.mean_colour)
         # the pyramid's sizes are set for a 32 px input; another model's scale with its input
         scale = spec.input_size / 32
         self.pyramid = Pyramid([round(s * scale) for s in plan.pyramid_sizes()], self.model,
@@ -116,10 +118,17 @@ class ProposalGenerator:
                    **kwargs)
 
     def with_options(self, **changes) -> "ProposalGenerator":
-        """A generator on the same model with some options changed."""
-        return ProposalGenerator(self.model, device=str(self.device), batch_size=self.batch_size,
-                                 max_pixels=self.max_pixels, precision=self.precision, spec=self.spec,
-                                 **{**asdict(self.options), **changes})
+        """A generator on the same runtime with some options changed."""
+        return ProposalGenerator(self.runtime, **{**asdict(self.options), **changes})
+
+    # the runtime's fields, as the generator's own
+    model = property(lambda self: self.runtime.model)
+    spec = property(lambda self: self.runtime.spec)
+    device = property(lambda self: self.runtime.device)
+    precision = property(lambda self: self.runtime.precision)
+    amp = property(lambda self: self.runtime.amp)
+    batch_size = property(lambda self: self.runtime.batch_size)
+    max_pixels = property(lambda self: self.runtime.max_pixels)
 
     def settings(self) -> dict:
         """The effective settings, as recorded in run.json and predictions.json: every option as
@@ -176,8 +185,8 @@ class ProposalGenerator:
         ranking and fusion, the boxes mapped to the original image, the result per image."""
         p = self.config.proposals
         shared, maps = contrasted(w, p.class_contrast) if plan.contrast else (torch.zeros(len(w.counts), dtype=torch.bool), w.maps)
-        smoothed, masks = smooth_and_threshold(maps, p)
-        rows = gather(plan, w, smoothed, masks, shared, self.config, sizes, work)
+        smoothed, masks = smooth_and_threshold(maps, p.smooth_sigma, p.threshold, p.values())
+        rows = self.candidates.rows(w, smoothed, masks, shared, plan.peak_regions, plan.frame_candidate)
         evidence = self.rescore(plan, rows, sizes, work)
         scores = [r.scores if e is None else evidence_scores(e) for r, e in zip(rows, evidence)]
         chosen = [self.select(plan, r, s, float(w.probs[r.image, r.cls])) for r, s in zip(rows, scores)]
@@ -191,7 +200,7 @@ class ProposalGenerator:
             cand = Candidates(mapped[len(boxes):], s, torch.zeros(len(r.boxes), 2) if e is None else e, r.kinds, r.sides)
             m, k = plan.output(w, start, smoothed[start:start + count], masks[shown, start:start + count],
                                sizes[i], work[i])
-            per_image[i].append((r.cls, mapped[:len(boxes)], ranked, m, k, cand))
+            per_image[i].append(ClassProposals(r.cls, mapped[:len(boxes)], ranked, m, k, cand))
             start += count
         return [assemble(res, w.probs[i], sizes[i]) for i, res in enumerate(per_image)]
 
@@ -240,8 +249,37 @@ class ProposalGenerator:
         if self.config.ranking.rescore != "off" and (work is None or any(work[int(i)] is None for i in row_image)):
             raise ValueError("crop rescoring needs each image at working resolution (prepare(keep_work=True))")
         work = work if work is not None else [None] * len(sizes)
-        return self.postprocess(self.whole_image, WholeImage.from_maps(maps, row_image, row_class, probs, named),
+        return self.postprocess(self.whole_image, WholeImage.from_maps(maps, row_image, row_class, probs, sizes, named),
                                 sizes, work)
+
+    def score_boxes(self, image: ImageInput, boxes, classes: ClassSpec | Sequence[ClassSpec]) -> Tensor:
+        """The score the pipeline ranks candidates by, for boxes of your own: ``image`` (any
+        accepted input), ``boxes`` ``[K, 4]`` xyxy in its pixels, and one class (name or index)
+        for all boxes or one per box -> float ``[K]``. With ``rescore`` ``crop``, each box's crop
+        probability of its class; ``crop-delete`` (default), that minus the probability of the
+        image's model-sized view with the box blanked; ``off`` is refused (nothing to score by).
+        Every box is scored on its own (no merging of near-duplicates)."""
+        rescore = self.config.ranking.rescore
+        if rescore == "off":
+            raise ValueError("score_boxes needs rescoring (rescore crop or crop-delete)")
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        names = self.spec.classes
+        per_box = [classes] * len(boxes) if classes is None or isinstance(classes, (str, int)) else list(classes)
+        if len(per_box) != len(boxes):
+            raise ValueError(f"got {len(per_box)} classes for {len(boxes)} boxes")
+        if any(c is None for c in per_box):
+            raise ValueError("score_boxes needs a class for every box (a name or an index)")
+        idx = [class_index(c, names) for c in per_box]
+        _, size, work = prepare(image, self.max_pixels, True, self.spec.input_size)
+        in_work = scale_boxes(boxes, size, tuple(work.shape[-2:]))
+        rescorer = Rescorer(self.net.class_probs, 2.0, self.spec.input_size, self.spec.mean_colour)
+        order = sorted(set(idx))
+        rows = [in_work[[k for k, c in enumerate(idx) if c == cls]] for cls in order]
+        evidence = rescorer.box_evidence([work] * len(rows), rows, order, rescore)
+        out = torch.zeros(len(boxes))
+        for cls, e in zip(order, evidence):
+            out[[k for k, c in enumerate(idx) if c == cls]] = evidence_scores(e)
+        return out
 
     # -- the public entry point --------------------------------------------------------
 

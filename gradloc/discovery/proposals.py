@@ -6,6 +6,8 @@ them elsewhere).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import cv2
 import numpy as np
 import torch
@@ -211,49 +213,49 @@ def propose(saliency: np.ndarray, mask: np.ndarray, *, morph: str = "close", ker
     return rank(torch.from_numpy(boxes), torch.from_numpy(scores), nms_iou, top_k)
 
 
-def smooth_and_threshold(maps: Tensor, config) -> tuple[Tensor, Tensor]:
+def smooth_and_threshold(maps: Tensor, sigma: float, method: str, values: Sequence) -> tuple[Tensor, Tensor]:
     """Maps ``[R, h, w]`` of one grid size -> (smoothed maps ``[R, h, w]``, kept-pixel masks
-    ``[L, R, h, w]``, one per threshold value of the :class:`~gradloc.discovery.config.ProposalConfig`
-    ``config``), batched.
+    ``[L, R, h, w]``, one per threshold value), batched: Gaussian smoothing of ``sigma``, then
+    :func:`~gradloc.discovery.threshold.threshold` by ``method`` at each of ``values``.
 
     Sizes are stated for the 32x32 grid and scale with larger grids: top-N is a share of 1024
     pixels, sigma is in 32x32-grid pixels.
     """
     f = max(maps.shape[-2:]) / GRID
-    if config.smooth_sigma > 0:
-        s = config.smooth_sigma * f
+    if sigma > 0:
+        s = sigma * f
         k = 2 * int(round(3 * s)) + 1
         maps = gaussian_blur(maps[:, None], [k, k], [s, s])[:, 0]
-    values = list(config.values())
-    if config.threshold == "top-n":
+    values = list(values)
+    if method == "top-n":
         values = [v * maps[0].numel() / GRID ** 2 for v in values]
-    return maps, torch.stack([threshold(maps, config.threshold, v) for v in values])
+    return maps, torch.stack([threshold(maps, method, v) for v in values])
 
 
-def candidate_boxes(m: Tensor, masks: Tensor, config, nms_iou: float = 0.5, top_k: int | None = 5,
-                    union_box: bool | None = None, peaks: bool = False) -> tuple[Tensor, Tensor, list[str]]:
+def candidate_boxes(m: Tensor, masks: Tensor, *, morph: str = "close", kernel: int = 3, score: str = "mass",
+                    union_box: bool = True, nms_iou: float = 0.5, top_k: int | None = 5, moment: float = 0.0,
+                    peaks: int = 0, peak_shares: Sequence[float] = (0.6, 0.4, 0.2)) -> tuple[Tensor, Tensor, list[str]]:
     """One map ``[h, w]`` and its masks ``[L, h, w]`` -> grid boxes ``[K, 4]`` (xyxy), scores
-    ``[K]`` and each box's kind (``"component"``, ``"moment"``, ``"peak"``): morphology,
-    connected components, NMS at ``nms_iou``, by the :class:`~gradloc.discovery.config.ProposalConfig`
-    ``config``. With one mask, its ``top_k`` best boxes; with a ladder of masks, the best box of
-    each. With the config's ``moment_box``, also the map's :func:`moment_box`; with ``peaks``, the
-    config's :func:`peak_boxes` (both scored 0: only rescoring ranks them). ``union_box``
-    overrides the config's. The kernel is in 32x32-grid pixels."""
+    ``[K]`` and each box's kind (``"component"``, ``"moment"``, ``"peak"``): morphology ``morph``
+    with a ``kernel`` (in 32x32-grid pixels), connected components scored by ``score``, the
+    ``union_box``, NMS at ``nms_iou``. With one mask, its ``top_k`` best boxes; with a ladder of
+    masks, the best box of each. With ``moment`` > 0, also the map's :func:`moment_box` at that
+    many standard deviations; with ``peaks`` > 0, the regions of that many peaks
+    (:func:`peak_boxes` at ``peak_shares``); both scored 0: only rescoring ranks them."""
     f = max(m.shape) / GRID
-    kernel = config.kernel if f == 1 else (int(round(config.kernel * f)) | 1)
-    kw = dict(morph=config.morph, kernel=kernel, score=config.component_score, nms_iou=nms_iou,
-              include_union=config.union_box if union_box is None else union_box)
+    kernel = kernel if f == 1 else (int(round(kernel * f)) | 1)
+    kw = dict(morph=morph, kernel=kernel, score=score, nms_iou=nms_iou, include_union=union_box)
     if len(masks) == 1:
         found = [propose(m.numpy(), masks[0].numpy(), top_k=top_k, **kw)]
     else:
         found = [propose(m.numpy(), k.numpy(), top_k=1, **kw) for k in masks]
     kinds = ["component"] * sum(len(b) for b, _ in found)
-    if config.moment_box > 0:
-        box = moment_box(m.numpy(), config.moment_box)
+    if moment > 0:
+        box = moment_box(m.numpy(), moment)
         found.append((box, torch.zeros(len(box))))
         kinds += ["moment"] * len(box)
-    if peaks and config.peaks > 0:
-        box = peak_boxes(m.numpy(), config.peaks, config.peak_shares())
+    if peaks > 0:
+        box = peak_boxes(m.numpy(), peaks, tuple(peak_shares))
         found.append((box, torch.zeros(len(box))))
         kinds += ["peak"] * len(box)
     return torch.cat([b for b, _ in found]), torch.cat([s for _, s in found]), kinds

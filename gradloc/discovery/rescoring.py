@@ -92,8 +92,7 @@ def consensus_scores(boxes: Tensor, scores: Tensor, temperature: float = CONSENS
 
     A photograph's row has some ninety candidates from every input size, threshold rung and
     peak, and one crop's score is a noisy judge: the best-scoring box is as often a part as a
-    box twice the object's size (VOC 2007 dev: 38% and 43% of the pairs where a right
-    candidate existed but lost). Where the object is large, most candidates hold it, so the
+    box twice the object's size (BENCHMARKS.md measures how often). Where the object is large, most candidates hold it, so the
     box that the score-weighted candidates overlap most is the whole object. Each box ``[K, 4]``
     gets ``a = IoU(box, boxes) @ softmax(scores / temperature)`` in [0, 1], and the score
     ``max(-1, best score - (1 - a))``: the row's evidence less the box's disagreement, so the
@@ -239,11 +238,3 @@ class Rescorer:
                 e[f] = torch.tensor([p, float(base[c]) if base is not None else 0.0])
             out.append(e[owner])
         return out
-
-    def box_scores(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int],
-                   rescore: str, blanked: Sequence[Tensor | None] | None = None,
-                   frames: Sequence[Tensor | None] | None = None,
-                   whole: Sequence[float | None] | None = None) -> list[Tensor]:
-        """``crop``: each box's crop probability; ``crop-delete``: that minus the probability of
-        its blanked view (:meth:`box_evidence`, same arguments)."""
-        return [evidence_scores(e) for e in self.box_evidence(images, boxes, classes, rescore, blanked, frames, whole)]

@@ -55,19 +55,30 @@ def map_peaks(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.stack([(gx + 0.5) * size[1] / w, (gy + 0.5) * size[0] / h], 1)
 
 
-def assemble(per_class: list[tuple], probs: Tensor, size: tuple[int, int]) -> Result:
-    """One image's ``(class, boxes [K, 4], scores [K], map, mask, candidates)`` per class asked
-    for -> its :class:`Result`: the proposals of all classes best first, one map, mask, peak and
-    :class:`Candidates` per class."""
-    boxes = torch.cat([row[1] for row in per_class])
-    scores = torch.cat([row[2] for row in per_class])
-    labels = torch.cat([torch.full((len(row[1]),), row[0], dtype=torch.int64) for row in per_class])
+@dataclass(frozen=True)
+class ClassProposals:
+    """What post-processing hands to the result for one (image, class) row."""
+
+    cls: int                # the class index
+    boxes: Tensor           # float [K, 4], xyxy, original pixels, best first
+    scores: Tensor          # float [K]
+    map: Tensor             # float [h, w], the row's saliency map as returned
+    mask: Tensor            # bool [h, w], its kept pixels
+    candidates: Candidates  # every candidate before selection
+
+
+def assemble(per_class: list[ClassProposals], probs: Tensor, size: tuple[int, int]) -> Result:
+    """One image's rows, one per class asked for -> its :class:`Result`: the proposals of all
+    classes best first, one map, mask, peak and :class:`Candidates` per class."""
+    boxes = torch.cat([row.boxes for row in per_class])
+    scores = torch.cat([row.scores for row in per_class])
+    labels = torch.cat([torch.full((len(row.boxes),), row.cls, dtype=torch.int64) for row in per_class])
     order = torch.argsort(scores, descending=True, stable=True)
-    maps = torch.stack([row[3] for row in per_class])
+    maps = torch.stack([row.map for row in per_class])
     return Result(boxes=boxes[order], scores=scores[order], labels=labels[order], probs=probs, maps=maps,
-                  masks=torch.stack([row[4] for row in per_class]),
-                  map_classes=torch.tensor([row[0] for row in per_class], dtype=torch.int64),
-                  peaks=map_peaks(maps, size), candidates=[row[5] for row in per_class])
+                  masks=torch.stack([row.mask for row in per_class]),
+                  map_classes=torch.tensor([row.cls for row in per_class], dtype=torch.int64),
+                  peaks=map_peaks(maps, size), candidates=[row.candidates for row in per_class])
 
 
 def _box(box) -> list[float]:

@@ -4,12 +4,12 @@ The post-processing (:meth:`gradloc.discovery.pipeline.ProposalGenerator.postpro
 the windows a plan produces. A plan answers a few questions, as hooks or named properties:
 
 - :meth:`WindowPlan.windows`: the saliency maps of a batch, each of one (image, class) row in
-  one window, and each window's *support* (the class probability that scales its boxes' scores);
-- :meth:`WindowPlan.place`: a window's grid boxes in the plan's *ranking frame*;
-  :meth:`~WindowPlan.to_work` and :meth:`~WindowPlan.to_original` map that frame to the working
-  image (rescoring) and to the original image (the result);
-- :meth:`WindowPlan.blanked`: the deletion views of a window's boxes (None: the whole image's
-  32x32 view with the box blanked);
+  one window, each window's *support* (the class probability that scales its boxes' scores) and
+  its *frame*, where its map lies in the plan's *ranking frame* (:meth:`Windows.place` puts a
+  window's grid boxes there); a plan whose windows carry their own views has a box blanked in
+  its window's view (otherwise in the whole image's model-sized view);
+- :meth:`~WindowPlan.to_work` and :meth:`~WindowPlan.to_original` map the ranking frame to the
+  working image (rescoring) and to the original image (the result);
 - :meth:`WindowPlan.output`: the map and mask returned per row;
 - ``contrast``: whether maps of several named classes of one image are contrasted;
 - ``rank_without_rescoring``: whether boxes are ranked (NMS, top-k) when rescoring is off;
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import multiscale as ms
-from ..ops.boxes import blank_boxes, boxes_to_image, crop_windows, resize_uint8, scale_boxes
+from ..ops.boxes import crop_windows, place_boxes, resize_uint8, scale_boxes
 from ..models.classes import class_rows
 from ..models.network import Network
 from ..attribution.saliency import GradientXActivation
@@ -53,14 +53,25 @@ class Windows:
     maps: Tensor         # float [N, S, S], one saliency map per window (S: the model's input side)
     support: Tensor      # float [N], the window's probability of its row's class
     counts: list[int]    # windows per row, sum N
-    boxes: Tensor | None = None   # float [N, 4], the windows in working-image pixels (MultiScale)
-    views: Tensor | None = None   # uint8 [N, 3, S, S], the windows' views (MultiScale)
+    frames: Tensor       # float [N, 4], xyxy: where each window's map lies in the plan's ranking frame
+    clip: bool = True    # boxes placed in the ranking frame are clipped to their window's frame
+    views: Tensor | None = None   # uint8 [N, 3, S, S], the windows' own views (MultiScale)
     named: Tensor | None = None   # bool [R], the row's image was asked for named classes
     sides: list[int] | None = None  # each window's input side in pixels (None: all model-sized views)
 
     def side(self, n: int) -> int:
         """The longer side of the input window ``n``'s map was computed at."""
         return int(self.maps.shape[-1]) if self.sides is None else self.sides[n]
+
+    def place(self, n: int, boxes: Tensor) -> Tensor:
+        """Boxes ``[K, 4]`` on window ``n``'s map grid -> the plan's ranking frame."""
+        return place_boxes(boxes, tuple(self.maps.shape[-2:]), self.frames[n], self.clip)
+
+
+def image_frames(sizes, row_image: Tensor, counts: Sequence[int]) -> Tensor:
+    """The frame ``[0, 0, w, h]`` of each window whose map covers its whole original image."""
+    per_row = [[0.0, 0.0, float(sizes[int(i)][1]), float(sizes[int(i)][0])] for i in row_image]
+    return torch.tensor([f for f, n in zip(per_row, counts) for _ in range(n)], dtype=torch.float32).view(-1, 4)
 
 
 class WindowPlan:
@@ -75,17 +86,11 @@ class WindowPlan:
     def windows(self, net: Network, x_uint8: Tensor, sizes, specs, work) -> Windows:
         raise NotImplementedError
 
-    def place(self, boxes: Tensor, w: Windows, n: int, size: tuple[int, int], work: Tensor) -> Tensor:
-        raise NotImplementedError
-
     def to_work(self, boxes: Tensor, size: tuple[int, int], work: Tensor) -> Tensor:
         return boxes
 
     def to_original(self, boxes: Tensor, size: tuple[int, int], work: Tensor) -> Tensor:
         return boxes
-
-    def blanked(self, boxes: Tensor, w: Windows, n: int) -> Tensor | None:
-        return None
 
     def output(self, w: Windows, start: int, smoothed: Tensor, mask: Tensor, size, work) -> tuple[Tensor, Tensor]:
         """The map and mask returned for the row whose windows start at ``start`` (``smoothed``
@@ -107,19 +112,18 @@ class WholeImage(WindowPlan):
 
     def windows(self, net, x_uint8, sizes, specs, work) -> Windows:
         maps, row_image, row_class, probs = net.saliency_rows(x_uint8, specs)
-        return self.from_maps(maps, row_image, row_class, probs, [kind == "list" for kind, _ in specs])
+        return self.from_maps(maps, row_image, row_class, probs, sizes, [kind == "list" for kind, _ in specs])
 
     @staticmethod
-    def from_maps(maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor,
+    def from_maps(maps: Tensor, row_image: Tensor, row_class: Tensor, probs: Tensor, sizes,
                   named: Sequence[bool] | None = None) -> Windows:
-        """The plan's windows from maps computed elsewhere (a test's, a cache's)."""
+        """The plan's windows from maps computed elsewhere (a test's, a cache's); ``sizes``: each
+        image's original ``(h, w)``."""
         named_rows = (torch.ones(len(row_image), dtype=torch.bool) if named is None
                       else torch.tensor(list(named), dtype=torch.bool)[row_image])
-        return Windows(row_image, row_class, probs, maps, probs[row_image, row_class], [1] * len(row_image),
-                       named=named_rows)
-
-    def place(self, boxes, w, n, size, work):
-        return scale_boxes(boxes, tuple(w.maps.shape[-2:]), size)
+        counts = [1] * len(row_image)
+        return Windows(row_image, row_class, probs, maps, probs[row_image, row_class], counts,
+                       image_frames(sizes, row_image, counts), named=named_rows)
 
     def to_work(self, boxes, size, work):
         return scale_boxes(boxes, size, work.shape[-2:])
@@ -137,8 +141,8 @@ class MultiScale(WindowPlan):
     returned is the windows' maps, each normalised to its maximum and weighted by its support,
     averaged on a working grid; the mask, where any window kept a pixel. No class contrast."""
 
-    def __init__(self, scales, max_windows: int, top: int, fill: tuple[float, float, float]) -> None:
-        self.scales, self.max_windows, self.top, self.fill = scales, max_windows, top, tuple(fill)
+    def __init__(self, scales, max_windows: int, top: int) -> None:
+        self.scales, self.max_windows, self.top = scales, max_windows, top
 
     def windows(self, net, x_uint8, sizes, specs, work) -> Windows:
         logits = net.logits(x_uint8)  # one pass: the top-k classes and the image's probabilities
@@ -160,20 +164,14 @@ class MultiScale(WindowPlan):
         classes = torch.cat([torch.full((n,), int(c)) for c, n in zip(row_class, counts)])
         maps, support = net.saliency_views(views, classes)
         return Windows(row_image, row_class, probs, maps, support, counts,
-                       boxes=torch.cat([boxes[int(i)][p] for i, p in zip(row_image, picks)]), views=views)
-
-    def place(self, boxes, w, n, size, work):
-        return boxes_to_image(boxes, w.boxes[n], int(w.maps.shape[-1]))
+                       torch.cat([boxes[int(i)][p] for i, p in zip(row_image, picks)]), clip=False, views=views)
 
     def to_original(self, boxes, size, work):
         return scale_boxes(boxes, work.shape[-2:], size)
 
-    def blanked(self, boxes, w, n):
-        return blank_boxes(w.views[n], boxes, self.fill)
-
     def output(self, w, start, smoothed, mask, size, work):
         h, wd = work.shape[-2:]
-        picked = w.boxes[start:start + len(smoothed)]
+        picked = w.frames[start:start + len(smoothed)]
         support = w.support[start:start + len(smoothed)]
         grid = ms.work_size(h, wd)
         return (ms.accumulate(smoothed, support, picked, (h, wd), grid),
@@ -216,7 +214,7 @@ class Pyramid(WindowPlan):
     consensus = True
     # A photograph's map has a peak on each object it responds to; a mass threshold over the
     # whole map joins them. (On object-centred thumbnails peak regions cut the one object into
-    # parts: Tiny ImageNet 1,500, 72.7 -> 67.0, so the other plans leave them out.)
+    # parts, so the other plans leave them out: BENCHMARKS.md, History.)
     peak_regions = True
 
     def __init__(self, sizes: Sequence[int], model, layer: str | None = "relu") -> None:
@@ -257,17 +255,15 @@ class Pyramid(WindowPlan):
                     per_row[r].append(self.to_grid(m))
                     support[r].append(q)
                     sides[r].append(side)
+        counts = [len(ms_) for ms_ in per_row]
         return Windows(row_image, row_class, probs, torch.stack([m for ms_ in per_row for m in ms_]),
-                       torch.stack([q for qs in support for q in qs]), [len(ms_) for ms_ in per_row],
+                       torch.stack([q for qs in support for q in qs]), counts, image_frames(sizes, row_image, counts),
                        sides=[s for ss in sides for s in ss])
 
     @staticmethod
     def to_grid(m: Tensor) -> Tensor:
         return F.interpolate(m[None, None].float(), size=(PYRAMID_GRID, PYRAMID_GRID), mode="bilinear",
                              align_corners=False)[0, 0]
-
-    def place(self, boxes, w, n, size, work):
-        return scale_boxes(boxes, (PYRAMID_GRID, PYRAMID_GRID), size)
 
     def to_work(self, boxes, size, work):
         return scale_boxes(boxes, size, work.shape[-2:])

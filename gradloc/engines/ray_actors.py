@@ -63,13 +63,13 @@ class BatchWorker:
         import torch
 
         from ..discovery.pipeline import ProposalGenerator
+        from ..models.runtime import Runtime
         if isinstance(model, ray.ObjectRef):  # Ray Data passes constructor arguments as given
             model = ray.get(model)
         if config["threads"]:
             torch.set_num_threads(int(config["threads"]))
-        self.gen = ProposalGenerator(model, device=config["device"], batch_size=config["batch_size"],
-                                     max_pixels=config["max_pixels"], precision=config["precision"],
-                                     spec=config["spec"], **config["options"])
+        runtime = Runtime.build(model, device=config["device"], **config["runtime"])
+        self.gen = ProposalGenerator(runtime, **config["options"])
 
     def __call__(self, batch: dict) -> dict:
         from .local import run_batch_of_files
@@ -94,9 +94,8 @@ def run_files_ray(gen, files: Sequence[Path], classes, options: RayOptions, desc
 
     init_ray(options.address)  # first: without Ray installed this is a one-line error
     import ray
-    config = {"device": "cuda" if options.gpus > 0 else "cpu", "batch_size": gen.batch_size,
-              "max_pixels": gen.max_pixels, "precision": gen.precision, "options": asdict(gen.options), "spec": gen.spec,
-              "threads": options.threads or max(1, int(options.cpus))}
+    config = {"device": "cuda" if options.gpus > 0 else "cpu", "runtime": gen.runtime.settings(),
+              "options": asdict(gen.options), "threads": options.threads or max(1, int(options.cpus))}
     # the model travels once, through the object store (workers need the same gradloc version)
     model = ray.put(copy.deepcopy(gen.model).cpu())
     b = gen.batch_size

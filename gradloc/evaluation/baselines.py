@@ -1,9 +1,9 @@
 """Baselines scored beside gradloc by the same metrics: fixed boxes, CAM and Grad-CAM as
 published, and selective search as a class-agnostic proposal anchor.
 
-Every function returns predictions in the form :mod:`gradloc.evaluation.evaluate` scores: one dict per
-annotated image (None when unreadable) with ``boxes`` and ``scores`` {class: ``[K, 4]`` xyxy
-original pixels, ``[K]``}, and optionally ``maps`` {class: map}, ``peaks`` {class: (x, y)}.
+Every function returns what :mod:`gradloc.evaluation.evaluate` scores: one
+:class:`~gradloc.discovery.results.Prediction` per annotated image (None when unreadable), boxes
+in original pixels, with maps and peaks where the method has them.
 """
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..data.annotations import AnnotatedSet
-from ..models.classifier import CIFAR10, ClassifierSpec
-from ..data.preprocess import DEFAULT_MAX_PIXELS
 from ..discovery.results import Prediction
+from ..models.runtime import DEFAULT_MAX_PIXELS, Runtime
 
 CENTRED_AREAS = (0.25, 0.5, 0.75)
 CAM_BOX_FRACTION = 0.2     # the CAM paper: the region above 20% of the map's maximum
@@ -84,15 +83,14 @@ def cam_box(cam_image: np.ndarray, size: tuple[int, int], fraction: float = CAM_
     return torch.tensor([[x * sx, y * sy, (x + w) * sx, (y + h) * sy]], dtype=torch.float32)
 
 
-REQUEST_K = {"predicted": 1, "top3": 3, "all": 10}  # classes asked of each image when GT is not known
+REQUEST_K = {"predicted": 1, "top3": 3}  # classes asked of each image when GT is not known; "all": every one
 
 
-def predict_cam(model: nn.Module, ds: AnnotatedSet, images_dir: str | Path, method: str = "gradcam",
-                layer: str = "relu", device: str = "cpu", batch_size: int = 64, workers: int = 0,
-                max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True,
-                request: str = "gt", spec: ClassifierSpec = CIFAR10) -> tuple[list, list[dict]]:
-    """Grad-CAM or CAM (``method``) on the model's input (``spec``: its side and normalisation;
-    the shipped WRN's 32x32 by default) for each ground-truth class of each
+def predict_cam(runtime: Runtime, ds: AnnotatedSet, images_dir: str | Path, method: str = "gradcam",
+                layer: str = "relu", workers: int = 0, progress: bool = True,
+                request: str = "gt") -> tuple[list, list[dict]]:
+    """Grad-CAM or CAM (``method``) of the runtime's classifier at its input (its spec's side and
+    normalisation; the shipped WRN's 32x32) for each ground-truth class of each
     image (``request`` ``gt``), or for the model's own ``predicted`` / ``top3`` / ``all``
     classes, boxed by :func:`cam_box` at image resolution. ``maps`` holds the map at the layer's
     resolution (MaxBoxAccV2 resizes it as its protocol says); ``peaks`` the maximum of the
@@ -100,6 +98,7 @@ def predict_cam(model: nn.Module, ds: AnnotatedSet, images_dir: str | Path, meth
     from ..engines.local import Batching, run_steps, skipped_files
     from ..attribution.saliency import make_method
 
+    model, spec, device = runtime.model, runtime.spec, runtime.device
     cam_method = make_method(method, model, layer=layer)
     files = [Path(images_dir) / im.file for im in ds.images]
 
@@ -107,7 +106,8 @@ def predict_cam(model: nn.Module, ds: AnnotatedSet, images_dir: str | Path, meth
         x = spec.normalize(x_uint8.to(device))
         if request != "gt":
             with torch.no_grad():
-                asked = model(x).topk(REQUEST_K[request], 1).indices.tolist()
+                logits = model(x)
+                asked = logits.topk(min(REQUEST_K.get(request, logits.shape[1]), logits.shape[1]), 1).indices.tolist()
         row_image = [j for j, cs in enumerate(asked) for _ in cs]
         row_class = [c for cs in asked for c in cs]
         maps, logits = cam_method.feature_maps(x[row_image], torch.tensor(row_class, device=device))
@@ -125,7 +125,8 @@ def predict_cam(model: nn.Module, ds: AnnotatedSet, images_dir: str | Path, meth
     preds: list = [None] * len(files)
     skipped: list[dict] = []
     gt = (lambda i: ds.images[i].classes()) if request == "gt" else None
-    for done, bad in run_steps(files, step, Batching(batch_size, max_pixels, spec.input_size), gt, workers, method, progress):
+    batching = Batching(runtime.batch_size, runtime.max_pixels, spec.input_size)
+    for done, bad in run_steps(files, step, batching, gt, workers, method, progress):
         skipped += skipped_files(files, bad)
         for i, _, _, p in done:
             preds[i] = p

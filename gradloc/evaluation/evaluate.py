@@ -17,9 +17,13 @@ from .metrics import corloc, score
 from ..discovery.results import Prediction, predictions_from_json, read_predictions
 
 
+KINDS = ("gradloc", "box prior", "cam baseline", "proposals")  # what a scored method is
+
+
 @dataclass
 class Evaluation:
-    """What an evaluation run produced: metrics per method, the predictions, the set, notes."""
+    """What an evaluation run produced: metrics per method (each with its ``kind``, one of
+    :data:`KINDS`), the predictions, the set, notes."""
 
     title: str
     results: dict[str, dict]
@@ -31,6 +35,7 @@ class Evaluation:
 
 
 REQUESTS = ("gt", "predicted", "top3", "all")
+BEST_CENTRED = "best centred box"  # the centred box of the area that scores best on the set
 
 
 def predict(gen, ds: AnnotatedSet, images_dir: str | Path, workers: int | None = None, top_k: int = 10,
@@ -70,7 +75,8 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
                    gen=None, predictions_json: str | Path | None = None, aliases=None,
                    workers: int | None = None, baselines: bool = True, gradcam: bool = True,
                    selective_search: bool = False, limit: int | None = None, sample_seed: int | None = None,
-                   method_label: str | None = None, exclude: set[str] | None = None, request: str = "gt") -> dict:
+                   method_label: str | None = None, exclude: set[str] | None = None,
+                   request: str = "gt") -> Evaluation:
     """Score the pipeline (or a finished ``localize`` run) and the baselines; write a report.
 
     Exactly one of ``gen`` (with ``images_dir``) or ``predictions_json`` must be given.
@@ -125,26 +131,30 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
                   "annotation_problems": ds.problems,
                   "unmapped_classes": dict(ds.unmapped)}
     preds_by_name: dict[str, list] = {}
+    kinds: dict[str, str] = {}
     skipped: list[dict] = []
     if predictions_json is not None:
         name = method_label or f"gradloc ({settings.get('method', '?')})"
         preds_by_name[name], skipped = predictions_from_json(ds, records)
+        kinds[name] = "gradloc"
         info["settings"] = settings
     else:
         if gen is None or images_dir is None:
             raise ValueError("give --images DIR to run the pipeline, or --predictions FILE")
         name = method_label or f"gradloc ({gen.options.method})"
         preds_by_name[name], skipped = predict(gen, ds, images_dir, workers, request=request)
+        kinds[name] = "gradloc"
         info["settings"] = gen.settings()
         if gradcam:
             for method, label, layer in cam_baselines(gen, info):
-                preds_by_name[label], _ = B.predict_cam(gen.model, ds, images_dir, method, layer, device=str(gen.device),
-                                                        batch_size=gen.batch_size, workers=workers,
-                                                        max_pixels=gen.max_pixels, request=request, spec=gen.spec)
+                preds_by_name[label], _ = B.predict_cam(gen.runtime, ds, images_dir, method, layer, workers=workers,
+                                                        request=request)
+                kinds[label] = "cam baseline"
     if selective_search and images_dir is not None:
         if not B.has_selective_search():
             raise ValueError("selective search needs OpenCV's contrib module: pip install opencv-contrib-python-headless")
         preds_by_name["selective search (class-agnostic)"], _ = B.predict_selective_search(ds, images_dir)
+        kinds["selective search (class-agnostic)"] = "proposals"
     info["skipped"] = skipped
     if all(p is None for p in next(iter(preds_by_name.values()))):
         where = f"in {predictions_json}" if predictions_json is not None else f"readable under {images_dir}"
@@ -153,14 +163,17 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
     # Baselines are scored on the same images as the method (unreadable ones left out).
     readable = [p is not None for p in next(iter(preds_by_name.values()))]
     info["request"] = request
+    areas: dict[str, float] = {}  # the centred boxes of each area, scored but not plotted
     if baselines and request == "gt":
         masked = lambda preds: [p if ok else None for p, ok in zip(preds, readable)]  # noqa: E731
         centred = {a: masked(B.baseline_centred(ds, a)) for a in B.CENTRED_AREAS}
         best = max(B.CENTRED_AREAS, key=lambda a: corloc(ds, centred[a])["0.5"])
-        preds_by_name["best centred box"] = centred[best]
+        preds_by_name[BEST_CENTRED] = centred[best]
         preds_by_name["whole image"] = masked(B.baseline_whole_image(ds))
         preds_by_name["random boxes"] = masked(B.baseline_random(ds))
-        preds_by_name.update({f"centre {int(a * 100)}%": p for a, p in centred.items()})
+        areas = {f"centre {int(a * 100)}%": a for a in centred}
+        preds_by_name.update({n: centred[a] for n, a in areas.items()})
+        kinds.update({n: "box prior" for n in (BEST_CENTRED, "whole image", "random boxes", *areas)})
         info["best_centred_area"] = best
     gt = coco.ground_truth(ds)
     ids = coco.image_ids(ds)
@@ -173,15 +186,15 @@ def run_evaluation(annotations: str | Path, out: Path, *, images_dir: str | Path
         path = out / "coco" / (slug(n) + ".json")
         atomic_write_text(path, json.dumps(coco.results(ds, preds)))
         dets = json.loads(path.read_text(encoding="utf-8"))  # the metrics come from the file as written
-        results[n] = score(ds, preds)
+        results[n] = {"kind": kinds[n], **score(ds, preds)}
         results[n]["coco"] = {"results_file": str(path.relative_to(out)), **coco.coco_metrics(gt, dets, ids)}
         if given is not None:
             results[n]["coco"]["against_annotation_file"] = coco.evaluate_against_file(
                 given, dets, ids if limit is not None else None)
-    if "best centred box" in results:
-        results["best centred box"]["area"] = info["best_centred_area"]
+    if BEST_CENTRED in results:
+        results[BEST_CENTRED]["area"] = info["best_centred_area"]
     return Evaluation(f"gradloc evaluation: {Path(annotations).name}", results, ds,
-                      {n: p for n, p in preds_by_name.items() if not n.startswith("centre ")}, name, info,
+                      {n: p for n, p in preds_by_name.items() if n not in areas}, name, info,
                       Path(images_dir) if images_dir else None)
 
 

@@ -1,10 +1,10 @@
 """Metrics: scoring predictions against annotated images.
 
-Predictions for one image are a dict: ``boxes`` {class: Tensor [K, 4] xyxy, best first},
-optionally ``maps`` {class: Tensor [h, w]} (saliency on the working grid), ``peaks``
-{class: (x, y)} in original pixels, and ``probs`` Tensor [10] (None for box baselines).
-Every metric below takes the annotated set and one such dict per image (None for an
-image that could not be read: it is left out and reported).
+Predictions for one image are a :class:`~gradloc.discovery.results.Prediction`: ``boxes``
+{class: Tensor [K, 4] xyxy, best first}, optionally ``maps`` {class: Tensor [h, w]}, ``peaks``
+{class: (x, y)} in original pixels, and ``probs`` Tensor [C] (None for box baselines). Every
+metric below takes the annotated set and one prediction per image (None for an image that
+could not be read: it is left out and reported).
 
 Metric definitions (each unit is an (image, ground-truth class) pair unless stated):
 

@@ -64,13 +64,20 @@ def _fmt(v) -> str:
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
 
 
-def results_table(results: dict[str, dict]) -> str:
-    """Markdown table, one row per method or baseline, values in percent."""
-    lines = ["| method | " + " | ".join(c for c, _ in COLUMNS) + " |",
-             "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |"]
-    for name, m in results.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(f(m)) for _, f in COLUMNS) + " |")
+def markdown_table(heads: list[str], rows: list[tuple[str, list[str]]]) -> str:
+    """The one Markdown table writer: a ``method`` column, then ``heads`` right-aligned; ``rows``
+    are (method, cells). Empty without rows."""
+    if not rows:
+        return ""
+    lines = ["| method | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
     return "\n".join(lines)
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """One row per method or baseline, values in percent."""
+    return markdown_table([c for c, _ in COLUMNS],
+                          [(name, [_fmt(f(m)) for _, f in COLUMNS]) for name, m in results.items()])
 
 
 def size_table(results: dict[str, dict]) -> str:
@@ -83,51 +90,42 @@ def size_table(results: dict[str, dict]) -> str:
             ("agnostic AR medium", "class_agnostic", "AR_medium"), ("agnostic AR large", "class_agnostic", "AR_large"),
             ("AP small", "per_class", "AP_small"), ("AP medium", "per_class", "AP_medium"),
             ("AP large", "per_class", "AP_large")]
-    heads = [c for c, _ in corloc_cols] + [c for c, _, _ in cols]
-    lines = ["| method | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
-    for name, m in results.items():
-        by_size = m["corloc"].get("by_size@0.5", {})
-        lines.append(f"| {name} | " + " | ".join([_fmt(by_size.get(s)) for _, s in corloc_cols]
-                                                 + [_fmt(_coco(m, k, s)) for _, k, s in cols]) + " |")
-    return "\n".join(lines)
+    rows = [(name, [_fmt(m["corloc"].get("by_size@0.5", {}).get(s)) for _, s in corloc_cols]
+             + [_fmt(_coco(m, k, s)) for _, k, s in cols]) for name, m in results.items()]
+    return markdown_table([c for c, _ in corloc_cols] + [c for c, _, _ in cols], rows)
 
 
 def oracle_table(results: dict[str, dict]) -> str:
     """Per method with candidates: CorLoc@0.5 of the chosen box beside the oracle's (the best
     candidate, before selection) and the share of oracle hits that selection keeps, overall and
     by object size, in percent. Empty when no method carries candidates."""
-    rows = [(n, m) for n, m in results.items() if m.get("oracle")]
-    if not rows:
-        return ""
-    heads = []
+    heads, rows = [], []
     for s in ("all", "small", "medium", "large"):
         heads += [f"chosen {s}", f"oracle {s}", f"kept {s}"]
-    lines = ["| method | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
-    for name, m in rows:
+    for name, m in results.items():
+        if not m.get("oracle"):
+            continue
         o, cl = m["oracle"], m["corloc"]
         cells = [_fmt(cl["0.5"]), _fmt(o["oracle"]), _fmt(o["chosen_given_oracle"])]
         for s in ("small", "medium", "large"):
             cells += [_fmt(cl["by_size@0.5"].get(s)), _fmt(o["oracle_by_size"].get(s)),
                       _fmt(o["chosen_given_oracle_by_size"].get(s))]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append((name, cells))
+    return markdown_table(heads, rows)
 
 
 def misses_table(results: dict[str, dict]) -> str:
     """Per method: how many pairs its top-1 box misses at IoU 0.5 and, in percent of those, how
     (:func:`~gradloc.evaluation.metrics.miss_kind`), overall and per object size."""
-    rows = [(n, m["misses"]) for n, m in results.items() if m.get("misses")]
     sizes = [name for name, _, _ in SIZE_BUCKETS]
-    heads = ["misses", *MISS_KINDS] + [f"{s}: too large / part / elsewhere (misses)" for s in sizes]
-    lines = ["| method | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
-    for name, m in rows:
+    rows = []
+    for name, m in ((n, m["misses"]) for n, m in results.items() if m.get("misses")):
         cells = [str(m["n"])] + [_fmt(m["share"][k]) for k in MISS_KINDS]
         for s in sizes:
             b = m["by_size"][s]
             cells.append(" / ".join(_fmt(b["share"][k]) for k in MISS_KINDS[:3]) + f" ({b['n']})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) if rows else ""
-
+        rows.append((name, cells))
+    return markdown_table(["misses", *MISS_KINDS] + [f"{s}: too large / part / elsewhere (misses)" for s in sizes], rows)
 
 MISSES_HEADING = ("Why the top-1 box misses (percent of the pairs it misses at IoU 0.5, against the class's box it "
                   "overlaps most: too large holds at least half of it, part lies at least half inside it)")
@@ -136,20 +134,19 @@ MISSES_HEADING = ("Why the top-1 box misses (percent of the pairs it misses at I
 def presence_table(results: dict[str, dict]) -> str:
     """Per method: presence AP@0.5, best F1 and the score it is at, and precision / recall of
     the claims kept at each minimum score, in percent."""
-    rows = [(n, m["presence"]) for n, m in results.items() if m.get("presence")]
-    # the same claims ranked by the class probability, where the method's scores rank otherwise
-    rows += [(f"{n}, ranked by the class probability", m["presence_by_prob"]) for n, m in results.items()
-             if m.get("presence_by_prob") and n.startswith("gradloc") and m.get("presence")
-             and m["presence_by_prob"]["AP"] != m["presence"]["AP"]]
-    heads = ["AP", "best F1", "at score"] + [f"P/R @{t:g}" for t in PRESENCE_THRESHOLDS]
-    lines = ["| method | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
-    for name, pr in rows:
+    named = [(n, m["presence"]) for n, m in results.items() if m.get("presence")]
+    # gradloc's claims ranked by the class probability too, where its own scores rank otherwise
+    named += [(f"{n}, ranked by the class probability", m["presence_by_prob"]) for n, m in results.items()
+              if m.get("kind") == "gradloc" and m.get("presence_by_prob") and m.get("presence")
+              and m["presence_by_prob"]["AP"] != m["presence"]["AP"]]
+    rows = []
+    for name, pr in named:
         at = pr["at_min_score"]
         cells = [_fmt(pr["AP"]), _fmt(pr["best_f1"]),
                  "–" if pr["best_f1_min_score"] is None else f"{pr['best_f1_min_score']:.2f}"]
         cells += [f"{_fmt(at[f'{t:g}']['precision'])}/{_fmt(at[f'{t:g}']['recall'])}" for t in PRESENCE_THRESHOLDS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) if rows else ""
+        rows.append((name, cells))
+    return markdown_table(["AP", "best F1", "at score"] + [f"P/R @{t:g}" for t in PRESENCE_THRESHOLDS], rows)
 
 
 PRESENCE_HEADING = ("Present or absent (a claim: an (image, class) given a box; right when the class is there "
@@ -178,13 +175,10 @@ ORACLE_HEADING = ("Generation and selection (CorLoc@0.5 of the chosen box; oracl
 
 
 def per_class_table(results: dict[str, dict], delta: str = "0.5") -> str:
-    # in the classifier's order, as each method's per-class dict lists them
+    """GT-known CorLoc at ``delta`` per class, in the classifier's order, in percent."""
     classes = list(dict.fromkeys(c for m in results.values() for c in m["corloc"][f"per_class@{delta}"]))
-    lines = ["| method | " + " | ".join(classes) + " |", "| --- | " + " | ".join("---:" for _ in classes) + " |"]
-    for name, m in results.items():
-        pc = m["corloc"][f"per_class@{delta}"]
-        lines.append(f"| {name} | " + " | ".join(_fmt(pc.get(c)) for c in classes) + " |")
-    return "\n".join(lines)
+    return markdown_table(classes, [(name, [_fmt(m["corloc"][f"per_class@{delta}"].get(c)) for c in classes])
+                                    for name, m in results.items()])
 
 
 def _line_plot(xs, series: dict, xlabel: str, ylabel: str, path: Path, logx: bool = False) -> None:
@@ -313,16 +307,10 @@ def write_report(out: Path, evaluation) -> None:
               "box of its image), computed by pycocotools from the results files in `coco/`; "
               + ("boxes were asked for the image's ground-truth classes only. " if info.get("request", "gt") == "gt"
                  else f"boxes were asked for each image's {info['request']} classes (ground truth unknown). ") +
-              "Definitions: `gradloc/evaluation/evaluate.py`.", "", results_table(results), "",
-              "## By object size (small < 32², medium < 96², large; CorLoc by the pair's largest box)", "", size_table(results), "",
-              "## GT-known CorLoc@0.5 per class", "", per_class_table(results), ""]
-    oracle, missed, present = oracle_table(results), misses_table(results), presence_table(results)
-    if oracle:
-        lines += [f"## {ORACLE_HEADING}", "", oracle, ""]
-    if missed:
-        lines += [f"## {MISSES_HEADING}", "", missed, ""]
-    if present:
-        lines += [f"## {PRESENCE_HEADING}", "", present, ""]
+              "Definitions: `gradloc/evaluation/evaluate.py`.", ""]
+    sections = report_sections(results)
+    for heading, table in sections.items():
+        lines += ([f"## {heading}", ""] if heading != "Metrics" else []) + [table, ""]
     lines += [f"![{p}]({p})" for p in plots]
     for key in ("skipped", "annotation_problems"):
         items = info.get(key) or []
@@ -333,13 +321,19 @@ def write_report(out: Path, evaluation) -> None:
                 lines.append(f"- ... and {len(items) - 50} more (metrics.json has them all)")
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     from .html_report import write_html_report
-    write_html_report(out, evaluation, {"Metrics": results_table(results),
-                                        "By object size (CorLoc by the pair's largest box; COCO AR@100, AP)": size_table(results),
-                                        "GT-known CorLoc@0.5 per class": per_class_table(results),
-                                        **({ORACLE_HEADING: oracle} if oracle else {}),
-                                        **({MISSES_HEADING: missed} if missed else {}),
-                                        **({PRESENCE_HEADING: present} if present else {})},
-                      [p for p in plots if p != "examples.png"])
+    write_html_report(out, evaluation, sections, [p for p in plots if p != "examples.png"])
+
+
+def report_sections(results: dict[str, dict]) -> dict[str, str]:
+    """The report's tables under their headings, in order, for report.md and report.html alike
+    (tables with nothing to show left out)."""
+    tables = {"Metrics": results_table(results),
+              "By object size (small < 32², medium < 96², large; CorLoc by the pair's largest box; COCO AR@100, AP)":
+                  size_table(results),
+              "GT-known CorLoc@0.5 per class": per_class_table(results),
+              ORACLE_HEADING: oracle_table(results), MISSES_HEADING: misses_table(results),
+              PRESENCE_HEADING: presence_table(results)}
+    return {heading: table for heading, table in tables.items() if table}
 
 
 def replace_marked_block(path: Path, begin: str, end: str, text: str, heading: str) -> None:

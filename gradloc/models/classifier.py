@@ -129,3 +129,19 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read class names from {path}: {exc}") from None
     return tuple(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
+
+
+def load_user_classifier(source: str, weights: str | Path, class_names: str | Path | None, input_size: int | None,
+                         mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
+                         feature_layer: str | None = None) -> tuple[nn.Module, ClassifierSpec]:
+    """``--model`` (``torchvision:NAME`` or ``MODULE:CALLABLE``) with its ``weights`` (a state
+    dict) and description -> the model, weights loaded, and its :class:`ClassifierSpec`
+    (ImageNet's mean and std where none is given)."""
+    from .wrn import load_weights
+    if class_names is None or input_size is None:
+        raise ValueError("--model needs --weights FILE (its state dict), --class-names FILE and --input-size N")
+    names = read_class_names(class_names)
+    kind, _, name = source.partition(":")
+    model = torchvision_classifier(name, len(names)) if kind == "torchvision" else load_callable(source, len(names))
+    load_weights(model, weights)
+    return model, ClassifierSpec(tuple(names), input_size, mean or IMAGENET_MEAN, std or IMAGENET_STD, feature_layer)

@@ -7,7 +7,7 @@ or a precision of its own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -61,12 +61,7 @@ class Runtime:
         return self.precision == "bf16"
 
     def settings(self) -> dict:
-        """What travels to another process besides the model (:meth:`on`)."""
+        """What travels to another process besides the model and the device: there,
+        ``Runtime.build(model, device=..., **settings)`` builds the same runtime."""
         return {"spec": self.spec, "precision": self.precision, "batch_size": self.batch_size,
                 "max_pixels": self.max_pixels}
-
-    def on(self, device: str | torch.device) -> "Runtime":
-        """The same runtime with the model on another device."""
-        where = resolve_device(device)
-        return replace(self, model=self.model.to(where), device=where,
-                       precision=resolve_precision(self.precision, where))

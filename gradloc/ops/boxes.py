@@ -43,12 +43,17 @@ def clip_nonempty(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.stack([x0, y0, x1, y1], 1)
 
 
-def boxes_to_image(boxes: Tensor, window: Tensor, grid: int = 32) -> Tensor:
-    """Boxes ``[K, 4]`` (xyxy on a window's ``grid`` x ``grid`` map) -> image pixels, given
-    the window ``[4]`` (xyxy in image pixels)."""
-    x0, y0, x1, y1 = window.tolist()
-    scale = torch.tensor([(x1 - x0) / grid, (y1 - y0) / grid] * 2, dtype=boxes.dtype)
-    return boxes * scale + torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+def place_boxes(boxes: Tensor, grid: tuple[int, int], frame: Tensor, clip: bool = False) -> Tensor:
+    """Boxes ``[K, 4]`` (xyxy on a map of ``grid`` ``(h, w)`` cells) -> the pixels of the image the
+    map covers as ``frame`` ``[4]`` (xyxy), scaling each axis on its own; ``clip``: clipped to
+    the frame."""
+    x0, y0, x1, y1 = frame.tolist()
+    scale = torch.tensor([(x1 - x0) / grid[1], (y1 - y0) / grid[0]] * 2, dtype=boxes.dtype)
+    out = boxes * scale + torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+    if clip:
+        out = torch.stack([out[:, 0].clamp(x0, x1), out[:, 1].clamp(y0, y1),
+                           out[:, 2].clamp(x0, x1), out[:, 3].clamp(y0, y1)], 1)
+    return out
 
 
 def crop_windows(image: Tensor, boxes: Tensor, size: int = 32) -> Tensor:
