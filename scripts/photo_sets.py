@@ -3,6 +3,8 @@ dev benchmark honest.
 
 - :func:`load_labelled_photos`: an annotated set's images with one image-level label each
   (its annotated class); boxes are never read, so what is trained on stays weakly supervised.
+- :func:`load_boxed_photos`: an annotated set's images with one box each (its largest), for
+  the extent training (``train_cifar10.py --extent``), which is box-supervised.
 - :func:`load_photo_folder`: every image under a folder (the "none of these" negatives).
 - :func:`photo_split`: which images of an annotated set were trained on. Benchmarks score
   only the others (``gradloc evaluate --exclude``).
@@ -67,6 +69,42 @@ def load_labelled_photos(source: str | Path, side: int = PHOTO_SIDE) -> tuple[np
                     if len(labels.get(im["id"], ())) == 1 and Path(im["file_name"]).name in files)
     x = np.stack([_decode(files[Path(f).name], side) for f, _ in picked])
     return x, np.array([c for _, c in picked], dtype=np.int64), [f for f, _ in picked]
+
+
+def load_boxed_photos(source: str | Path, side: int = PHOTO_SIDE) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                          list[str]]:
+    """Images of a COCO-format set whose annotations name exactly one CIFAR-10 class, with that
+    class and its largest box, in the ``side`` x ``side`` image's pixels (xyxy).
+
+    Returns ``uint8 [N, side, side, 3]``, labels ``int64 [N]``, boxes ``float32 [N, 4]`` and file
+    names (sorted).
+    """
+    files: dict[str, bytes] = {}
+    annotations = None
+    for name, data in _members(Path(source)):
+        if name.endswith("annotations.json"):
+            annotations = json.loads(data)
+        elif "/images/" in f"/{name}":
+            files[Path(name).name] = data
+    if annotations is None:
+        raise FileNotFoundError(f"no annotations.json in {source}")
+    cats = {c["id"]: c["name"] for c in annotations["categories"]}
+    by_image: dict = {}
+    for a in annotations["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    picked = []
+    for im in annotations["images"]:
+        anns = by_image.get(im["id"], [])
+        if len({a["category_id"] for a in anns}) != 1 or Path(im["file_name"]).name not in files:
+            continue
+        x, y, w, h = max((a["bbox"] for a in anns), key=lambda b: b[2] * b[3])
+        sx, sy = side / im["width"], side / im["height"]
+        picked.append((im["file_name"], CIFAR10_CLASSES.index(cats[anns[0]["category_id"]]),
+                       [x * sx, y * sy, (x + w) * sx, (y + h) * sy]))
+    picked.sort()
+    x = np.stack([_decode(files[Path(f).name], side) for f, _, _ in picked])
+    return (x, np.array([c for _, c, _ in picked], dtype=np.int64),
+            np.array([b for _, _, b in picked], dtype=np.float32), [f for f, _, _ in picked])
 
 
 def load_photo_folder(source: str | Path, side: int = PHOTO_SIDE) -> np.ndarray:

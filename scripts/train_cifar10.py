@@ -124,6 +124,51 @@ def random_resized_crops(x: torch.Tensor, gen: torch.Generator, out: int = 32, m
     return F.grid_sample(x, grid, mode="bilinear", align_corners=False).contiguous(memory_format=torch.channels_last)
 
 
+EXTENT_IOU = (0.3, 0.8)  # a crop's target: uniform below the first IoU with the box, the class above the second
+
+
+def box_iou_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of row ``i`` of ``a`` with row ``i`` of ``b`` (xyxy) -> ``[N]``."""
+    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    area = lambda t: (t[:, 2:] - t[:, :2]).clamp(min=0).prod(1)  # noqa: E731
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-6)
+
+
+def extent_crops(x: torch.Tensor, boxes: torch.Tensor, gen: torch.Generator, out: int = 32,
+                 scale: tuple[float, float] = (0.5, 2.0), jitter: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per photograph ``x`` (normalised ``[B, 3, H, W]``) and its box (``[B, 4]`` xyxy pixels), a crop
+    of the box scaled by a log-uniform factor in ``scale`` about its centre moved by up to
+    ``jitter`` of its side, clipped to the photograph and squashed to ``out`` x ``out`` (as the
+    pipeline cuts a candidate), randomly flipped. Returns the crops and each crop's IoU with the box."""
+    b, _, h, w = x.shape
+    s = torch.empty(b).uniform_(math.log(scale[0]), math.log(scale[1]), generator=gen).exp()
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2 + (torch.rand(b, generator=gen) * 2 - 1) * jitter * bw
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2 + (torch.rand(b, generator=gen) * 2 - 1) * jitter * bh
+    crop = torch.stack([(cx - bw * s / 2).clamp(0, w - 1), (cy - bh * s / 2).clamp(0, h - 1),
+                        (cx + bw * s / 2).clamp(1, w), (cy + bh * s / 2).clamp(1, h)], 1)
+    crop[:, 2:] = torch.maximum(crop[:, 2:], crop[:, :2] + 1)
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)  # the crop in grid_sample's [-1, 1] coordinates
+    theta[:, 0, 0] = (crop[:, 2] - crop[:, 0]) / w * flip
+    theta[:, 0, 2] = (crop[:, 0] + crop[:, 2]) / w - 1
+    theta[:, 1, 1] = (crop[:, 3] - crop[:, 1]) / h
+    theta[:, 1, 2] = (crop[:, 1] + crop[:, 3]) / h - 1
+    grid = F.affine_grid(theta, (b, 3, out, out), align_corners=False)
+    views = F.grid_sample(x, grid, mode="bilinear", align_corners=False)
+    return views.contiguous(memory_format=torch.channels_last), box_iou_rows(crop, boxes)
+
+
+def extent_targets(labels: torch.Tensor, iou: torch.Tensor, classes: int = 10) -> torch.Tensor:
+    """``w * onehot + (1 - w) * uniform``, ``w`` rising linearly from 0 at IoU 0.3 to 1 at 0.8:
+    a crop that is the object is the class, a crop mostly of its surroundings or of a part is not
+    (R-CNN's positives and background, softened)."""
+    lo, hi = EXTENT_IOU
+    wgt = ((iou - lo) / (hi - lo)).clamp(0, 1)[:, None]
+    return wgt * F.one_hot(labels, classes).float() + (1 - wgt) / classes
+
+
 @torch.no_grad()
 def evaluate(model, x, y, device, batch=1000, amp=True):
     model.eval()
@@ -182,6 +227,11 @@ def main(argv=None) -> int:
     p.add_argument("--extra-batch", type=int, default=32, help="photographs and negatives per step, each")
     p.add_argument("--oe-weight", type=float, default=0.5, help="weight of the outlier-exposure loss")
     p.add_argument("--photo-scale", type=float, default=0.25, help="smallest area share of a random resized crop")
+    p.add_argument("--extent", type=Path, default=None,
+                   help="annotated photographs (COCO folder or .tar.gz) with boxes: each step adds --extra-batch "
+                        "crops around their boxes at 0.5-2x the box's side, trained towards the class as the crop's "
+                        "IoU with the box rises (box-supervised; the --photos-share split, --split-seed)")
+    p.add_argument("--extent-weight", type=float, default=1.0, help="weight of the --extent loss")
     p.add_argument("--export", type=Path, default=None,
                    help="write the eval-mode state dict of the last checkpoint here (+ .sha256) and exit")
     args = p.parse_args(argv)
@@ -239,6 +289,17 @@ def main(argv=None) -> int:
         # Tiny ImageNet, would otherwise be pulled towards its majority neighbour, dog)
         counts = torch.bincount(photos[1], minlength=10).clamp(min=1).float()
         photo_weights = (1.0 / counts)[photos[1]] if args.photo_balance else torch.ones(len(photos[1]))
+    extent = None
+    if args.extent:
+        from photo_sets import load_boxed_photos, photo_split
+        ex, ey, eb, names = load_boxed_photos(args.extent)
+        keep = photo_split(names, args.photos_share, args.split_seed)
+        sel = torch.tensor([n in keep for n in names])
+        (args.ckpt_dir / "extent_trained.txt").write_text(
+            f"# {args.extent}: the {len(keep)} boxed photographs trained on (split seed {args.split_seed})\n"
+            + "".join(f"{n}\n" for n in sorted(keep)), encoding="utf-8")
+        extent = (normalise(torch.from_numpy(ex))[sel], torch.from_numpy(ey)[sel], torch.from_numpy(eb)[sel])
+        print(f"extent: {int(sel.sum())} of {len(names)} boxed photographs from {args.extent}", flush=True)
     if args.negatives:
         from photo_sets import load_photo_folder
         negatives = normalise(torch.from_numpy(load_photo_folder(args.negatives)))
@@ -268,7 +329,7 @@ def main(argv=None) -> int:
         saved = json.loads(ckpt["config"])
         older = {"cutout": 0, "photos": None, "negatives": None, "photos_share": 0.5, "split_seed": 0,
                  "extra_batch": 32, "oe_weight": 0.5, "photo_scale": 0.25,
-                 "photo_balance": False}  # checkpoints older than these had none
+                 "photo_balance": False, "extent": None, "extent_weight": 1.0}  # checkpoints older than these had none
         changed = [k for k in ("epochs", "batch_size", "lr", "max_batches", "depth", "width", "limit_per_class",
                                  "init", "seed", *older)
                    if saved.get(k, older.get(k)) != cfg[k]]
@@ -314,6 +375,11 @@ def main(argv=None) -> int:
                 pick = torch.multinomial(photo_weights, args.extra_batch, replacement=True, generator=gen)
                 parts.append(random_resized_crops(photos[0][pick], gen, min_area=args.photo_scale))
                 yb = torch.cat([yb, photos[1][pick]])
+            if extent is not None:
+                pick = torch.randint(0, len(extent[1]), (args.extra_batch,), generator=gen)
+                views, iou = extent_crops(extent[0][pick], extent[2][pick], gen)
+                parts.append(views)
+                soft = extent_targets(extent[1][pick], iou).to(device)
             if negatives is not None:
                 pick = torch.randint(0, len(negatives), (args.extra_batch,), generator=gen)
                 parts.append(random_resized_crops(negatives[pick], gen, min_area=args.photo_scale))
@@ -323,8 +389,12 @@ def main(argv=None) -> int:
                 out_all = model(xb).float()
                 out = out_all[:len(yb)]
                 loss = F.cross_entropy(out, yb, label_smoothing=args.label_smoothing)
+                rest = out_all[len(yb):]
+                if extent is not None:  # cross-entropy to each crop's soft target
+                    mine, rest = rest[:args.extra_batch], rest[args.extra_batch:]
+                    loss = loss - args.extent_weight * (soft * mine.log_softmax(1)).sum(1).mean()
                 if negatives is not None:  # cross-entropy to the uniform distribution
-                    loss = loss - args.oe_weight * out_all[len(yb):].log_softmax(1).mean()
+                    loss = loss - args.oe_weight * rest.log_softmax(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
