@@ -224,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gradloc: interrupted; finished results are kept (rerun with --resume)", file=sys.stderr)
         return 130
+    except Exception as exc:  # raised while running (a user's model on a later batch): one line, work kept
+        kept = " finished results are kept (rerun with --resume)." if args.command == "localize" else ""
+        print(f"gradloc: error: {type(exc).__name__} while running: {exc}.{kept}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -29,7 +29,10 @@ def build_runtime(args: argparse.Namespace, precision: str | None = None):
         model, spec = load_user_classifier(args.model, args.weights, args.class_names, args.input_size,
                                            args.mean, args.std, args.feature_layer)
     precision = precision or ("bf16" if getattr(args, "amp", False) else args.precision)
-    return Runtime.build(model, spec, args.device, precision, args.batch_size, args.max_pixels)
+    try:
+        return Runtime.build(model, spec, args.device, precision, args.batch_size, args.max_pixels)
+    except ValueError as exc:  # the classifier's own failures name it
+        raise ValueError(f"--model {args.model}: {exc}" if args.model and "classifier" in str(exc) else exc) from None
 
 
 def build_generator(args: argparse.Namespace):
@@ -76,6 +79,7 @@ def localize(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from .data.io import OutputLock
     from .evaluation.evaluate import run_evaluation
     from .evaluation.report import results_table, write_report
 
@@ -89,13 +93,14 @@ def evaluate(args: argparse.Namespace) -> int:
         if images is None:
             raise ValueError("give --images DIR (run the pipeline) or --predictions FILE (score a run)")
         gen = build_generator(args)  # annotations are mapped onto its classes (--aliases: by a table of yours)
-    evaluation = run_evaluation(args.annotations, Path(args.output), images_dir=images, gen=gen,
-                                predictions_json=args.predictions, aliases=args.aliases, workers=args.workers,
-                                baselines=not args.no_baselines, gradcam=not args.no_gradcam,
-                                selective_search=args.selective_search, limit=args.limit,
-                                sample_seed=args.sample_seed, exclude=read_exclude(args.exclude),
-                                request=args.request)
-    write_report(Path(args.output), evaluation)
+    with OutputLock(Path(args.output)):  # one writer per output folder
+        evaluation = run_evaluation(args.annotations, Path(args.output), images_dir=images, gen=gen,
+                                    predictions_json=args.predictions, aliases=args.aliases, workers=args.workers,
+                                    baselines=not args.no_baselines, gradcam=not args.no_gradcam,
+                                    selective_search=args.selective_search, limit=args.limit,
+                                    sample_seed=args.sample_seed, exclude=read_exclude(args.exclude),
+                                    request=args.request)
+        write_report(Path(args.output), evaluation)
     print(results_table(evaluation.results))
     print(f"report: {Path(args.output) / 'report.md'}", file=sys.stderr)
     return 0

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .engines.ray_actors import engine_runner
 from .data.labels import read_labels
-from .data.io import ResultStream, atomic_write_text, dumps_record, find_images, write_predictions_json
+from .data.io import OutputLock, ResultStream, atomic_write_text, dumps_record, find_images, write_predictions_json
 from .models.wrn import CIFAR10_CLASSES
 from .data.preprocess import open_image
 from .discovery.results import Prediction
@@ -78,6 +78,14 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
     (:mod:`gradloc.engines.ray_actors`, with ``ray_options``); both write the same bytes.
     Returns a summary: counts of images done, skipped, resumed, and seconds.
     """
+    with OutputLock(out):  # one writer per output folder
+        return write_run(gen, paths, out, classes, resume, workers, vis_limit, verbose, settings, engine, ray_options,
+                         classes_from, aliases)
+
+
+def write_run(gen, paths, out: Path, classes, resume, workers, vis_limit, verbose, settings, engine, ray_options,
+              classes_from, aliases) -> dict:
+    """:func:`localize`'s run, with the output folder's lock held."""
     t0 = time.time()
     if classes is not None and classes_from is not None:
         raise ValueError("give classes for every image or classes_from a label source, not both")
@@ -119,6 +127,12 @@ def localize(gen, paths: list[str], out: Path, classes=None, resume: bool = Fals
         print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
     stream.write([{"file": s["file"], "skipped": s["reason"]} for s in new_skips])
     todo = [f for f in files if not stream.has(str(f))]
+    if resume and not todo and not new_skips and (out / "predictions.json").is_file():
+        stream.close()
+        print(f"gradloc: nothing to do: every image of the run in {out} is finished ({out / 'predictions.json'})",
+              file=sys.stderr)
+        return {"images": already, "skipped": 0, "resumed": already, "new": 0, "seconds": round(time.time() - t0, 2),
+                "label_problems": 0}
     if not files and not walk_skips:
         print("gradloc: no image files found under the given paths", file=sys.stderr)
     n_ok = n_skip = 0

@@ -241,7 +241,7 @@ def test_resume_with_the_folder_spelled_another_way_redoes_nothing(tmp_path, ran
     before = json.loads((out / "predictions.json").read_text())["images"]
     capsys.readouterr()
     assert main(["localize", str(folder)] + common + ["--resume"]) == 0  # absolute: the same images
-    assert "2 images localised (2 from a previous run)" in capsys.readouterr().err
+    assert "nothing to do: every image of the run" in capsys.readouterr().err
     assert json.loads((out / "predictions.json").read_text())["images"] == before
 
 

@@ -149,6 +149,53 @@ def read_complete_lines(path: Path) -> list[str]:
     return good
 
 
+class OutputLock:
+    """One writer per output folder: ``FOLDER/.gradloc.lock`` holds the owner's pid while a run
+    writes there and is removed when it ends. A second run is refused in one line; a lock left by
+    a run that was killed (its pid is gone) is taken over."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / ".gradloc.lock"
+
+    def __enter__(self) -> "OutputLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and owner != os.getpid() and _alive(owner):
+                    raise ValueError(f"{self.folder} is being written by another gradloc run (pid {owner}); "
+                                     "wait for it to finish or choose another output folder") from None
+                self.path.unlink(missing_ok=True)  # stale: its run was killed
+                continue
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            return self
+        raise ValueError(f"cannot take the lock {self.path}: another run keeps replacing it")
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            return None
+
+    def __exit__(self, *exc) -> None:
+        if self._owner() == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class ResultStream:
     """Append-only JSON-lines log of finished images and skips, with resume.
 

@@ -9,6 +9,8 @@ user's own (``--model torchvision:NAME`` / ``MODULE:CALLABLE``).
 from __future__ import annotations
 
 import importlib.util
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +73,35 @@ class ClassifierSpec:
 CIFAR10 = ClassifierSpec(CIFAR10_CLASSES, 32, CIFAR10_MEAN, CIFAR10_STD, "relu")
 
 
+def logits_of(output) -> Tensor:
+    """A classifier's output as its logits ``[B, C]``, read in this one place: a tensor as it is;
+    a tuple or list, its first element; a dict or a transformers ``ModelOutput``, its ``logits``
+    (or its only tensor); an object with a ``logits`` tensor."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping):
+        if "logits" in output:
+            return logits_of(output["logits"])
+        tensors = [v for v in output.values() if isinstance(v, Tensor)]
+        if len(tensors) == 1:
+            return tensors[0]
+    elif isinstance(output, (tuple, list)) and output:
+        return logits_of(output[0])
+    elif isinstance(getattr(output, "logits", None), Tensor):
+        return output.logits
+    raise ValueError(f"the classifier returned a {type(output).__name__}, not logits (a tensor, or a tuple, dict or "
+                     "ModelOutput holding them under 'logits')")
+
+
+def reading_logits(model: nn.Module) -> nn.Module:
+    """``model`` with every call returning :func:`logits_of` its output (a forward hook on the
+    model itself, added once: its layers keep their names for the methods that hook them)."""
+    if not getattr(model, "_gradloc_reads_logits", False):
+        model.register_forward_hook(lambda module, args, out: None if isinstance(out, Tensor) else logits_of(out))
+        model._gradloc_reads_logits = True
+    return model
+
+
 def find_feature_layer(model: nn.Module, name: str | None = None) -> str:
     """``name`` if the model has it, else the first of :data:`FEATURE_LAYERS` it has; a
     one-line error naming its top-level layers when there is none."""
@@ -111,12 +142,17 @@ def load_callable(spec: str, num_classes: int) -> nn.Module:
         else:
             module = importlib.import_module(module_name)
         fn = getattr(module, attr)
-    except (ImportError, AttributeError, FileNotFoundError) as exc:
+    except Exception as exc:  # importing the user's module runs their code
         raise ValueError(f"--model {spec!r}: cannot load it ({type(exc).__name__}: {exc})") from None
+    try:  # CALLABLE(num_classes=...) where it takes that keyword, else CALLABLE()
+        params = inspect.signature(fn).parameters.values()
+        takes = any(p.name == "num_classes" or p.kind is p.VAR_KEYWORD for p in params)
+    except (TypeError, ValueError):  # no signature to read (a builtin): try the keyword
+        takes = True
     try:
-        model = fn(num_classes=num_classes)
-    except TypeError:
-        model = fn()
+        model = fn(num_classes=num_classes) if takes else fn()
+    except Exception as exc:  # the user's code: whatever it raises is said in one line
+        raise ValueError(f"--model {spec}: building it raised {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model {spec!r} gave a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -128,7 +164,10 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read class names from {path}: {exc}") from None
-    return tuple(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
+    names = tuple(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
+    if not names:
+        raise ValueError(f"no class names in {path} (one name a line)")
+    return names
 
 
 def load_user_classifier(source: str, weights: str | Path, class_names: str | Path | None, input_size: int | None,
@@ -137,11 +176,14 @@ def load_user_classifier(source: str, weights: str | Path, class_names: str | Pa
     """``--model`` (``torchvision:NAME`` or ``MODULE:CALLABLE``) with its ``weights`` (a state
     dict) and description -> the model, weights loaded, and its :class:`ClassifierSpec`
     (ImageNet's mean and std where none is given)."""
-    from .wrn import load_weights
+    from .wrn import WeightsError, load_weights
     if class_names is None or input_size is None:
         raise ValueError("--model needs --weights FILE (its state dict), --class-names FILE and --input-size N")
     names = read_class_names(class_names)
     kind, _, name = source.partition(":")
     model = torchvision_classifier(name, len(names)) if kind == "torchvision" else load_callable(source, len(names))
-    load_weights(model, weights)
+    try:
+        load_weights(model, weights)
+    except WeightsError as exc:
+        raise WeightsError(f"--model {source}: {exc}") from None
     return model, ClassifierSpec(tuple(names), input_size, mean or IMAGENET_MEAN, std or IMAGENET_STD, feature_layer)

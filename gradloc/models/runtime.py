@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .classifier import CIFAR10, ClassifierSpec
+from .classifier import CIFAR10, ClassifierSpec, reading_logits
 from .wrn import resolve_precision
 
 DEFAULT_MAX_PIXELS = 100_000_000  # larger images are refused (decompression-bomb guard)
@@ -27,6 +27,23 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device} but no CUDA device is available")
     return torch.device(device)
+
+
+def check_classifier(model: nn.Module, spec: ClassifierSpec, device: torch.device) -> None:
+    """One forward pass of two mean-colour inputs of the spec's side: the classifier must run
+    and give ``len(spec.classes)`` finite logits each, or a one-line error says what it did."""
+    x = torch.zeros(2, 3, spec.input_size, spec.input_size, device=device).contiguous(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # the user's model: whatever it raises is said in one line
+        raise ValueError(f"the classifier fails on a [2, 3, {spec.input_size}, {spec.input_size}] input: "
+                         f"{type(exc).__name__}: {exc}") from None
+    if out.ndim != 2 or out.shape[1] != len(spec.classes):
+        raise ValueError(f"the classifier gives outputs of shape {list(out.shape)} for a batch of 2; "
+                         f"{len(spec.classes)} class names need [2, {len(spec.classes)}]")
+    if not torch.isfinite(out.float()).all():
+        raise ValueError("the classifier gives non-finite outputs (NaN or infinity) on a mean-colour input")
 
 
 @dataclass(frozen=True)
@@ -52,7 +69,8 @@ class Runtime:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         where = resolve_device(device)
         model.eval().requires_grad_(False)
-        model = model.to(where).to(memory_format=torch.channels_last)
+        model = reading_logits(model.to(where).to(memory_format=torch.channels_last))
+        check_classifier(model, spec, where)
         return cls(model, spec, where, resolve_precision(precision, where), batch_size, max_pixels)
 
     @property
