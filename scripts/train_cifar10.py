@@ -169,6 +169,17 @@ def extent_targets(labels: torch.Tensor, iou: torch.Tensor, classes: int = 10) -
     return wgt * F.one_hot(labels, classes).float() + (1 - wgt) / classes
 
 
+RANKED_SCALES = ((0.9, 1.1), (1.3, 2.0), (0.4, 0.7))  # the object, the object with surroundings, a part
+
+
+def extent_ranking_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """``logits`` of three crops per photograph (its object, the object with surroundings, a
+    part; :data:`RANKED_SCALES`, stacked in that order) -> the hinge loss asking the object's
+    class logit to beat the other two crops' by ``margin``: the ranking the pipeline makes."""
+    z = logits.view(3, -1, logits.shape[1]).gather(2, labels.view(1, -1, 1).expand(3, -1, 1))[..., 0]
+    return (F.relu(margin - (z[0] - z[1])) + F.relu(margin - (z[0] - z[2]))).mean()
+
+
 @torch.no_grad()
 def evaluate(model, x, y, device, batch=1000, amp=True):
     model.eval()
@@ -232,6 +243,10 @@ def main(argv=None) -> int:
                         "crops around their boxes at 0.5-2x the box's side, trained towards the class as the crop's "
                         "IoU with the box rises (box-supervised; the --photos-share split, --split-seed)")
     p.add_argument("--extent-weight", type=float, default=1.0, help="weight of the --extent loss")
+    p.add_argument("--extent-rank", type=float, default=0.0,
+                   help="with --extent: also crop each photograph's object (0.9-1.1x its box), the object with "
+                        "surroundings (1.3-2x) and a part (0.4-0.7x), and ask the object's class logit to beat the "
+                        "other two by this margin (hinge loss; 0: off)")
     p.add_argument("--export", type=Path, default=None,
                    help="write the eval-mode state dict of the last checkpoint here (+ .sha256) and exit")
     args = p.parse_args(argv)
@@ -329,7 +344,7 @@ def main(argv=None) -> int:
         saved = json.loads(ckpt["config"])
         older = {"cutout": 0, "photos": None, "negatives": None, "photos_share": 0.5, "split_seed": 0,
                  "extra_batch": 32, "oe_weight": 0.5, "photo_scale": 0.25,
-                 "photo_balance": False, "extent": None, "extent_weight": 1.0}  # checkpoints older than these had none
+                 "photo_balance": False, "extent": None, "extent_weight": 1.0, "extent_rank": 0.0}  # checkpoints older than these had none
         changed = [k for k in ("epochs", "batch_size", "lr", "max_batches", "depth", "width", "limit_per_class",
                                  "init", "seed", *older)
                    if saved.get(k, older.get(k)) != cfg[k]]
@@ -380,6 +395,11 @@ def main(argv=None) -> int:
                 views, iou = extent_crops(extent[0][pick], extent[2][pick], gen)
                 parts.append(views)
                 soft = extent_targets(extent[1][pick], iou).to(device)
+                extent_labels = extent[1][pick].to(device)
+                if args.extent_rank > 0:
+                    ranked = [extent_crops(extent[0][pick], extent[2][pick], gen, scale=s, jitter=0.05)[0]
+                              for s in RANKED_SCALES]
+                    parts += ranked
             if negatives is not None:
                 pick = torch.randint(0, len(negatives), (args.extra_batch,), generator=gen)
                 parts.append(random_resized_crops(negatives[pick], gen, min_area=args.photo_scale))
@@ -393,6 +413,9 @@ def main(argv=None) -> int:
                 if extent is not None:  # cross-entropy to each crop's soft target
                     mine, rest = rest[:args.extra_batch], rest[args.extra_batch:]
                     loss = loss - args.extent_weight * (soft * mine.log_softmax(1)).sum(1).mean()
+                    if args.extent_rank > 0:
+                        trio, rest = rest[:3 * args.extra_batch], rest[3 * args.extra_batch:]
+                        loss = loss + extent_ranking_loss(trio, extent_labels, args.extent_rank)
                 if negatives is not None:  # cross-entropy to the uniform distribution
                     loss = loss - args.oe_weight * rest.log_softmax(1).mean()
             opt.zero_grad(set_to_none=True)

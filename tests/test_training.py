@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from gradloc.models.wrn import wide_resnet
@@ -160,3 +161,42 @@ def test_random_resized_crops_cover_the_chosen_share():
     # area 1 and aspect 1: the whole image, flipped or not, so each row holds both halves
     assert out.shape == (64, 3, 32, 32)
     torch.testing.assert_close(out.mean((1, 2, 3)), torch.full((64,), 0.5), atol=0.02, rtol=0)
+
+
+def load_train_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train", ROOT / "scripts" / "train_cifar10.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    return train
+
+
+def test_extent_crops_targets_and_ranking_loss():
+    train = load_train_module()
+    x = torch.zeros(3, 3, 64, 64)
+    x[:, :, 16:48, 16:48] = 1.0  # the object: the centre square, its box [16, 16, 48, 48]
+    boxes = torch.tensor([[16.0, 16, 48, 48]]).expand(3, 4)
+    gen = torch.Generator().manual_seed(0)
+    tight, iou = train.extent_crops(x, boxes, gen, scale=(1.0, 1.0), jitter=0.0)
+    assert torch.allclose(iou, torch.ones(3)) and tight.mean() > 0.95  # the crop is the object
+    loose, iou = train.extent_crops(x, boxes, gen, scale=(2.0, 2.0), jitter=0.0)
+    assert torch.allclose(iou, torch.full((3,), 0.25)) and 0.2 < loose.mean() < 0.3  # a quarter of it is
+    soft = train.extent_targets(torch.tensor([3, 3, 3]), torch.tensor([0.2, 0.55, 0.9]))
+    torch.testing.assert_close(soft[0], torch.full((10,), 0.1))  # background: uniform
+    assert soft[2, 3] == 1.0 and soft[1, 3] == pytest.approx(0.5 + 0.05)  # the object; halfway
+    labels = torch.tensor([1, 2])
+    good = torch.zeros(3, 2, 10)
+    good[0, [0, 1], [1, 2]] = 5.0  # the object's logit beats surroundings and part by 5
+    assert train.extent_ranking_loss(good.view(6, 10), labels, 1.0) == 0
+    assert train.extent_ranking_loss(torch.zeros(6, 10), labels, 1.0) == pytest.approx(2.0)
+
+
+def test_extent_training_runs_and_records_its_split(tmp_path):
+    photos, _ = write_photo_set(tmp_path)
+    data = shared_file("cifar10-jpeg.tar.gz")
+    res = run("--data", data, "--ckpt-dir", tmp_path / "ck", "--depth", 10, "--width", 1, "--epochs", 1,
+              "--batch-size", 16, "--max-batches", 2, "--limit-per-class", 4, "--extent", photos,
+              "--extra-batch", 4, "--extent-rank", 1)
+    assert res.returncode == 0, res.stderr
+    assert "extent: 4 of 8 boxed photographs" in res.stdout
+    assert len((tmp_path / "ck" / "extent_trained.txt").read_text().splitlines()) == 5
