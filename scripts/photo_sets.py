@@ -45,12 +45,8 @@ def _members(source: Path):
                 yield m.name, tar.extractfile(m).read()
 
 
-def load_labelled_photos(source: str | Path, side: int = PHOTO_SIDE) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Images of a COCO-format set (folder or ``.tar.gz`` holding ``annotations.json`` and
-    ``images/``) whose annotations name exactly one CIFAR-10 class, with that class as label.
-
-    Returns ``uint8 [N, side, side, 3]``, labels ``int64 [N]`` and file names (sorted).
-    """
+def _read_set(source: str | Path) -> tuple[dict, dict[str, bytes]]:
+    """A COCO-format set (folder or ``.tar.gz``) -> its annotations and its images' bytes by file name."""
     files: dict[str, bytes] = {}
     annotations = None
     for name, data in _members(Path(source)):
@@ -60,6 +56,16 @@ def load_labelled_photos(source: str | Path, side: int = PHOTO_SIDE) -> tuple[np
             files[Path(name).name] = data
     if annotations is None:
         raise FileNotFoundError(f"no annotations.json in {source}")
+    return annotations, files
+
+
+def load_labelled_photos(source: str | Path, side: int = PHOTO_SIDE) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images of a COCO-format set (folder or ``.tar.gz`` holding ``annotations.json`` and
+    ``images/``) whose annotations name exactly one CIFAR-10 class, with that class as label.
+
+    Returns ``uint8 [N, side, side, 3]``, labels ``int64 [N]`` and file names (sorted).
+    """
+    annotations, files = _read_set(source)
     cats = {c["id"]: c["name"] for c in annotations["categories"]}
     labels: dict = {}
     for a in annotations["annotations"]:
@@ -79,15 +85,7 @@ def load_boxed_photos(source: str | Path, side: int = PHOTO_SIDE) -> tuple[np.nd
     Returns ``uint8 [N, side, side, 3]``, labels ``int64 [N]``, boxes ``float32 [N, 4]`` and file
     names (sorted).
     """
-    files: dict[str, bytes] = {}
-    annotations = None
-    for name, data in _members(Path(source)):
-        if name.endswith("annotations.json"):
-            annotations = json.loads(data)
-        elif "/images/" in f"/{name}":
-            files[Path(name).name] = data
-    if annotations is None:
-        raise FileNotFoundError(f"no annotations.json in {source}")
+    annotations, files = _read_set(source)
     cats = {c["id"]: c["name"] for c in annotations["categories"]}
     by_image: dict = {}
     for a in annotations["annotations"]:
