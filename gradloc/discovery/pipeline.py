@@ -79,7 +79,7 @@ class ProposalGenerator:
         self.config = self.options.effective()  # what runs, one config per stage
         self.runtime = model if isinstance(model, Runtime) else Runtime.build(
             model, spec, device, "bf16" if amp else precision, batch_size, max_pixels)
-        spec = self.spec
+        spec = self.runtime.spec  # a given runtime's own
         saliency, plan = self.config.saliency, self.config.plan
         kwargs = saliency.method_kwargs()
         if saliency.method in (*CAM_METHODS, "grad-x-activation") and "layer" not in kwargs:
