@@ -5,11 +5,14 @@ class); :func:`export` writes them, each image under its path relative to ``rela
 default the images' common folder), so the original layout is kept:
 
 - ``coco``: ``DIR/annotations.json``, a COCO dataset whose annotations carry their ``score``
-  (pycocotools ``COCO()`` reads it, ``loadRes`` its annotation list).
+  (pycocotools ``COCO()`` reads it, ``loadRes`` its annotation list); categories numbered from 1,
+  as COCO's files number them.
 - ``voc``: ``DIR/<path>.xml`` per image: its size and one ``object`` per box, corners 1-based and
   inclusive as VOC writes them (``xmin = x0 + 1``, ``xmax = x1`` of pixel-edge xyxy, rounded).
-- ``yolo``: ``DIR/<path>.txt`` per image, ``class cx cy w h`` normalised by the image's size
-  (an image without boxes gets an empty file: a background image), and ``DIR/classes.txt``.
+- ``yolo``: the layout Ultralytics trains on: ``DIR/labels/<path>.txt`` per image, ``class cx cy w h``
+  normalised by the image's size (an image without boxes gets an empty file: a background image),
+  ``DIR/images/<path>`` a link to the image, ``DIR/data.yaml`` (``path``, ``train``, ``val``,
+  ``names``) and ``DIR/classes.txt``.
 """
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ def relative_names(files: list[str], relative_to: str | Path | None = None) -> l
 
 
 def coco_dataset(records: list[dict], names: list[str], classes=CIFAR10_CLASSES) -> dict:
-    """The records as a COCO dataset (categories: the classifier's classes, id = index), scores kept."""
+    """The records as a COCO dataset (categories: the classifier's classes, id = index + 1), scores kept."""
     images, annotations = [], []
     for n, (rec, name) in enumerate(zip(records, names)):
         images.append({"id": n + 1, "file_name": name, "width": rec["width"], "height": rec["height"]})
@@ -82,11 +85,11 @@ def coco_dataset(records: list[dict], names: list[str], classes=CIFAR10_CLASSES)
             x0, y0, x1, y1 = prop["box"]
             w, h = round(x1 - x0, 2), round(y1 - y0, 2)
             annotations.append({"id": len(annotations) + 1, "image_id": n + 1,
-                                "category_id": classes.index(prop["label"]),
+                                "category_id": classes.index(prop["label"]) + 1,
                                 "bbox": [round(x0, 2), round(y0, 2), w, h], "area": round(w * h, 2),
                                 "iscrowd": 0, "score": prop["score"]})
     return {"images": images, "annotations": annotations,
-            "categories": [{"id": c, "name": name} for c, name in enumerate(classes)]}
+            "categories": [{"id": c + 1, "name": name} for c, name in enumerate(classes)]}
 
 
 def voc_xml(rec: dict, name: str) -> str:
@@ -123,6 +126,23 @@ def yolo_lines(rec: dict, classes=CIFAR10_CLASSES) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def write_yolo_dataset(records: list[dict], names: list[str], out: Path, classes) -> None:
+    """Labels under ``out/labels``, links to the images under ``out/images`` (where the image
+    exists), ``out/data.yaml`` and ``out/classes.txt``: a dataset ``yolo train data=out/data.yaml`` reads."""
+    for rec, name in zip(records, names):
+        label = out / "labels" / Path(name).with_suffix(".txt")
+        label.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(label, yolo_lines(rec, classes))
+        image, source = out / "images" / name, Path(os.path.abspath(rec["file"]))
+        if source.is_file() and not image.exists():
+            image.parent.mkdir(parents=True, exist_ok=True)
+            image.symlink_to(source)
+    atomic_write_text(out / "classes.txt", "".join(c + "\n" for c in classes))
+    listed = "".join(f"  {k}: {json.dumps(c)}\n" for k, c in enumerate(classes))
+    atomic_write_text(out / "data.yaml", f"path: {json.dumps(os.path.abspath(out))}\ntrain: images\nval: images\n"
+                                         f"names:\n{listed}")
+
+
 def export(records: list[dict], fmt: str, out: Path, relative_to: str | Path | None = None,
            classes=CIFAR10_CLASSES) -> tuple[int, int]:
     """Write :func:`select`-ed ``records`` to ``out`` in ``fmt`` (see the module), labels among
@@ -134,20 +154,18 @@ def export(records: list[dict], fmt: str, out: Path, relative_to: str | Path | N
     if outside and fmt != "coco":
         raise ValueError(f"{outside[0]} is outside {relative_to}: {fmt} files are written under the output folder "
                          "at each image's relative path; give --relative-to a folder above every image")
-    if fmt == "yolo" and "classes.txt" in {Path(n).with_suffix(".txt").as_posix() for n in names}:
-        raise ValueError("an image's labels would overwrite classes.txt; export from the folder above it")
     if len(set(names)) < len(names):
         raise ValueError("two images map to the same exported name; give --relative-to their common folder")
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "coco":
         atomic_write_text(out / "annotations.json", json.dumps(coco_dataset(records, names, classes)))
-    else:
+    elif fmt == "voc":
         for rec, name in zip(records, names):
-            path = out / Path(name).with_suffix(".xml" if fmt == "voc" else ".txt")
+            path = out / Path(name).with_suffix(".xml")
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, voc_xml(rec, name) if fmt == "voc" else yolo_lines(rec, classes))
-        if fmt == "yolo":
-            atomic_write_text(out / "classes.txt", "".join(c + "\n" for c in classes))
+            atomic_write_text(path, voc_xml(rec, name))
+    else:
+        write_yolo_dataset(records, names, out, classes)
     return len(records), sum(len(r["proposals"]) for r in records)
 
 

@@ -131,9 +131,10 @@ def test_export_coco_cli(tmp_path, annotated, capsys):
     assert main(["export-coco", str(preds), "-o", str(ds_path)]) == 0
     d = json.loads(ds_path.read_text())
     assert [im["file_name"] for im in d["images"]] == ["a.png", "x/other.png"]
-    assert d["annotations"][0] == {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10.0, 10.0, 30.0, 20.0],
+    # automobile, CIFAR-10's class 1, is category 2: COCO files number categories from 1
+    assert d["annotations"][0] == {"id": 1, "image_id": 1, "category_id": 2, "bbox": [10.0, 10.0, 30.0, 20.0],
                                    "area": 600.0, "iscrowd": 0, "score": 0.9}
-    assert len(d["categories"]) == 10
+    assert [c["id"] for c in d["categories"]] == list(range(1, 11)) and d["categories"][1]["name"] == "automobile"
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     assert main(["export-coco", str(bad), "-o", str(tmp_path / "x.json")]) == 2

@@ -49,7 +49,7 @@ def read_yolo(folder: Path, name: str, size) -> list:
     classes = (folder / "classes.txt").read_text().split()
     w, h = size
     out = []
-    for line in (folder / Path(name).with_suffix(".txt")).read_text().splitlines():
+    for line in (folder / "labels" / Path(name).with_suffix(".txt")).read_text().splitlines():
         c, cx, cy, bw, bh = line.split()
         cx, cy, bw, bh = float(cx) * w, float(cy) * h, float(bw) * w, float(bh) * h
         out.append((classes[int(c)], [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]))
@@ -77,7 +77,7 @@ def test_yolo_and_voc_read_back_the_boxes_image_by_image(tmp_path, min_score, to
         xml = tmp_path / "voc" / Path(name).with_suffix(".xml")
         im = load_voc_xml(xml, {c: c for c in CIFAR10_CLASSES})
         if not want:
-            assert im is None and (tmp_path / "yolo" / Path(name).with_suffix(".txt")).read_text() == ""
+            assert im is None and (tmp_path / "yolo" / "labels" / Path(name).with_suffix(".txt")).read_text() == ""
             continue
         assert (im.file, im.width, im.height) == (Path(name).name, *sizes[name])
         assert_boxes([(CIFAR10_CLASSES[int(c)], b) for c, b in zip(im.labels, im.boxes.tolist())], want, 1.0)
@@ -122,5 +122,32 @@ def test_hostile_records_export_what_is_valid_and_nothing_else(tmp_path):
         {"file": "c.jpg", "width": 10, "height": 10, "proposals": {"not": "a list"}}]}))
     for fmt in ("coco", "voc", "yolo"):
         assert main(["export", str(path), "--format", fmt, "-o", str(tmp_path / fmt)]) == 0
-    assert (tmp_path / "yolo" / "a.txt").read_text() == "3 0.350000 0.350000 0.500000 0.500000\n"
-    assert (tmp_path / "yolo" / "c.txt").read_text() == "" and not (tmp_path / "yolo" / "b.txt").exists()
+    assert (tmp_path / "yolo" / "labels" / "a.txt").read_text() == "3 0.350000 0.350000 0.500000 0.500000\n"
+    assert (tmp_path / "yolo" / "labels" / "c.txt").read_text() == ""
+    assert not (tmp_path / "yolo" / "labels" / "b.txt").exists()
+
+
+def test_yolo_export_is_the_dataset_layout_ultralytics_reads_and_coco_numbers_categories_from_1(tmp_path):
+    from PIL import Image
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    records = []
+    for name in ("a.jpg", "sub/b.png"):
+        Image.new("RGB", (40, 20)).save(photos / name)
+        records.append({"file": str(photos / name), "width": 40, "height": 20,
+                        "proposals": [{"box": [4.0, 2.0, 24.0, 12.0], "score": 0.8, "label": "ship"}]})
+    preds = tmp_path / "predictions.json"
+    preds.write_text(json.dumps({"format": "gradloc-predictions", "version": 1, "images": records}))
+    out = tmp_path / "yolo"
+    assert main(["export", str(preds), "--format", "yolo", "-o", str(out)]) == 0
+    for name in ("a.jpg", "sub/b.png"):
+        assert (out / "images" / name).resolve() == (photos / name).resolve()  # images/ beside labels/
+        assert (out / "labels" / Path(name).with_suffix(".txt")).read_text() == "8 0.350000 0.350000 0.500000 0.500000\n"
+    yaml = pytest.importorskip("yaml")
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data["path"] == str(out.resolve()) and data["train"] == data["val"] == "images"
+    assert data["names"] == dict(enumerate(CIFAR10_CLASSES))
+    assert main(["export", str(preds), "--format", "coco", "-o", str(tmp_path / "coco")]) == 0
+    coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+    assert [c["id"] for c in coco["categories"]] == list(range(1, 11))
+    assert {a["category_id"] for a in coco["annotations"]} == {9}  # ship, CIFAR-10's 8, is category 9
