@@ -16,7 +16,7 @@ def build_runtime(args: argparse.Namespace, precision: str | None = None):
     """The classifier the flags name (the shipped WRN, or ``--model`` and its description) in
     the :class:`~gradloc.models.runtime.Runtime` they ask for, built once."""
     from .models.classifier import CIFAR10, load_user_classifier
-    from .models.runtime import Runtime
+    from .models.runtime import ClassifierError, Runtime
     from .models.wrn import wide_resnet
     if args.model is None:
         given = [f for f in MODEL_DESCRIPTION if getattr(args, f) is not None]
@@ -31,8 +31,8 @@ def build_runtime(args: argparse.Namespace, precision: str | None = None):
     precision = precision or ("bf16" if getattr(args, "amp", False) else args.precision)
     try:
         return Runtime.build(model, spec, args.device, precision, args.batch_size, args.max_pixels)
-    except ValueError as exc:  # the classifier's own failures name it
-        raise ValueError(f"--model {args.model}: {exc}" if args.model and "classifier" in str(exc) else exc) from None
+    except ClassifierError as exc:  # the classifier's own failures name it
+        raise ClassifierError(f"--model {args.model}: {exc}" if args.model else str(exc)) from None
 
 
 def build_generator(args: argparse.Namespace):

@@ -29,6 +29,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+class ClassifierError(ValueError):
+    """The classifier itself fails the check: it does not run, or gives the wrong shape or NaN."""
+
+
 def check_classifier(model: nn.Module, spec: ClassifierSpec, device: torch.device) -> None:
     """One forward pass of two mean-colour inputs of the spec's side: the classifier must run
     and give ``len(spec.classes)`` finite logits each, or a one-line error says what it did."""
@@ -37,13 +41,13 @@ def check_classifier(model: nn.Module, spec: ClassifierSpec, device: torch.devic
         with torch.no_grad():
             out = model(x)
     except Exception as exc:  # the user's model: whatever it raises is said in one line
-        raise ValueError(f"the classifier fails on a [2, 3, {spec.input_size}, {spec.input_size}] input: "
+        raise ClassifierError(f"the classifier fails on a [2, 3, {spec.input_size}, {spec.input_size}] input: "
                          f"{type(exc).__name__}: {exc}") from None
     if out.ndim != 2 or out.shape[1] != len(spec.classes):
-        raise ValueError(f"the classifier gives outputs of shape {list(out.shape)} for a batch of 2; "
+        raise ClassifierError(f"the classifier gives outputs of shape {list(out.shape)} for a batch of 2; "
                          f"{len(spec.classes)} class names need [2, {len(spec.classes)}]")
     if not torch.isfinite(out.float()).all():
-        raise ValueError("the classifier gives non-finite outputs (NaN or infinity) on a mean-colour input")
+        raise ClassifierError("the classifier gives non-finite outputs (NaN or infinity) on a mean-colour input")
 
 
 @dataclass(frozen=True)
