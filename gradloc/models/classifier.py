@@ -3,8 +3,9 @@
 :class:`ClassifierSpec` holds everything besides the module that the stages need: the class
 names, the square input size the model was trained at, the normalisation of its input and the
 last feature layer (Grad-CAM, CAM and the pyramid's gradient x activation hook it). The shipped
-WRN is :data:`CIFAR10`; :func:`torchvision_classifier` and :func:`load_callable` build the
-user's own (``--model torchvision:NAME`` / ``MODULE:CALLABLE``).
+WRN is :data:`CIFAR10`; :func:`torchvision_classifier`, :func:`timm_classifier` and
+:func:`load_callable` build the user's own (``--model torchvision:NAME`` / ``timm:NAME`` /
+``MODULE:CALLABLE``).
 """
 from __future__ import annotations
 
@@ -128,6 +129,40 @@ def torchvision_classifier(name: str, num_classes: int) -> nn.Module:
         raise ValueError(f"torchvision has no classification model {name!r} (e.g. {known}, ...)") from None
 
 
+@dataclass(frozen=True)
+class DataConfig:
+    """What a model source knows of its model's input (None: not known; the user says)."""
+
+    input_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    feature_layer: str | None = None
+
+
+def timm_classifier(name: str, num_classes: int) -> tuple[nn.Module, DataConfig]:
+    """``timm.create_model(name)`` with ``num_classes`` outputs and random weights (the user
+    loads theirs: nothing is downloaded), and its data config as timm resolves it
+    (``timm.data.resolve_model_data_config``: input size, mean, std) with the module of its
+    last feature map (``feature_info``)."""
+    try:
+        import timm
+        import timm.data
+    except ImportError:
+        raise ValueError("--model timm:... needs timm (pip install 'gradloc[timm]')") from None
+    if not timm.is_model(name):
+        near = ", ".join(timm.list_models(f"*{name}*")[:8]) or "timm.list_models() lists them"
+        raise ValueError(f"timm has no model {name!r} (similar: {near})")
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    except Exception as exc:  # timm's builders raise many types
+        raise ValueError(f"--model timm:{name}: building it raised {type(exc).__name__}: {exc}") from None
+    data = timm.data.resolve_model_data_config(model)
+    info = getattr(model, "feature_info", None)
+    layer = info[-1].get("module") if isinstance(info, list) and info else None
+    side = data["input_size"][-1]
+    return model, DataConfig(int(side), tuple(data["mean"]), tuple(data["std"]), layer)
+
+
 def load_callable(spec: str, num_classes: int) -> nn.Module:
     """``MODULE:CALLABLE`` -> ``CALLABLE(num_classes=...)`` (or ``CALLABLE()``) from an
     importable module or a ``.py`` file path, which must give an ``nn.Module``."""
@@ -173,17 +208,26 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
 def load_user_classifier(source: str, weights: str | Path, class_names: str | Path | None, input_size: int | None,
                          mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
                          feature_layer: str | None = None) -> tuple[nn.Module, ClassifierSpec]:
-    """``--model`` (``torchvision:NAME`` or ``MODULE:CALLABLE``) with its ``weights`` (a state
-    dict) and description -> the model, weights loaded, and its :class:`ClassifierSpec`
-    (ImageNet's mean and std where none is given)."""
+    """``--model`` (``torchvision:NAME``, ``timm:NAME`` or ``MODULE:CALLABLE``) with its
+    ``weights`` (a state dict, ``.pt`` or ``.safetensors``) and description -> the model, weights
+    loaded, and its :class:`ClassifierSpec`. What the user does not give comes from the source
+    (timm's data config) or, for the input's mean and std, is ImageNet's."""
     from .wrn import WeightsError, load_weights
-    if class_names is None or input_size is None:
-        raise ValueError("--model needs --weights FILE (its state dict), --class-names FILE and --input-size N")
-    names = read_class_names(class_names)
     kind, _, name = source.partition(":")
-    model = torchvision_classifier(name, len(names)) if kind == "torchvision" else load_callable(source, len(names))
+    if class_names is None or (input_size is None and kind != "timm"):
+        raise ValueError("--model needs --weights FILE (its state dict), --class-names FILE and --input-size N"
+                         + (" (timm:NAME knows its input size)" if kind != "timm" else ""))
+    names = read_class_names(class_names)
+    known = DataConfig()
+    if kind == "torchvision":
+        model = torchvision_classifier(name, len(names))
+    elif kind == "timm":
+        model, known = timm_classifier(name, len(names))
+    else:
+        model = load_callable(source, len(names))
     try:
         load_weights(model, weights)
     except WeightsError as exc:
         raise WeightsError(f"--model {source}: {exc}") from None
-    return model, ClassifierSpec(tuple(names), input_size, mean or IMAGENET_MEAN, std or IMAGENET_STD, feature_layer)
+    return model, ClassifierSpec(tuple(names), input_size or known.input_size, mean or known.mean or IMAGENET_MEAN,
+                                 std or known.std or IMAGENET_STD, feature_layer or known.feature_layer)

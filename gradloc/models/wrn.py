@@ -22,6 +22,7 @@ CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 
 DEFAULT_WEIGHTS_NAME = "wrn16-4_cifar10.pt"
+EXTENT_JUDGE_NAME = "wrn16-4_extent_judge.pt"  # the shipped judge of boxes (weights/MODEL_CARD.md)
 
 
 class WeightsError(RuntimeError):
@@ -166,6 +167,10 @@ def default_weights_path() -> Path:
     return weights_dir() / DEFAULT_WEIGHTS_NAME
 
 
+def extent_judge_path() -> Path:
+    return weights_dir() / EXTENT_JUDGE_NAME
+
+
 def sha256_of(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -182,10 +187,22 @@ def _expected_sha256(path: Path) -> str | None:
     return text[0].lower() if text else None
 
 
-def load_weights(model: nn.Module, path: str | Path, verify: bool = True) -> nn.Module:
-    """Load a state dict saved by ``torch.save`` into ``model``, safely.
+def read_state_dict(path: Path) -> dict:
+    """A weights file's contents: ``.safetensors`` by safetensors, anything else by ``torch.load``
+    with ``weights_only=True`` (no pickled code runs either way)."""
+    if path.suffix != ".safetensors":
+        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise WeightsError(f"reading {path.name} needs safetensors (pip install safetensors)") from None
+    return load_file(str(path), device="cpu")
 
-    The file is read with ``weights_only=True`` (no pickled code runs). When a
+
+def load_weights(model: nn.Module, path: str | Path, verify: bool = True) -> nn.Module:
+    """Load a state dict saved by ``torch.save`` (or a ``.safetensors`` file) into ``model``, safely.
+
+    The file is read by :func:`read_state_dict` (no pickled code runs). When a
     ``<file>.sha256`` lies beside it and ``verify`` is true, the checksum must match.
 
     Raises
@@ -205,8 +222,10 @@ def load_weights(model: nn.Module, path: str | Path, verify: bool = True) -> nn.
                 f"weights file {path} fails its checksum (sha256 {actual[:12]}..., "
                 f"expected {expected[:12]}...): the file is corrupt or was replaced")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
+        state = read_state_dict(path)
+    except WeightsError:
+        raise
+    except Exception as exc:  # torch and safetensors raise many types for a bad file
         raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

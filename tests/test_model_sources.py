@@ -1,0 +1,64 @@
+"""Where a user's classifier comes from: ``--model timm:NAME`` (its data config read from timm)
+and ``.safetensors`` weight files."""
+import json
+
+import pytest
+import torch
+
+from gradloc import ProposalGenerator
+from gradloc.cli import main
+from gradloc.models.wrn import WideResNet, wide_resnet
+
+from .conftest import SAMPLES
+
+CAT = SAMPLES / "chelsea_cat.png"
+
+
+def test_safetensors_weights_load_as_the_same_state_dict_does(tmp_path, random_weights_file):
+    safetensors = pytest.importorskip("safetensors.torch")
+    state = torch.load(random_weights_file, weights_only=True)
+    path = tmp_path / "w.safetensors"
+    safetensors.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    a = ProposalGenerator(wide_resnet(weights=random_weights_file), device="cpu", precision="fp32", judge="classifier")
+    b = ProposalGenerator(wide_resnet(weights=path), device="cpu", precision="fp32", judge="classifier")
+    ra, rb = a(CAT)[0], b(CAT)[0]
+    torch.testing.assert_close(ra["boxes"], rb["boxes"])
+    torch.testing.assert_close(ra["scores"], rb["scores"])
+    # a .safetensors file of another architecture is the usual one line
+    safetensors.save_file({k: v.contiguous() for k, v in WideResNet(10, 1).state_dict().items()}, str(path))
+    assert main(["localize", str(CAT), "-o", str(tmp_path / "o"), "--weights", str(path), "--vis-limit", "0"]) == 2
+
+
+def test_timm_model_takes_its_input_size_mean_std_and_feature_layer_from_timm(tmp_path, capsys):
+    timm = pytest.importorskip("timm")
+    safetensors = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3)
+    weights = tmp_path / "model.safetensors"
+    safetensors.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    names = tmp_path / "names.txt"
+    names.write_text("bird\nboat\ncar\n")
+    out = tmp_path / "out"
+    args = ["localize", str(CAT), "-o", str(out), "--model", "timm:test_resnet", "--weights", str(weights),
+            "--class-names", str(names), "--vis-limit", "0", "--precision", "fp32"]
+    assert main(args + ["--method", "gradcam"]) == 0
+    settings = json.loads((out / "run.json").read_text())["settings"]
+    config = timm.data.resolve_model_data_config(model)  # the oracle: what timm says of its model
+    assert settings["input_size"] == config["input_size"][-1]
+    assert settings["mean"] == list(config["mean"]) and settings["std"] == list(config["std"])
+    # the same boxes as the API given timm's description by hand (Grad-CAM on timm's last feature module)
+    gen = ProposalGenerator.from_classifier(model.eval(), ["bird", "boat", "car"], config["input_size"][-1],
+                                            config["mean"], config["std"], feature_layer=model.feature_info[-1]["module"],
+                                            device="cpu", precision="fp32", method="gradcam")
+    want = gen(CAT)[0]
+    got = json.loads((out / "predictions.json").read_text())["images"][0]["proposals"]
+    torch.testing.assert_close(torch.tensor([p["box"] for p in got]), want["boxes"].float(), atol=0.01, rtol=0)
+    # --input-size, --mean and --std still say otherwise where given
+    assert main(args + ["-o", str(tmp_path / "o2"), "--input-size", "64", "--mean", "0.4,0.4,0.4"]) == 0
+    settings = json.loads((tmp_path / "o2" / "run.json").read_text())["settings"]
+    assert settings["input_size"] == 64 and settings["mean"] == [0.4, 0.4, 0.4]
+    # an unknown timm name is one line naming similar models
+    capsys.readouterr()
+    assert main(args[:5] + ["timm:resnet_nosuch"] + args[6:]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "timm has no model 'resnet_nosuch'" in err[0]
