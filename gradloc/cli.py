@@ -52,15 +52,16 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
 def add_model_options(m) -> None:
     """The classifier's flags: the shipped WRN (--weights, --depth, --width) or the user's --model
     with its description, and the device."""
-    m.add_argument("--model", default=None, metavar="torchvision:NAME|timm:NAME|MODULE:CALLABLE",
+    m.add_argument("--model", default=None, metavar="torchvision:NAME|timm:NAME|hf:DIR|MODULE:CALLABLE",
                    help="your own classifier instead of the shipped WRN: a torchvision.models or timm classifier by "
-                        "name, or CALLABLE(num_classes=...) from a module or .py file; needs --weights, --class-names "
-                        "and --input-size (timm's data config gives its input size, mean and std; nothing is "
-                        "downloaded)")
+                        "name, a local transformers image-classifier folder, or CALLABLE(num_classes=...) from a "
+                        "module or .py file; needs --weights, --class-names and --input-size, except what the source "
+                        "knows (timm: input size, mean, std; hf:DIR: its weights, id2label and image processor "
+                        "config); nothing is downloaded")
     m.add_argument("--class-names", default=None, help="with --model: a text file of the model's class names, one a line")
     m.add_argument("--input-size", type=int, default=None, help="with --model: the side (px) it was trained at")
     m.add_argument("--mean", type=rgb_triple, default=None,
-                   help="with --model: input mean per RGB channel, e.g. 0.485,0.456,0.406 (default: timm's data config for timm:NAME, else ImageNet's)")
+                   help="with --model: input mean per RGB channel, e.g. 0.485,0.456,0.406 (default: the source's (timm, hf), else ImageNet's)")
     m.add_argument("--std", type=rgb_triple, default=None,
                    help="with --model: input std per RGB channel (default: as --mean)")
     m.add_argument("--feature-layer", default=None,

@@ -24,8 +24,6 @@ def build_runtime(args: argparse.Namespace, precision: str | None = None):
             raise ValueError(f"--{given[0].replace('_', '-')} describes your own --model; the shipped WRN needs none")
         model, spec = wide_resnet(args.depth, args.width, weights=args.weights), CIFAR10
     else:
-        if args.weights == "default":
-            raise ValueError("--model needs --weights FILE (its state dict), --class-names FILE and --input-size N")
         model, spec = load_user_classifier(args.model, args.weights, args.class_names, args.input_size,
                                            args.mean, args.std, args.feature_layer)
     precision = precision or ("bf16" if getattr(args, "amp", False) else args.precision)

@@ -154,7 +154,7 @@ def test_cli_resnet18_state_dict(tmp_path, capsys):
     assert sum(len(p.read_text().splitlines()) for p in (tmp_path / "y").rglob("*.txt") if p.name != "classes.txt") == n_boxes
     # mistakes are one line each
     assert main(args[:-8] + ["--weights", str(tmp_path / "r18.pt")]) == 2
-    assert "--model needs --weights FILE" in capsys.readouterr().err
+    assert "--model torchvision:resnet18 needs --class-names FILE, --input-size N" in capsys.readouterr().err
     assert main(args[:5] + ["torchvision:nosuchnet"] + args[6:]) == 2
     assert "torchvision has no classification model 'nosuchnet'" in capsys.readouterr().err
     (tmp_path / "two.txt").write_text("a\nb\n")

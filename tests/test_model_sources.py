@@ -62,3 +62,50 @@ def test_timm_model_takes_its_input_size_mean_std_and_feature_layer_from_timm(tm
     assert main(args[:5] + ["timm:resnet_nosuch"] + args[6:]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "timm has no model 'resnet_nosuch'" in err[0]
+
+
+def tiny_transformers_folder(folder, transformers):
+    """A transformers ResNet of 3 classes with random weights, saved as a user's folder is:
+    config.json (id2label), model.safetensors and preprocessor_config.json."""
+    torch.manual_seed(0)
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3,
+                                       id2label={0: "bird", 1: "boat", 2: "car"},
+                                       label2id={"bird": 0, "boat": 1, "car": 2})
+    model = transformers.ResNetForImageClassification(config).eval()
+    model.save_pretrained(folder)
+    transformers.ConvNextImageProcessor(size={"shortest_edge": 64}, image_mean=[0.4, 0.45, 0.5],
+                                        image_std=[0.2, 0.25, 0.3]).save_pretrained(folder)
+    return model
+
+
+def test_transformers_folder_gives_its_classes_input_and_weights(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "my-resnet"
+    model = tiny_transformers_folder(folder, transformers)
+    out = tmp_path / "out"
+    assert main(["localize", str(CAT), "-o", str(out), "--model", f"hf:{folder}", "--vis-limit", "0",
+                 "--precision", "fp32"]) == 0
+    data = json.loads((out / "predictions.json").read_text())
+    settings = json.loads((out / "run.json").read_text())["settings"]
+    # the oracle: what the folder's own files say
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert settings["classes"] == ["bird", "boat", "car"]
+    assert settings["input_size"] == processor["size"]["shortest_edge"]
+    assert settings["mean"] == processor["image_mean"] and settings["std"] == processor["image_std"]
+    # the photograph took the pyramid, whose gradient x activation hooks the last stage found by tracing;
+    # the same boxes as the API given that description and the model transformers loads
+    loaded = transformers.AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+    gen = ProposalGenerator.from_classifier(loaded, ["bird", "boat", "car"], 64, processor["image_mean"],
+                                            processor["image_std"], feature_layer="resnet.encoder.stages.1",
+                                            device="cpu", precision="fp32")
+    want = gen(CAT)[0]
+    got = data["images"][0]["proposals"]
+    assert set(data["images"][0]["probs"]) == {"bird", "boat", "car"}
+    torch.testing.assert_close(torch.tensor([p["box"] for p in got]), want["boxes"].float(), atol=0.01, rtol=0)
+    # a folder is its own weights; a folder that is not a model is one line
+    capsys.readouterr()
+    assert main(["localize", str(CAT), "-o", str(tmp_path / "o2"), "--model", f"hf:{folder}", "--weights", "x.pt"]) == 2
+    assert main(["localize", str(CAT), "-o", str(tmp_path / "o3"), "--model", f"hf:{tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "give no --weights" in err[0] and "not a transformers model folder" in err[1], err

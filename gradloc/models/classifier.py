@@ -3,14 +3,15 @@
 :class:`ClassifierSpec` holds everything besides the module that the stages need: the class
 names, the square input size the model was trained at, the normalisation of its input and the
 last feature layer (Grad-CAM, CAM and the pyramid's gradient x activation hook it). The shipped
-WRN is :data:`CIFAR10`; :func:`torchvision_classifier`, :func:`timm_classifier` and
-:func:`load_callable` build the user's own (``--model torchvision:NAME`` / ``timm:NAME`` /
-``MODULE:CALLABLE``).
+WRN is :data:`CIFAR10`; :func:`torchvision_classifier`, :func:`timm_classifier`,
+:func:`huggingface_classifier` and :func:`load_callable` build the user's own (``--model
+torchvision:NAME`` / ``timm:NAME`` / ``hf:DIR`` / ``MODULE:CALLABLE``).
 """
 from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,64 @@ def timm_classifier(name: str, num_classes: int) -> tuple[nn.Module, DataConfig]
     return model, DataConfig(int(side), tuple(data["mean"]), tuple(data["std"]), layer)
 
 
+def last_spatial_layer(model: nn.Module, side: int) -> str | None:
+    """The module whose output is the model's last feature map: of the modules that give a
+    ``[B, C, h, w]`` tensor with h x w > 1 on a blank ``side`` x ``side`` input, the last to
+    finish (a container finishes after its children, so a network's last stage is found, not its
+    last convolution). None for a model without one (a vision transformer's tokens are 3-D)."""
+    names = {m: n for n, m in model.named_modules() if n}
+    found: list[str] = []
+
+    def record(module, args, out):
+        if isinstance(out, Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1:
+            found.append(names[module])
+    hooks = [m.register_forward_hook(record) for m in names]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, side, side))
+    finally:
+        for h in hooks:
+            h.remove()
+    return found[-1] if found else None
+
+
+def huggingface_classifier(folder: str | Path) -> tuple[nn.Module, tuple[str, ...], DataConfig]:
+    """A local ``transformers`` image classifier folder (``save_pretrained``'s: config.json,
+    model.safetensors, preprocessor_config.json) -> the model with its weights, its class names
+    (``id2label``) and its input as its image processor's config describes it (the side: the
+    centre crop's, else the resize's; ``image_mean``, ``image_std``). Nothing is downloaded."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--model hf:{folder}: not a transformers model folder (no config.json)")
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError("--model hf:... needs transformers (pip install 'gradloc[hf]')") from None
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        model = transformers.AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a folder it cannot load
+        raise ValueError(f"--model hf:{folder}: cannot load it ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    labels = model.config.id2label
+    names = tuple(str(labels[i]) for i in sorted(labels, key=int))
+    processor = folder / "preprocessor_config.json"
+    config = json.loads(processor.read_text(encoding="utf-8")) if processor.is_file() else {}
+
+    def side_of(size) -> int | None:
+        if isinstance(size, int):
+            return size
+        if isinstance(size, Mapping):
+            return size.get("height") or size.get("shortest_edge")
+        return None
+    side = (side_of(config.get("crop_size")) if config.get("do_center_crop") else None) or side_of(config.get("size"))
+    mean, std = config.get("image_mean"), config.get("image_std")
+    three = lambda v: tuple(float(x) for x in v) if isinstance(v, (list, tuple)) and len(v) == 3 else None  # noqa: E731
+    layer = last_spatial_layer(model, side) if side else None
+    return model, names, DataConfig(side, three(mean), three(std), layer)
+
+
 def load_callable(spec: str, num_classes: int) -> nn.Module:
     """``MODULE:CALLABLE`` -> ``CALLABLE(num_classes=...)`` (or ``CALLABLE()``) from an
     importable module or a ``.py`` file path, which must give an ``nn.Module``."""
@@ -208,26 +267,38 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
 def load_user_classifier(source: str, weights: str | Path, class_names: str | Path | None, input_size: int | None,
                          mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
                          feature_layer: str | None = None) -> tuple[nn.Module, ClassifierSpec]:
-    """``--model`` (``torchvision:NAME``, ``timm:NAME`` or ``MODULE:CALLABLE``) with its
-    ``weights`` (a state dict, ``.pt`` or ``.safetensors``) and description -> the model, weights
-    loaded, and its :class:`ClassifierSpec`. What the user does not give comes from the source
-    (timm's data config) or, for the input's mean and std, is ImageNet's."""
+    """``--model`` (``torchvision:NAME``, ``timm:NAME``, ``hf:DIR`` or ``MODULE:CALLABLE``) with
+    its ``weights`` (a state dict, ``.pt`` or ``.safetensors``; an ``hf:`` folder holds its own)
+    and description -> the model, weights loaded, and its :class:`ClassifierSpec`. What the user
+    does not give comes from the source (timm's data config; the folder's id2label and image
+    processor config) or, for the input's mean and std, is ImageNet's."""
     from .wrn import WeightsError, load_weights
     kind, _, name = source.partition(":")
-    if class_names is None or (input_size is None and kind != "timm"):
-        raise ValueError("--model needs --weights FILE (its state dict), --class-names FILE and --input-size N"
-                         + (" (timm:NAME knows its input size)" if kind != "timm" else ""))
-    names = read_class_names(class_names)
-    known = DataConfig()
+    known, names = DataConfig(), None
+    if kind == "hf":
+        if weights != "default":
+            raise ValueError(f"--model {source}: the folder holds its weights; give no --weights")
+        model, names, known = huggingface_classifier(name)
+    needs = [flag for flag, missing in (("--weights FILE (its state dict)", weights == "default" and kind != "hf"),
+                                        ("--class-names FILE", class_names is None and names is None),
+                                        ("--input-size N", input_size is None and kind not in ("timm", "hf")))
+             if missing]
+    if needs:
+        raise ValueError(f"--model {source} needs {', '.join(needs)}")
+    names = read_class_names(class_names) if class_names is not None else names
     if kind == "torchvision":
         model = torchvision_classifier(name, len(names))
     elif kind == "timm":
         model, known = timm_classifier(name, len(names))
-    else:
+    elif kind != "hf":
         model = load_callable(source, len(names))
-    try:
-        load_weights(model, weights)
-    except WeightsError as exc:
-        raise WeightsError(f"--model {source}: {exc}") from None
-    return model, ClassifierSpec(tuple(names), input_size or known.input_size, mean or known.mean or IMAGENET_MEAN,
+    if kind != "hf":
+        try:
+            load_weights(model, weights)
+        except WeightsError as exc:
+            raise WeightsError(f"--model {source}: {exc}") from None
+    side = input_size or known.input_size
+    if side is None:
+        raise ValueError(f"--model {source}: its image processor config gives no input size; give --input-size N")
+    return model, ClassifierSpec(tuple(names), side, mean or known.mean or IMAGENET_MEAN,
                                  std or known.std or IMAGENET_STD, feature_layer or known.feature_layer)
