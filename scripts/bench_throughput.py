@@ -61,10 +61,12 @@ def load_model(weights: str):
 
 
 def image_list(folder: Path, n: int) -> list[Path]:
+    """The first ``n`` images of ``folder``, sorted; a folder with fewer is cycled through (each
+    image then appears under several names), which costs the same per image."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-    if len(files) < n:
-        raise SystemExit(f"need {n} images in {folder}, found {len(files)}")
-    return files[:n]
+    if not files:
+        raise SystemExit(f"no images in {folder}")
+    return [files[i % len(files)] for i in range(n)]
 
 
 # -- the four workloads, each run in its own process -----------------------------------------
@@ -212,6 +214,8 @@ WORKLOADS = {"limit fp32": run_limit, "limit bf16": lambda args: run_limit(args,
              # the defaults: --precision auto (bf16 where the CPU has it natively)
              "gradloc": run_gradloc,
              "gradloc --precision fp32": lambda args, files: run_gradloc(args, files, precision="fp32"),
+             # boxes judged by the classifier itself (the defaults before the extent judge)
+             "gradloc --judge classifier": lambda args, files: run_gradloc(args, files, judge="classifier"),
              # every candidate rescored, near-duplicates too (the defaults before --merge-iou 0.85)
              "gradloc --merge-iou 1.01": lambda args, files: run_gradloc(args, files, merge_iou=1.01),
              # no mirror image's map: one forward+backward per image instead of two
@@ -335,13 +339,18 @@ def main() -> int:
                       "The defaults add rescoring (two forward passes of 32x32 views per distinct candidate "
                       "box) and the mirror image's map (one more forward+backward)."]
     if args.scaling:
-        lines += ["", "Scaling of `gradloc localize` (one run each):", "",
-                  "| images | seconds | ms / image | peak memory (MB) |", "| ---: | ---: | ---: | ---: |"]
+        lines += ["", "Scaling of `gradloc localize` (one run each; a folder with fewer images than a run needs "
+                  "is cycled through):", "",
+                  "| images | seconds | ms / image | peak memory (MB) | × the first row's memory |",
+                  "| ---: | ---: | ---: | ---: | ---: |"]
         saved = args.repeats
         args.repeats = 1
+        first = None
         for n in [int(v) for v in args.scaling.split(",")]:
             r = measure("gradloc", args, n)
-            lines.append(f"| {n} | {n / r['img_per_s']:.1f} | {1000 / r['img_per_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+            first = first or r["peak_rss_mb"]
+            lines.append(f"| {n} | {n / r['img_per_s']:.1f} | {1000 / r['img_per_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+                         f"{r['peak_rss_mb'] / first:.2f} |")
             print("scaling", n, r, file=sys.stderr)
         args.repeats = saved
     if args.amp_images:

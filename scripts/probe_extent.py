@@ -11,12 +11,15 @@ pipeline ranks candidates by. It prints, per judge:
 - whole > 1.5x: the 1x box outscores the box 1.5x its side;
 - best within 0.85-1.2: the best-scoring of the seven boxes is 0.85x, 1x or 1.2x.
 
-Judges: ``crop`` (the crop's class probability: ``rescore crop``), ``pipeline`` (the generator
-as configured: ``crop-delete`` by default), and ``shrink`` (a box's crop probability minus that
+Judges, each by the network ``--judge`` names (the pipeline's ``judge`` option: by default the
+shipped extent judge; ``classifier`` for the classifier itself): ``crop`` (the crop's class
+probability: ``rescore crop``), ``pipeline`` (the generator as configured: ``crop-delete`` by
+default), and ``shrink`` (a box's crop probability minus that
 of the box 0.8x its side: a tight box loses evidence when shrunk, a loose one does not).
 
     python scripts/probe_extent.py ../shared/data/voc07-cifar-dev.tar.gz ../shared/data/coco-real-dev.tar.gz
-    python scripts/probe_extent.py SET ... --weights my_weights.pt --judges crop,shrink
+    python scripts/probe_extent.py SET ... --judge classifier --judges crop,shrink
+    python scripts/probe_extent.py SET ... --judge my_judge.pt
 """
 from __future__ import annotations
 
@@ -113,6 +116,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sets", nargs="+", type=Path, help="annotated sets: folders or .tar.gz (COCO or VOC)")
     ap.add_argument("--weights", default="default", help="WRN state dict (default: the shipped weights)")
+    ap.add_argument("--judge", default="auto",
+                    help="the network that scores boxes: extent, classifier or a WRN-16-4 weights file (default: auto)")
     ap.add_argument("--judges", default="crop,pipeline,shrink", help=f"comma-separated, of {', '.join(JUDGES)}")
     ap.add_argument("--limit", type=int, default=None, help="the first N images of each set")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
@@ -120,10 +125,10 @@ def main() -> int:
     names = [j.strip() for j in args.judges.split(",") if j.strip()]
     if not names or any(j not in JUDGES for j in names):
         ap.error(f"--judges: choose from {', '.join(JUDGES)}")
-    gen = ProposalGenerator.pretrained(weights=args.weights, precision=args.precision)
+    gen = ProposalGenerator.pretrained(weights=args.weights, precision=args.precision, judge=args.judge)
     judges = {j: gen if j == "pipeline" else gen.with_options(rescore="crop") for j in names}
     cpu = "native bf16" if cpu_has_native_bf16() else "no native bf16"
-    print(f"weights {args.weights}, precision {gen.precision}, CPU: {cpu}")
+    print(f"weights {args.weights}, judge {gen.judge}, precision {gen.precision}, CPU: {cpu}")
     print("| set | judge | pairs | whole crop top-1 | whole > part | whole > 1.5x | best in 0.85-1.2 |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for path in args.sets:

@@ -26,6 +26,8 @@ GOLDEN = Path(__file__).parent / "golden"
 RECORD = os.environ.get("GRADLOC_RECORD_GOLDEN") == "1"
 SETTINGS = {
     "defaults": {},
+    # the boxes judged by the classifier itself: the defaults before the extent judge, unchanged
+    "judge-classifier": {"judge": "classifier"},
     "rescore-off": {"rescore": "off"},
     "rescore-crop": {"rescore": "crop"},
     "gradcam": {"method": "gradcam"},

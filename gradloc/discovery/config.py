@@ -173,6 +173,11 @@ class RankingConfig:
                           "forward pass); crop-delete: that minus the class probability of the image with the box "
                           "blanked (two passes); with --threshold mass, one box per --ladder rung; off: by "
                           "component score (default: %(default)s)", choices=RESCORES)
+    judge: str = option("auto", "with rescoring: the network whose class probabilities score the candidate boxes. "
+                        "extent: the shipped extent judge, a WRN-16-4 trained to rank a photograph's whole object "
+                        "above the object with its surroundings and above a part (weights/MODEL_CARD.md); "
+                        "classifier: the classifier itself; or a WRN-16-4 weights file; auto: extent for gradloc's "
+                        "CIFAR-10 WRN, the classifier for any other model (default: %(default)s)")
     merge_iou: float = option(0.85, "with rescoring: a candidate box overlapping an earlier candidate of the same "
                               "(image, class) with at least this IoU takes that one's score instead of being scored "
                               "(default: %(default)s; above 1: every candidate scored)")
@@ -284,8 +289,8 @@ class Options:
     def effective(self) -> PipelineConfig:
         """The configs that run. Grad-CAM and CAM are boxed by the CAM paper's recipe (raw map,
         20% of the maximum unless a threshold is given, 3x3, the largest component); without
-        rescoring there is no moment box, frame box, peak region, fusion, consensus or ladder
-        (each needs rescored boxes); the ladder is of mass shares, so other thresholds make one
+        rescoring there is no moment box, frame box, peak region, fusion, consensus, ladder or
+        judge (each needs rescored boxes); the ladder is of mass shares, so other thresholds make one
         box set; a method's own arguments (samples, noise, steps, layer) are kept only for it."""
         s, p, r = self.stage(SaliencyConfig), self.stage(ProposalConfig), self.stage(RankingConfig)
         defaults = SaliencyConfig()
@@ -297,10 +302,11 @@ class Options:
             if self.threshold in ("top-n", "mass") and self.threshold_value is None:
                 cam.update(threshold="fraction", threshold_value=0.2)
             p = replace(p, **cam)
-            r = replace(r, top_k=1, rescore="off", fuse=0.0, consensus="off", merge_iou=RankingConfig.merge_iou)
+            r = replace(r, top_k=1, rescore="off", fuse=0.0, consensus="off", merge_iou=RankingConfig.merge_iou,
+                        judge="classifier")
         elif self.rescore == "off":
             p = replace(p, moment_box=0.0, frame_box=0.0, peaks=0, ladder="")
-            r = replace(r, fuse=0.0, consensus="off", merge_iou=RankingConfig.merge_iou)
+            r = replace(r, fuse=0.0, consensus="off", merge_iou=RankingConfig.merge_iou, judge="classifier")
         if p.threshold != "mass":
             p = replace(p, ladder="")
         return PipelineConfig(s, p, r, self.stage(PlanConfig))

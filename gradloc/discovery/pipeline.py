@@ -24,7 +24,7 @@ from .candidates import CandidateMaker, RowCandidates
 from ..models.classes import ClassSpec, class_index, parse_class_spec
 from ..models.classifier import CIFAR10, ClassifierSpec, find_feature_layer
 from .config import CAM_METHODS, Options
-from ..models.runtime import DEFAULT_MAX_PIXELS, Runtime
+from ..models.runtime import DEFAULT_MAX_PIXELS, Runtime, judge_runtime
 from ..models.wrn import wide_resnet
 from ..models.network import Network
 from ..data.preprocess import ImageInput, prepare
@@ -86,7 +86,12 @@ class ProposalGenerator:
             kwargs["layer"] = find_feature_layer(self.model, spec.feature_layer)  # the features pooled last
         self.method = make_method(saliency.method, self.model, **kwargs)
         self.net = Network(self.model, self.method, self.device, self.batch_size, self.amp, saliency.flip, spec)
-        self.rescorer = Rescorer(self.net.class_probs, self.config.ranking.merge_iou, spec.input_size, spec.mean_colour)
+        # the boxes' judge: the shipped extent judge, a network of the user's, or the classifier itself
+        self.judge, judge = judge_runtime(self.config.ranking.judge, self.runtime)
+        self.judge_net = self.net if judge is None else Network(judge.model, None, judge.device, judge.batch_size,
+                                                                judge.amp, False, judge.spec)
+        self.rescorer = Rescorer(self.judge_net.class_probs, self.config.ranking.merge_iou, spec.input_size,
+                                 spec.mean_colour)
         self.whole_image = WholeImage()
         self.multiscale = MultiScale(plan.scales, plan.max_windows, plan.windows)
         p, ranking = self.config.proposals, self.config.ranking
@@ -136,7 +141,7 @@ class ProposalGenerator:
         when it is not the shipped WRN's."""
         own = {} if self.spec == CIFAR10 else {"classes": list(self.spec.classes), "input_size": self.spec.input_size,
                                                "mean": list(self.spec.mean), "std": list(self.spec.std)}
-        return {**self.config.flat(), "precision": self.precision, **own}
+        return {**self.config.flat(), "judge": self.judge, "precision": self.precision, **own}
 
     @property
     def keeps_work(self) -> bool:
@@ -213,7 +218,9 @@ class ProposalGenerator:
         in_work = [plan.to_work(r.boxes, sizes[r.image], work[r.image]) for r in rows]
         return self.rescorer.box_evidence([work[r.image] for r in rows], in_work, [r.cls for r in rows],
                                           self.config.ranking.rescore, [r.blanked for r in rows],
-                                          [r.is_frame for r in rows], [r.whole_prob for r in rows])
+                                          [r.is_frame for r in rows],
+                                          # the map's pass knows the whole view's probability by the classifier only
+                                          [r.whole_prob if self.judge_net is self.net else None for r in rows])
 
     def select(self, plan: WindowPlan, row: RowCandidates, scores: Tensor, prob: float) -> tuple[Tensor, Tensor]:
         """One row's chosen boxes (in the ranking frame) and their scores, best first: ranking,
@@ -272,7 +279,7 @@ class ProposalGenerator:
         idx = [class_index(c, names) for c in per_box]
         _, size, work = prepare(image, self.max_pixels, True, self.spec.input_size)
         in_work = scale_boxes(boxes, size, tuple(work.shape[-2:]))
-        rescorer = Rescorer(self.net.class_probs, 2.0, self.spec.input_size, self.spec.mean_colour)
+        rescorer = Rescorer(self.judge_net.class_probs, 2.0, self.spec.input_size, self.spec.mean_colour)
         order = sorted(set(idx))
         rows = [in_work[[k for k, c in enumerate(idx) if c == cls]] for cls in order]
         evidence = rescorer.box_evidence([work] * len(rows), rows, order, rescore)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .classifier import CIFAR10, ClassifierSpec, reading_logits
-from .wrn import resolve_precision
+from .wrn import WideResNet, extent_judge_path, resolve_precision, wide_resnet
 
 DEFAULT_MAX_PIXELS = 100_000_000  # larger images are refused (decompression-bomb guard)
 DEVICES = ("auto", "cpu", "cuda")
@@ -87,3 +87,24 @@ class Runtime:
         ``Runtime.build(model, device=..., **settings)`` builds the same runtime."""
         return {"spec": self.spec, "precision": self.precision, "batch_size": self.batch_size,
                 "max_pixels": self.max_pixels}
+
+
+def judge_runtime(judge: str, runtime: Runtime) -> tuple[str, Runtime | None]:
+    """The network that scores candidate boxes (``--judge``), on ``runtime``'s device, precision
+    and batch size -> the judge's resolved name and its runtime, or None where the classifier
+    judges its own boxes. ``auto`` is the shipped extent judge for gradloc's CIFAR-10 WRN (the
+    shipped weights or one's own), else the classifier: the judge knows CIFAR-10's classes at
+    32 px, and another model's boxes are its own to judge."""
+    spec = runtime.spec
+    cifar = (spec.classes, spec.input_size, spec.mean, spec.std) == (CIFAR10.classes, CIFAR10.input_size,
+                                                                     CIFAR10.mean, CIFAR10.std)
+    ours = cifar and isinstance(runtime.model, WideResNet)
+    name = ("extent" if ours else "classifier") if judge == "auto" else judge
+    if name == "classifier":
+        return name, None
+    if not cifar:
+        raise ValueError(f"--judge {judge} is a CIFAR-10 WRN-16-4 and cannot judge this classifier's classes "
+                         "(use --judge classifier)")
+    model = wide_resnet(16, 4, weights=extent_judge_path() if name == "extent" else name)
+    return name, Runtime.build(model, runtime.spec, runtime.device, runtime.precision, runtime.batch_size,
+                               runtime.max_pixels)
