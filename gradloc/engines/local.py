@@ -8,7 +8,6 @@ so batching, skipping and progress behave the same everywhere. The Ray engine's 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -24,8 +23,8 @@ Step = Callable  # (uint8 [B, 3, S, S], sizes [(h, w)], class specs, working ima
 
 def _malloc_trim():
     """glibc's ``malloc_trim``, or None on a C library without it (macOS, musl, Windows)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    try:  # the C library the process already has (no search, no subprocess)
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError, TypeError):
         return None
 
