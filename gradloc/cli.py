@@ -52,12 +52,13 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
 def add_model_options(m) -> None:
     """The classifier's flags: the shipped WRN (--weights, --depth, --width) or the user's --model
     with its description, and the device."""
-    m.add_argument("--model", default=None, metavar="torchvision:NAME|timm:NAME|hf:DIR|MODULE:CALLABLE",
+    m.add_argument("--model", default=None, metavar="torchvision:NAME[:WEIGHTS]|timm:NAME|hf:DIR|MODULE:CALLABLE",
                    help="your own classifier instead of the shipped WRN: a torchvision.models or timm classifier by "
                         "name, a local transformers image-classifier folder, or CALLABLE(num_classes=...) from a "
                         "module or .py file; needs --weights, --class-names and --input-size, except what the source "
-                        "knows (timm: input size, mean, std; hf:DIR: its weights, id2label and image processor "
-                        "config); nothing is downloaded")
+                        "knows (a torchvision weights enum such as resnet18:IMAGENET1K_V1: class names and input; "
+                        "timm: input size, mean, std; hf:DIR: its weights, id2label and image processor config); "
+                        "nothing is downloaded")
     m.add_argument("--class-names", default=None, help="with --model: a text file of the model's class names, one a line")
     m.add_argument("--input-size", type=int, default=None, help="with --model: the side (px) it was trained at")
     m.add_argument("--mean", type=rgb_triple, default=None,

@@ -109,3 +109,29 @@ def test_transformers_folder_gives_its_classes_input_and_weights(tmp_path, capsy
     assert main(["localize", str(CAT), "-o", str(tmp_path / "o3"), "--model", f"hf:{tmp_path}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "give no --weights" in err[0] and "not a transformers model folder" in err[1], err
+
+
+def test_torchvision_weights_enum_gives_class_names_and_input(tmp_path, capsys):
+    """``torchvision:NAME:WEIGHTS``: the enum's categories and transforms describe the model (the
+    oracle: torchvision's own meta), the state dict is the user's file; nothing is downloaded."""
+    import torchvision
+    torch.manual_seed(0)
+    weights = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), weights)
+    out = tmp_path / "out"
+    args = ["localize", str(CAT), "-o", str(out), "--model", "torchvision:resnet18:IMAGENET1K_V1", "--weights",
+            str(weights), "--vis-limit", "0", "--scales", "off", "--precision", "fp32"]
+    assert main(args) == 0
+    settings = json.loads((out / "run.json").read_text())["settings"]
+    enum = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    t = enum.transforms()
+    # ImageNet names a dog "Cardigan" and a sweater "cardigan": names told apart only by case take their index
+    assert [c.split(" (")[0] for c in settings["classes"]] == enum.meta["categories"]
+    cardigans = [i for i, c in enumerate(enum.meta["categories"]) if c.lower() == "cardigan"]
+    assert [settings["classes"][i] for i in cardigans] == [f"{enum.meta['categories'][i]} ({i})" for i in cardigans]
+    assert settings["input_size"] == t.crop_size[0]
+    assert settings["mean"] == list(t.mean) and settings["std"] == list(t.std)
+    capsys.readouterr()
+    assert main(args[:5] + ["torchvision:resnet18:IMAGENET9K"] + args[6:]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no 'IMAGENET9K' (it has IMAGENET1K_V1, DEFAULT)" in err[0], err

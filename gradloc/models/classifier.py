@@ -130,6 +130,35 @@ def torchvision_classifier(name: str, num_classes: int) -> nn.Module:
         raise ValueError(f"torchvision has no classification model {name!r} (e.g. {known}, ...)") from None
 
 
+def distinct_names(names) -> tuple[str, ...]:
+    """Class names as given, a name that repeats but for its case (torchvision's ImageNet names
+    "Cardigan", a dog, and "cardigan", a sweater) followed by its index in each place:
+    "Cardigan (264)", "cardigan (474)". Names are told apart regardless of case
+    (:class:`ClassifierSpec`)."""
+    names = [str(n) for n in names]
+    folded = [n.strip().lower() for n in names]
+    return tuple(f"{n} ({i})" if folded.count(f) > 1 else n for i, (n, f) in enumerate(zip(names, folded)))
+
+
+def torchvision_weights_meta(name: str, member: str) -> tuple[tuple[str, ...], "DataConfig"]:
+    """What a torchvision weights enum says of its model (``resnet18`` and ``IMAGENET1K_V1``):
+    its class names (``meta["categories"]``) and input (its ``transforms()``: the crop's side,
+    mean, std). Only the description: the state dict is the user's ``--weights`` file."""
+    import torchvision
+    try:
+        members = torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError):
+        raise ValueError(f"torchvision has no weights enum for {name!r}") from None
+    if member not in members.__members__:
+        raise ValueError(f"torchvision's {members.__name__} has no {member!r} (it has "
+                         f"{', '.join(members.__members__)})")
+    weights = members[member]
+    t = weights.transforms()
+    crop = getattr(t, "crop_size", None)
+    return distinct_names(weights.meta["categories"]), DataConfig(int(crop[0]) if crop else None, tuple(t.mean),
+                                                                  tuple(t.std))
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """What a model source knows of its model's input (None: not known; the user says)."""
@@ -205,7 +234,7 @@ def huggingface_classifier(folder: str | Path) -> tuple[nn.Module, tuple[str, ..
         raise ValueError(f"--model hf:{folder}: cannot load it ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     labels = model.config.id2label
-    names = tuple(str(labels[i]) for i in sorted(labels, key=int))
+    names = distinct_names(labels[i] for i in sorted(labels, key=int))
     processor = folder / "preprocessor_config.json"
     config = json.loads(processor.read_text(encoding="utf-8")) if processor.is_file() else {}
 
@@ -267,21 +296,26 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
 def load_user_classifier(source: str, weights: str | Path, class_names: str | Path | None, input_size: int | None,
                          mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
                          feature_layer: str | None = None) -> tuple[nn.Module, ClassifierSpec]:
-    """``--model`` (``torchvision:NAME``, ``timm:NAME``, ``hf:DIR`` or ``MODULE:CALLABLE``) with
-    its ``weights`` (a state dict, ``.pt`` or ``.safetensors``; an ``hf:`` folder holds its own)
-    and description -> the model, weights loaded, and its :class:`ClassifierSpec`. What the user
-    does not give comes from the source (timm's data config; the folder's id2label and image
-    processor config) or, for the input's mean and std, is ImageNet's."""
+    """``--model`` (``torchvision:NAME[:WEIGHTS]``, ``timm:NAME``, ``hf:DIR`` or
+    ``MODULE:CALLABLE``) with its ``weights`` (a state dict, ``.pt`` or ``.safetensors``; an
+    ``hf:`` folder holds its own) and description -> the model, weights loaded, and its
+    :class:`ClassifierSpec`. What the user does not give comes from the source (a torchvision
+    weights enum's categories and transforms; timm's data config; the folder's id2label and
+    image processor config) or, for the input's mean and std, is ImageNet's."""
     from .wrn import WeightsError, load_weights
     kind, _, name = source.partition(":")
     known, names = DataConfig(), None
+    if kind == "torchvision" and ":" in name:  # torchvision:NAME:WEIGHTS, the enum's description
+        name, _, member = name.partition(":")
+        names, known = torchvision_weights_meta(name, member)
     if kind == "hf":
         if weights != "default":
             raise ValueError(f"--model {source}: the folder holds its weights; give no --weights")
         model, names, known = huggingface_classifier(name)
     needs = [flag for flag, missing in (("--weights FILE (its state dict)", weights == "default" and kind != "hf"),
                                         ("--class-names FILE", class_names is None and names is None),
-                                        ("--input-size N", input_size is None and kind not in ("timm", "hf")))
+                                        ("--input-size N", input_size is None and known.input_size is None
+                                         and kind != "timm"))
              if missing]
     if needs:
         raise ValueError(f"--model {source} needs {', '.join(needs)}")
