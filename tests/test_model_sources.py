@@ -53,6 +53,11 @@ def test_timm_model_takes_its_input_size_mean_std_and_feature_layer_from_timm(tm
     want = gen(CAT)[0]
     got = json.loads((out / "predictions.json").read_text())["images"][0]["proposals"]
     torch.testing.assert_close(torch.tensor([p["box"] for p in got]), want["boxes"].float(), atol=0.01, rtol=0)
+    # the API reads the same description
+    api = ProposalGenerator.from_source("timm:test_resnet", weights, ["bird", "boat", "car"], device="cpu",
+                                        precision="fp32", method="gradcam")
+    assert api.spec == gen.spec
+    torch.testing.assert_close(api(CAT)[0]["boxes"], want["boxes"])
     # --input-size, --mean and --std still say otherwise where given
     assert main(args + ["-o", str(tmp_path / "o2"), "--input-size", "64", "--mean", "0.4,0.4,0.4"]) == 0
     settings = json.loads((tmp_path / "o2" / "run.json").read_text())["settings"]

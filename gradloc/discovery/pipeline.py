@@ -122,6 +122,21 @@ class ProposalGenerator:
         return cls(model, spec=ClassifierSpec(tuple(classes), input_size, tuple(mean), tuple(std), feature_layer),
                    **kwargs)
 
+    @classmethod
+    def from_source(cls, source: str, weights: str | Path = "default", classes: Sequence[str] | str | Path | None = None,
+                    input_size: int | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                    feature_layer: str | None = None, **kwargs) -> "ProposalGenerator":
+        """A classifier named as ``--model`` names it (``"torchvision:resnet18:IMAGENET1K_V1"``,
+        ``"timm:resnet18"``, ``"hf:path/to/folder"``, ``"my_net.py:build"``) with its ``weights``
+        file, built and described as the command line does: what the source knows (a weights
+        enum's names and transforms, timm's data config, a transformers folder's id2label and
+        image processor) need not be given. ``classes``: the names, or a file of them. Other
+        keywords as for the constructor."""
+        from ..models.classifier import load_user_classifier
+        model, spec = load_user_classifier(source, weights, classes, input_size, mean and tuple(mean),
+                                           std and tuple(std), feature_layer)
+        return cls(model, spec=spec, **kwargs)
+
     def with_options(self, **changes) -> "ProposalGenerator":
         """A generator on the same runtime with some options changed."""
         return ProposalGenerator(self.runtime, **{**asdict(self.options), **changes})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,7 +293,8 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
     return names
 
 
-def load_user_classifier(source: str, weights: str | Path, class_names: str | Path | None, input_size: int | None,
+def load_user_classifier(source: str, weights: str | Path, class_names: str | Path | Sequence[str] | None,
+                         input_size: int | None,
                          mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
                          feature_layer: str | None = None) -> tuple[nn.Module, ClassifierSpec]:
     """``--model`` (``torchvision:NAME[:WEIGHTS]``, ``timm:NAME``, ``hf:DIR`` or
@@ -319,7 +320,8 @@ def load_user_classifier(source: str, weights: str | Path, class_names: str | Pa
              if missing]
     if needs:
         raise ValueError(f"--model {source} needs {', '.join(needs)}")
-    names = read_class_names(class_names) if class_names is not None else names
+    if class_names is not None:  # a file of names, or the names themselves (the API)
+        names = read_class_names(class_names) if isinstance(class_names, (str, Path)) else tuple(class_names)
     if kind == "torchvision":
         model = torchvision_classifier(name, len(names))
     elif kind == "timm":
