@@ -140,3 +140,17 @@ def test_torchvision_weights_enum_gives_class_names_and_input(tmp_path, capsys):
     assert main(args[:5] + ["torchvision:resnet18:IMAGENET9K"] + args[6:]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no 'IMAGENET9K' (it has IMAGENET1K_V1, DEFAULT)" in err[0], err
+
+
+def test_the_last_feature_map_is_found_by_tracing_and_a_transformer_has_none():
+    transformers = pytest.importorskip("transformers")
+    from gradloc.models.classifier import last_spatial_layer
+    resnet = transformers.ResNetForImageClassification(transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3))
+    assert last_spatial_layer(resnet, 64) == "resnet.encoder.stages.1"
+    import torchvision
+    assert last_spatial_layer(torchvision.models.resnet18(num_classes=3), 64) == "layer4"
+    vit = transformers.ViTForImageClassification(transformers.ViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32,
+        patch_size=8, num_labels=3))
+    assert last_spatial_layer(vit, 32) is None  # its patch embedding is 4-D, its features are tokens

@@ -197,13 +197,16 @@ def last_spatial_layer(model: nn.Module, side: int) -> str | None:
     """The module whose output is the model's last feature map: of the modules that give a
     ``[B, C, h, w]`` tensor with h x w > 1 on a blank ``side`` x ``side`` input, the last to
     finish (a container finishes after its children, so a network's last stage is found, not its
-    last convolution). None for a model without one (a vision transformer's tokens are 3-D)."""
+    last convolution). None where the features after it are tokens ``[B, N, C]`` (a vision
+    transformer's patch embedding is a convolution, but what it pools is not a map)."""
     names = {m: n for n, m in model.named_modules() if n}
-    found: list[str] = []
+    found: list[tuple[str, int]] = []  # (module, ndim) in the order they finish
 
     def record(module, args, out):
         if isinstance(out, Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1:
-            found.append(names[module])
+            found.append((names[module], 4))
+        elif isinstance(out, Tensor) and out.ndim == 3 and out.shape[1] > 1:
+            found.append((names[module], 3))
     hooks = [m.register_forward_hook(record) for m in names]
     try:
         with torch.no_grad():
@@ -211,7 +214,7 @@ def last_spatial_layer(model: nn.Module, side: int) -> str | None:
     finally:
         for h in hooks:
             h.remove()
-    return found[-1] if found else None
+    return found[-1][0] if found and found[-1][1] == 4 else None
 
 
 def huggingface_classifier(folder: str | Path) -> tuple[nn.Module, tuple[str, ...], DataConfig]:
