@@ -220,6 +220,9 @@ WORKLOADS = {"limit fp32": run_limit, "limit bf16": lambda args: run_limit(args,
              "gradloc --merge-iou 1.01": lambda args, files: run_gradloc(args, files, merge_iou=1.01),
              # no mirror image's map: one forward+backward per image instead of two
              "gradloc --no-flip": lambda args, files: run_gradloc(args, files, flip=False),
+             # photographs: no rescoring at all, and the 32x32 view alone (no input-size pyramid)
+             "gradloc --rescore off": lambda args, files: run_gradloc(args, files, rescore="off"),
+             "gradloc --scales off": lambda args, files: run_gradloc(args, files, scales="off"),
              # the cheaper rescoring: crop probabilities only, no deletion views
              "gradloc --rescore crop": lambda args, files: run_gradloc(args, files, rescore="crop"),
              # the default post-processing but one threshold, boxes ranked by their share of the map:
