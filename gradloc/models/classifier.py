@@ -130,6 +130,16 @@ def torchvision_classifier(name: str, num_classes: int) -> nn.Module:
         raise ValueError(f"torchvision has no classification model {name!r} (e.g. {known}, ...)") from None
 
 
+@dataclass(frozen=True)
+class DataConfig:
+    """What a model source knows of its model's input (None: not known; the user says)."""
+
+    input_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    feature_layer: str | None = None
+
+
 def distinct_names(names) -> tuple[str, ...]:
     """Class names as given, a name that repeats but for its case (torchvision's ImageNet names
     "Cardigan", a dog, and "cardigan", a sweater) followed by its index in each place:
@@ -140,7 +150,7 @@ def distinct_names(names) -> tuple[str, ...]:
     return tuple(f"{n} ({i})" if folded.count(f) > 1 else n for i, (n, f) in enumerate(zip(names, folded)))
 
 
-def torchvision_weights_meta(name: str, member: str) -> tuple[tuple[str, ...], "DataConfig"]:
+def torchvision_weights_meta(name: str, member: str) -> tuple[tuple[str, ...], DataConfig]:
     """What a torchvision weights enum says of its model (``resnet18`` and ``IMAGENET1K_V1``):
     its class names (``meta["categories"]``) and input (its ``transforms()``: the crop's side,
     mean, std). Only the description: the state dict is the user's ``--weights`` file."""
@@ -157,16 +167,6 @@ def torchvision_weights_meta(name: str, member: str) -> tuple[tuple[str, ...], "
     crop = getattr(t, "crop_size", None)
     return distinct_names(weights.meta["categories"]), DataConfig(int(crop[0]) if crop else None, tuple(t.mean),
                                                                   tuple(t.std))
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """What a model source knows of its model's input (None: not known; the user says)."""
-
-    input_size: int | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    feature_layer: str | None = None
 
 
 def timm_classifier(name: str, num_classes: int) -> tuple[nn.Module, DataConfig]:
@@ -248,10 +248,10 @@ def huggingface_classifier(folder: str | Path) -> tuple[nn.Module, tuple[str, ..
             return size.get("height") or size.get("shortest_edge")
         return None
     side = (side_of(config.get("crop_size")) if config.get("do_center_crop") else None) or side_of(config.get("size"))
-    mean, std = config.get("image_mean"), config.get("image_std")
-    three = lambda v: tuple(float(x) for x in v) if isinstance(v, (list, tuple)) and len(v) == 3 else None  # noqa: E731
+    def rgb(v) -> tuple[float, float, float] | None:
+        return tuple(float(x) for x in v) if isinstance(v, (list, tuple)) and len(v) == 3 else None
     layer = last_spatial_layer(model, side) if side else None
-    return model, names, DataConfig(side, three(mean), three(std), layer)
+    return model, names, DataConfig(side, rgb(config.get("image_mean")), rgb(config.get("image_std")), layer)
 
 
 def load_callable(spec: str, num_classes: int) -> nn.Module:
