@@ -87,10 +87,27 @@ def run_limit(args, bf16: bool = False) -> int:
     return done
 
 
+STAGE_SECONDS: dict[str, float] = {}  # the worker's split of a gradloc run (photographs: the pyramid, rescoring)
+
+
+def timed(name: str, fn):
+    """``fn`` with its seconds added to :data:`STAGE_SECONDS` under ``name``."""
+    def wrapper(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            STAGE_SECONDS[name] = STAGE_SECONDS.get(name, 0.0) + time.perf_counter() - t0
+    return wrapper
+
+
 def run_gradloc(args, files, **options) -> int:
     from gradloc import ProposalGenerator
     from gradloc.localize import localize
     gen = ProposalGenerator(load_model(args.weights), device="cpu", batch_size=args.batch_size, **options)
+    # the stages a photograph's time goes to, timed where the pipeline calls them
+    gen.pyramid.windows = timed("pyramid", gen.pyramid.windows)
+    gen.rescore = timed("rescoring", gen.rescore)
     with tempfile.TemporaryDirectory() as out:
         listing = Path(out) / "in"
         listing.mkdir()
@@ -118,6 +135,34 @@ class _PilFolder:
         with Image.open(self.files[i]) as im:
             w, h = im.size
             return self.tf(im.convert("RGB")), h, w, i
+
+
+def run_limit_pyramid(args, files) -> int:
+    """The network's bare forward+backward (input gradient, batch 1, ``--precision auto``) at the
+    sizes the pyramid gives each photograph: its 32x32 view and its longer side at each input
+    size up to its own, aspect kept (decoding and resizing not timed)."""
+    import torch
+    from gradloc.data.preprocess import prepare
+    from gradloc.discovery.config import PlanConfig
+    from gradloc.discovery.windows import resize_longer_side
+    from gradloc.models.wrn import CIFAR10_MEAN, CIFAR10_STD, resolve_precision
+    model = load_model(args.weights).to(memory_format=torch.channels_last)
+    bf16 = resolve_precision("auto", "cpu") == "bf16"
+    mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    seconds = 0.0
+    for f in files:
+        view, _, work = prepare(f, keep_work=True)
+        inputs = [view] + [resize_longer_side(work, s) for s in PlanConfig().pyramid_sizes() if s <= max(work.shape[-2:])]
+        for x in inputs:
+            xb = ((x[None].float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model(xb)
+            p = out.float().softmax(1)
+            torch.autograd.grad(p.max(1).values.sum(), xb)
+            seconds += time.perf_counter() - t0
+    STAGE_SECONDS["network"] = seconds
+    return len(files)
 
 
 def _write_records(f, files, idx, boxes_scores, hs, ws, labels):
@@ -229,17 +274,19 @@ WORKLOADS = {"limit fp32": run_limit, "limit bf16": lambda args: run_limit(args,
              # the Captum pipeline's work (fp32, as Captum runs), so the two compare like for like
              "gradloc --rescore off --no-flip --precision fp32": lambda args, files: run_gradloc(
                  args, files, rescore="off", flip=False, precision="fp32"),
-             "captum": run_captum, "grad-cam": run_gradcam}
+             "captum": run_captum, "grad-cam": run_gradcam,
+             # photographs: the network's forward+backward alone at the pyramid's input sizes
+             "limit pyramid": run_limit_pyramid}
 
 
 def worker_main(args) -> None:
     import torch
     torch.manual_seed(0)
-    files = image_list(Path(args.images), args.n) if not args.workload.startswith("limit") else None
+    files = image_list(Path(args.images), args.n) if args.workload not in ("limit fp32", "limit bf16") else None
     t0 = time.perf_counter()
     n = WORKLOADS[args.workload](args) if files is None else WORKLOADS[args.workload](args, files)
     secs = time.perf_counter() - t0
-    print(json.dumps({"images": n, "seconds": secs, "peak_rss_mb": peak_rss_mb()}))
+    print(json.dumps({"images": n, "seconds": secs, "peak_rss_mb": peak_rss_mb(), "stages": STAGE_SECONDS}))
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -249,13 +296,41 @@ def measure(workload: str, args, n: int) -> dict:
     for _ in range(args.repeats):
         cmd = [sys.executable, __file__, "--worker", workload, "--images", str(args.images), "--n", str(n),
                "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--weights", args.weights]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **isa_env(args.isa)})
         if proc.returncode != 0:
             raise SystemExit(f"{workload} failed:\n{proc.stderr[-2000:]}")
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     ips = [r["images"] / r["seconds"] for r in runs]
+    stages = {k: statistics.median(r["stages"].get(k, 0.0) / r["images"] for r in runs) for k in runs[0]["stages"]}
     return {"img_per_s": statistics.median(ips), "runs_img_per_s": [round(v, 1) for v in ips],
-            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs), "images": runs[0]["images"]}
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs), "images": runs[0]["images"],
+            "stage_s_per_image": stages}
+
+
+def isa_env(isa: str) -> dict:
+    """The workers' environment for ``--isa``: ``avx2`` caps oneDNN's and ATen's kernels at AVX2,
+    so this CPU runs as an AVX2-only one does (no native bf16: ``--precision auto`` is fp32)."""
+    return {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"} if isa == "avx2" else {}
+
+
+def stage_table(results: dict) -> list[str]:
+    """Seconds per photograph of each gradloc run, split into the pyramid, rescoring and the
+    rest, beside the network's bare forward+backward at the pyramid's sizes."""
+    runs = {w: r for w, r in results.items() if "pyramid" in r["stage_s_per_image"]}
+    if not runs:
+        return []
+    lines = ["", "| run | seconds per photograph | pyramid | rescoring | the rest |", "| --- | ---: | ---: | ---: | ---: |"]
+    for w, r in runs.items():
+        total = 1 / r["img_per_s"]
+        pyr, res = r["stage_s_per_image"]["pyramid"], r["stage_s_per_image"].get("rescoring", 0.0)
+        lines.append(f"| {w} | {total:.3f} | {pyr:.3f} | {res:.3f} | {total - pyr - res:.3f} |")
+    if "limit pyramid" in results:
+        net = results["limit pyramid"]["stage_s_per_image"]["network"]
+        lines += ["", f"The network's bare forward+backward at the pyramid's input sizes (the 32x32 view and each "
+                  f"size up to the photograph's longer side, batch 1): **{net:.3f} s per photograph**."]
+        if "gradloc" in runs:
+            lines[-1] += f" The defaults' pyramid takes {runs['gradloc']['stage_s_per_image']['pyramid'] / net:.2f}x that."
+    return lines
 
 
 def prepare_images(args) -> Path:
@@ -295,6 +370,9 @@ def main() -> int:
     p.add_argument("--scaling", default=None, help="e.g. 1000,10000: gradloc time and memory at these sizes")
     p.add_argument("--amp-images", type=int, default=0,
                    help="measure bf16-autocast top-N agreement with fp32 on this many images (0: skip)")
+    p.add_argument("--isa", choices=("native", "avx2"), default="native",
+                   help="avx2: the workers run with oneDNN and ATen capped at AVX2, as on an AVX2-only CPU "
+                   "(no native bf16, so --precision auto is fp32); default: this CPU as it is")
     p.add_argument("--write", type=Path, default=None, help="BENCHMARKS.md to update")
     args = p.parse_args()
     if args.worker:
@@ -306,6 +384,7 @@ def main() -> int:
     args.images = Path(args.images) if args.images else prepare_images(args)
     import torch
     from gradloc.models.wrn import cpu_flags, cpu_has_native_bf16, resolve_precision
+    os.environ.update(isa_env(args.isa))  # what the workers run under, so that auto resolves here as there
     native_bf16 = cpu_has_native_bf16()
     if args.only is None:
         args.only = ",".join(WORKLOADS)
@@ -314,12 +393,15 @@ def main() -> int:
              f"(CPU flags: {', '.join(flags) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}), "
              f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU only. The defaults' "
              f"`--precision auto` resolves to **{resolve_precision('auto', 'cpu')}** here (native bf16: "
-             f"{'yes' if native_bf16 else 'no'}). Images: "
+             f"{'yes' if native_bf16 else 'no'})"
+             + (", **emulating an AVX2-only CPU**: oneDNN and ATen capped at AVX2 (`--isa avx2`)" if args.isa == "avx2"
+                else "") + ". Images: "
              f"`{args.images}` ({args.n} per run), batch size {args.batch_size}, {args.workers} decoding "
              f"worker(s); median of {args.repeats} runs, each in a fresh process. Regenerate: "
              f"`python scripts/bench_throughput.py --n {args.n}"
              + (f" --scaling {args.scaling}" if args.scaling else "")
-             + (f" --amp-images {args.amp_images}" if args.amp_images else "") + " --write BENCHMARKS.md`.", ""]
+             + (f" --amp-images {args.amp_images}" if args.amp_images else "")
+             + (f" --isa {args.isa}" if args.isa != "native" else "") + " --write BENCHMARKS.md`.", ""]
     results = {}
     for w in args.only.split(","):
         results[w] = measure(w, args, args.n)
@@ -341,6 +423,7 @@ def main() -> int:
             lines += ["", f"gradloc `--rescore off` / Captum pipeline (the same work, both fp32): **{ratio:.2f}x**. "
                       "The defaults add rescoring (two forward passes of 32x32 views per distinct candidate "
                       "box) and the mirror image's map (one more forward+backward)."]
+    lines += stage_table(results)
     if args.scaling:
         lines += ["", "Scaling of `gradloc localize` (one run each; a folder with fewer images than a run needs "
                   "is cycled through):", "",

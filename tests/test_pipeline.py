@@ -79,6 +79,17 @@ def test_unknown_option_is_an_error(random_wrn):
         ProposalGenerator(random_wrn, topn=3)
 
 
+def test_precision_auto_is_fp32_under_an_isa_cap_without_bf16(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes bf16 emulated on any CPU, as on an AVX2-only one: auto runs fp32."""
+    from gradloc.models.wrn import cpu_flags, resolve_precision
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # a cap above bf16 leaves the CPU's answer
+    native = bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+
+
 def test_precision_auto_picks_bf16_only_where_it_is_native(monkeypatch, random_wrn):
     import gradloc.models.wrn as model_module
     from gradloc.models.wrn import resolve_precision

@@ -8,6 +8,7 @@ WRN-d-k has (d - 4) / 6 blocks per group.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -133,9 +134,22 @@ def cpu_flags() -> list[str]:
     return [f for f in VECTOR_FLAGS if f in have]
 
 
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) below which its convolutions have no native bf16
+ISA_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def isa_cap() -> str | None:
+    """The instruction-set cap the user set for oneDNN (``ONEDNN_MAX_CPU_ISA``, older
+    ``DNNL_MAX_CPU_ISA``), upper-case, or None."""
+    value = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return value.strip().upper() if value and value.strip() else None
+
+
 def cpu_has_native_bf16() -> bool:
-    """True where the CPU advertises AVX-512 BF16 or AMX-BF16 (Linux; False when unknown)."""
-    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
+    """True where the CPU advertises AVX-512 BF16 or AMX-BF16 (Linux; False when unknown) and
+    oneDNN is not capped below them (:func:`isa_cap`: with ``ONEDNN_MAX_CPU_ISA=AVX2`` bf16 is
+    emulated, as on an AVX2-only CPU)."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags())) and isa_cap() not in ISA_CAPS_WITHOUT_BF16
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
