@@ -52,10 +52,11 @@ def test_large_images_get_one_map_per_input_size_small_ones_the_32_view(random_w
     out = gen([big, mid, small], classes=[["cat", "dog"], "cat", "cat"])
     calls = model.calls
     # the 32x32 views of both large images' three rows in one batch, by the pipeline's method;
-    # then per size and image shape one batch, by gradient x activation; 256 > 200 is skipped
-    # for the smaller image; the 64x64 thumbnail takes the whole-image plan (saliency_rows)
+    # then per size and image shape one batch, by gradient x activation, where the two classes
+    # of the first image share its one pass; 256 > 200 is skipped for the smaller image; the
+    # 64x64 thumbnail takes the whole-image plan (saliency_rows)
     assert calls[0] == (3, 3, 32, 32)
-    assert sorted(calls[1:4]) == sorted([(2, 3, 46, 64), (1, 3, 64, 54), (2, 3, 183, 256)])
+    assert sorted(calls[1:4]) == sorted([(1, 3, 46, 64), (1, 3, 64, 54), (1, 3, 183, 256)])
     assert calls[4:] == [(1, 3, 32, 32)] * 2  # the thumbnail's map and its mirror image's
     assert out[0]["maps"].shape == (2, PYRAMID_GRID, PYRAMID_GRID) and out[2]["maps"].shape == (1, 32, 32)
     for res, (h, w) in zip(out, [(300, 420), (200, 170), (64, 64)]):
@@ -65,6 +66,22 @@ def test_large_images_get_one_map_per_input_size_small_ones_the_32_view(random_w
     alone = gen(big, classes=[["cat", "dog"]])[0]
     torch.testing.assert_close(alone["maps"], out[0]["maps"], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(alone["boxes"], out[0]["boxes"])
+    # and each class asked alone gets the maps and boxes it gets beside the other
+    for k, name in enumerate(["cat", "dog"]):
+        one = gen(big, classes=name)[0]
+        torch.testing.assert_close(one["maps"][0], out[0]["maps"][k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(one["boxes"], out[0]["boxes"][out[0]["labels"] == int(one["labels"][0])])
+
+
+def test_rows_of_one_view_share_its_forward_pass(random_wrn):
+    """attribute_rows: several classes of one view from one forward pass equal each class's own."""
+    x = torch.randn(2, 3, 48, 64)
+    view_of_row, classes = torch.tensor([0, 0, 0, 1]), torch.tensor([1, 4, 7, 4])
+    method = GradientXActivation(random_wrn)
+    maps, logits = method.attribute_rows(x, view_of_row, classes)
+    own_maps, own_logits = method(x[view_of_row], classes)
+    torch.testing.assert_close(maps, own_maps, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logits, own_logits, rtol=1e-4, atol=1e-5)
 
 
 def test_the_pyramid_finds_a_small_object_the_32_view_cannot_box():

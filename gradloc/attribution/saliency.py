@@ -309,12 +309,39 @@ class GradientXActivation(GradCAM):
         super().__init__(model, output, reduce, positive, layer)
 
     def feature_maps(self, x: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
+        return self.row_feature_maps(x, torch.arange(len(x)), targets)
+
+    def row_feature_maps(self, x: Tensor, view_of_row: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
+        """Maps at the layer's resolution of rows ``[R]``, row ``r`` being view ``view_of_row[r]``
+        of ``x`` ``[M, ...]`` and its class ``targets[r]`` (indices ``[R]``, or a callable of the
+        views' logits), and the views' clean logits ``[M, C]``. Each view passes forward once:
+        the gradient from the output back to the layer (the head alone) is all that differs
+        between the classes of one view, so its rows take turns there, one backward per turn."""
+        view_of_row = view_of_row.to(x.device)
         with torch.enable_grad(), capture_output(self.layer) as store:
             logits = self.model(x.detach().requires_grad_(True))
             act = store["out"]
-            (g_act,) = torch.autograd.grad(self.score(logits, resolve_mask(targets, logits)), act)
-        m = (g_act.float() * act.detach().float()).sum(1)
+            masks = resolve_mask(targets, logits[view_of_row])
+            # a row's turn: how many earlier rows share its view
+            same = view_of_row[:, None] == view_of_row[None, :]
+            turn = torch.tril(same, diagonal=-1).sum(1)
+            g_rows = torch.empty((len(view_of_row), *act.shape[1:]), dtype=act.dtype, device=act.device)
+            turns = int(turn.max()) + 1 if len(turn) else 0
+            for k in range(turns):
+                mine = turn == k
+                mask = torch.zeros_like(logits, dtype=torch.float32)
+                mask[view_of_row[mine]] = masks[mine]
+                (g_act,) = torch.autograd.grad(self.score(logits, mask), act, retain_graph=k + 1 < turns)
+                g_rows[mine] = g_act[view_of_row[mine]]
+        m = (g_rows.float() * act.detach().float()[view_of_row]).sum(1)
         return (m.clamp(min=0) if self.positive else m), logits.detach()
+
+    def attribute_rows(self, x: Tensor, view_of_row: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
+        """:meth:`row_feature_maps` upsampled to the input -> maps ``[R, H, W]`` and the rows'
+        logits ``[R, C]`` (each its view's), as :meth:`attribute` gives them for one row per view."""
+        cam, logits = self.row_feature_maps(x, view_of_row, targets)
+        cam = F.interpolate(cam[:, None].clamp(min=0), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return cam[:, 0].float(), logits[view_of_row.to(logits.device)].float()
 
 
 class CAM(GradCAM):

@@ -203,7 +203,8 @@ class Pyramid(WindowPlan):
     candidates of one row, so rescoring (a crop must hold the class, the image without the box
     must lose it) decides between a part at a fine size and the whole object at a coarse one. Sizes above the
     working image's longer side add no detail and are skipped. Rows of images of one shape run
-    as one batch per size. The map returned is the sizes' maps, each normalised to its maximum,
+    as one batch per size, and the classes asked of one image share its forward pass at each
+    size (:meth:`GradientXActivation.attribute_rows`). The map returned is the sizes' maps, each normalised to its maximum,
     averaged; the mask, where any size kept a pixel. No class contrast.
     """
 
@@ -250,7 +251,8 @@ class Pyramid(WindowPlan):
                 views = torch.stack([resize_longer_side(work[i], side) for i in members])
                 rows = [r for i in members for r in rows_of[i]]
                 where = torch.tensor([members.index(int(row_image[r])) for r in rows])
-                maps, p = net.saliency_views(views[where], row_class[rows], self.large_input_method)
+                # the classes asked of one photograph share its forward pass at this size
+                maps, p = net.saliency_view_rows(views, where, row_class[rows], self.large_input_method)
                 for r, m, q in zip(rows, maps, p):
                     per_row[r].append(self.to_grid(m))
                     support[r].append(q)

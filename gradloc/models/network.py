@@ -81,6 +81,25 @@ class Network:
             class_probs.append(logits.detach().float().softmax(1).gather(1, cb[:, None])[:, 0].cpu())
         return torch.cat(maps), torch.cat(class_probs)
 
+    def saliency_view_rows(self, views: Tensor, view_of_row: Tensor, classes: Tensor, method) -> tuple[Tensor, Tensor]:
+        """A layer method's maps (``method.attribute_rows``) of rows ``[R]`` over views ``uint8
+        [N, 3, h, w]`` of one size: row ``r`` is view ``view_of_row[r]`` with class ``classes[r]``,
+        and each view passes forward once for all its rows, in chunks of views -> maps ``[R, h,
+        w]`` and each row's probability of its class ``[R]``, in row order."""
+        maps = torch.empty(len(view_of_row), *views.shape[-2:])
+        class_probs = torch.empty(len(view_of_row))
+        for s in range(0, len(views), self.batch_size):
+            rows = ((view_of_row >= s) & (view_of_row < s + self.batch_size)).nonzero()[:, 0]
+            if not len(rows):
+                continue
+            xb = self.model_input(views[s:s + self.batch_size])
+            cb = classes[rows].to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                m, logits = method.attribute_rows(xb, view_of_row[rows] - s, cb)
+            maps[rows] = m.detach().float().cpu()
+            class_probs[rows] = logits.detach().float().softmax(1).gather(1, cb[:, None])[:, 0].cpu()
+        return maps, class_probs
+
     @torch.no_grad()
     def _probe(self, x: Tensor) -> Tensor:
         return self.model(x).float()
