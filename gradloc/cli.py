@@ -68,6 +68,11 @@ def add_model_options(m) -> None:
     m.add_argument("--feature-layer", default=None,
                    help="with --model: its last feature layer, for gradcam, cam and the pyramid (default: found for "
                         "common torchvision families)")
+    m.add_argument("--activation", default=None, choices=("softmax", "sigmoid"),
+                   help="with --model: how its logits become class probabilities, for the maps, rescoring and "
+                        "presence: softmax (one class per image) or sigmoid (multi-label; a binary model with one "
+                        "logit and one class name). Default: what the model is (a transformers folder's problem "
+                        "type; one class name: sigmoid; else softmax)")
     m.add_argument("--weights", default="default",
                    help="state-dict file, .pt or .safetensors (default: the shipped WRN-16-4 weights)")
     m.add_argument("--depth", type=int, default=16)

@@ -9,7 +9,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-MODEL_DESCRIPTION = ("class_names", "input_size", "mean", "std", "feature_layer")
+MODEL_DESCRIPTION = ("class_names", "input_size", "mean", "std", "feature_layer", "activation")
 
 
 def build_runtime(args: argparse.Namespace, precision: str | None = None):
@@ -25,7 +25,7 @@ def build_runtime(args: argparse.Namespace, precision: str | None = None):
         model, spec = wide_resnet(args.depth, args.width, weights=args.weights), CIFAR10
     else:
         model, spec = load_user_classifier(args.model, args.weights, args.class_names, args.input_size,
-                                           args.mean, args.std, args.feature_layer)
+                                           args.mean, args.std, args.feature_layer, args.activation)
     precision = precision or ("bf16" if getattr(args, "amp", False) else args.precision)
     try:
         return Runtime.build(model, spec, args.device, precision, args.batch_size, args.max_pixels)

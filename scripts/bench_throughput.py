@@ -101,7 +101,7 @@ def timed(name: str, fn):
     return wrapper
 
 
-def run_gradloc(args, files, **options) -> int:
+def run_gradloc(args, files, classes=None, **options) -> int:
     from gradloc import ProposalGenerator
     from gradloc.localize import localize
     gen = ProposalGenerator(load_model(args.weights), device="cpu", batch_size=args.batch_size, **options)
@@ -113,7 +113,7 @@ def run_gradloc(args, files, **options) -> int:
         listing.mkdir()
         for i, f in enumerate(files):  # a folder holding exactly these images
             os.symlink(f.resolve(), listing / f"{i:06d}{f.suffix}")
-        summary = localize(gen, [str(listing)], Path(out) / "run", workers=args.workers, vis_limit=0)
+        summary = localize(gen, [str(listing)], Path(out) / "run", classes=classes, workers=args.workers, vis_limit=0)
     return summary["images"]
 
 
@@ -268,6 +268,8 @@ WORKLOADS = {"limit fp32": run_limit, "limit bf16": lambda args: run_limit(args,
              # photographs: no rescoring at all, and the 32x32 view alone (no input-size pyramid)
              "gradloc --rescore off": lambda args, files: run_gradloc(args, files, rescore="off"),
              "gradloc --scales off": lambda args, files: run_gradloc(args, files, scales="off"),
+             # three classes per image: one pyramid pass per photograph and size, shared by them
+             "gradloc --classes top3": lambda args, files: run_gradloc(args, files, classes="top3"),
              # the cheaper rescoring: crop probabilities only, no deletion views
              "gradloc --rescore crop": lambda args, files: run_gradloc(args, files, rescore="crop"),
              # the default post-processing but one threshold, boxes ranked by their share of the map:

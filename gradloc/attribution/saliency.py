@@ -17,10 +17,11 @@ from torch import Tensor, nn
 
 Targets = Union[Tensor, Callable[[Tensor], Tensor]]
 
-OUTPUTS: dict[str, Callable[[Tensor], Tensor]] = {
-    "logits": lambda z: z,
-    "probs": lambda z: z.softmax(1),
-    "log_probs": lambda z: z.log_softmax(1),
+OUTPUTS = ("logits", "probs", "log_probs")
+# the model output a class mask multiplies, per activation (how the classifier's logits become probabilities)
+OUTPUT_OF: dict[str, dict[str, Callable[[Tensor], Tensor]]] = {
+    "softmax": {"logits": lambda z: z, "probs": lambda z: z.softmax(1), "log_probs": lambda z: z.log_softmax(1)},
+    "sigmoid": {"logits": lambda z: z, "probs": torch.sigmoid, "log_probs": F.logsigmoid},
 }
 REDUCTIONS = ("max", "l2", "sum")
 
@@ -94,9 +95,14 @@ class SaliencyMethod:
         Channel reduction. Default max of |g|.
     positive : bool
         Keep positive evidence only.
+
+    ``activation`` says how the model's logits become the probabilities ``probs`` means:
+    ``softmax`` (the default) or ``sigmoid`` for a multi-label model; :func:`make_method` sets it
+    from the classifier's spec.
     """
 
     name = "gradient"
+    activation = "softmax"
 
     def __init__(self, model: nn.Module, output: str = "probs", reduce: str = "max",
                  positive: bool = False) -> None:
@@ -106,9 +112,13 @@ class SaliencyMethod:
             raise ValueError(f"unknown channel reduction {reduce!r}; choose from {REDUCTIONS}")
         self.model, self.output, self.reduce, self.positive = model, output, reduce, positive
 
+    def model_output(self, logits: Tensor) -> Tensor:
+        """The output the class mask multiplies (``output``, by ``activation``)."""
+        return OUTPUT_OF[self.activation][self.output](logits)
+
     def score(self, logits: Tensor, mask: Tensor) -> Tensor:
         """The masked output summed over the batch: its input gradient is every row's."""
-        return (OUTPUTS[self.output](logits.float()) * mask).sum()
+        return (self.model_output(logits.float()) * mask).sum()
 
     def input_gradient(self, x: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
         """One forward and one backward: (gradient ``[M,3,H,W]``, logits, mask)."""
@@ -380,7 +390,7 @@ class Occlusion(SaliencyMethod):
     @torch.no_grad()
     def attribute(self, x, targets):
         logits, mask = self.clean_forward(x, targets)
-        clean = (OUTPUTS[self.output](logits) * mask).sum(1)
+        clean = (self.model_output(logits) * mask).sum(1)
         m, _, h, w = x.shape
         total = torch.zeros(m, h, w, device=x.device)
         for p in self.patches:
@@ -396,7 +406,7 @@ class Occlusion(SaliencyMethod):
                 cov = covers[start:start + max(1, self.chunk // m)]
                 occluded = x[None] * (1 - cov[:, None, None])  # mean fill = 0 after normalising
                 out = self.model(occluded.flatten(0, 1)).view(len(cov), m, -1)
-                drops.append(clean[None] - (OUTPUTS[self.output](out.flatten(0, 1)).view(len(cov), m, -1)
+                drops.append(clean[None] - (self.model_output(out.flatten(0, 1)).view(len(cov), m, -1)
                                             * mask[None]).sum(2))
             drop = torch.cat(drops)  # [P, M]
             heat = torch.einsum("pm,phw->mhw", drop, covers) / covers.sum(0).clamp(min=1)
@@ -420,8 +430,13 @@ METHODS: dict[str, Callable[..., SaliencyMethod]] = {
 }
 
 
-def make_method(name: str, model: nn.Module, **options) -> SaliencyMethod:
-    """Build a saliency method by its CLI name; ``options`` go to its constructor."""
+def make_method(name: str, model: nn.Module, activation: str = "softmax", **options) -> SaliencyMethod:
+    """Build a saliency method by its CLI name for a model whose probabilities are the
+    ``activation`` of its logits; ``options`` go to its constructor."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    return METHODS[name](model, **options)
+    if activation not in OUTPUT_OF:
+        raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(OUTPUT_OF)}")
+    method = METHODS[name](model, **options)
+    method.activation = activation
+    return method

@@ -84,7 +84,7 @@ class ProposalGenerator:
         kwargs = saliency.method_kwargs()
         if saliency.method in (*CAM_METHODS, "grad-x-activation") and "layer" not in kwargs:
             kwargs["layer"] = find_feature_layer(self.model, spec.feature_layer)  # the features pooled last
-        self.method = make_method(saliency.method, self.model, **kwargs)
+        self.method = make_method(saliency.method, self.model, spec.activation, **kwargs)
         self.net = Network(self.model, self.method, self.device, self.batch_size, self.amp, saliency.flip, spec)
         # the boxes' judge: the shipped extent judge, a network of the user's, or the classifier itself
         self.judge, judge = judge_runtime(self.config.ranking.judge, self.runtime)
@@ -102,7 +102,7 @@ class ProposalGenerator:
         # the pyramid's sizes are set for a 32 px input; another model's scale with its input
         scale = spec.input_size / 32
         self.pyramid = Pyramid([round(s * scale) for s in plan.pyramid_sizes()], self.model,
-                               spec.feature_layer)
+                               spec.feature_layer, spec.activation)
 
     @classmethod
     def pretrained(cls, weights: str | Path = "default", depth: int = 16, width: int = 4,
@@ -113,28 +113,32 @@ class ProposalGenerator:
     @classmethod
     def from_classifier(cls, model: nn.Module, classes: Sequence[str], input_size: int | tuple[int, int],
                         mean: Sequence[float], std: Sequence[float], feature_layer: str | None = None,
-                        **kwargs) -> "ProposalGenerator":
+                        activation: str = "softmax", **kwargs) -> "ProposalGenerator":
         """Proposals from any classifier: ``model`` maps a batch ``[B, 3, S, S]`` normalised by
         ``mean`` / ``std`` (RGB in [0, 1]) to ``[B, len(classes)]`` logits; ``input_size`` is the
         side ``S`` it was trained at. ``feature_layer`` names its last feature layer (found for
         common torchvision families when None), which Grad-CAM, CAM and the pyramid's gradient x
-        activation hook. Other keywords as for the constructor (options, device, precision)."""
-        return cls(model, spec=ClassifierSpec(tuple(classes), input_size, tuple(mean), tuple(std), feature_layer),
-                   **kwargs)
+        activation hook. ``activation``: how its logits become probabilities, ``softmax`` or
+        ``sigmoid`` (multi-label; one class with one logit is a binary model). Other keywords as
+        for the constructor (options, device, precision)."""
+        return cls(model, spec=ClassifierSpec(tuple(classes), input_size, tuple(mean), tuple(std), feature_layer,
+                                              activation), **kwargs)
 
     @classmethod
     def from_source(cls, source: str, weights: str | Path = "default", classes: Sequence[str] | str | Path | None = None,
                     input_size: int | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                    feature_layer: str | None = None, **kwargs) -> "ProposalGenerator":
+                    feature_layer: str | None = None, activation: str | None = None,
+                    **kwargs) -> "ProposalGenerator":
         """A classifier named as ``--model`` names it (``"torchvision:resnet18:IMAGENET1K_V1"``,
         ``"timm:resnet18"``, ``"hf:path/to/folder"``, ``"my_net.py:build"``) with its ``weights``
         file, built and described as the command line does: what the source knows (a weights
         enum's names and transforms, timm's data config, a transformers folder's id2label and
-        image processor) need not be given. ``classes``: the names, or a file of them. Other
-        keywords as for the constructor."""
+        image processor) need not be given. ``classes``: the names, or a file of them.
+        ``activation``: ``softmax`` or ``sigmoid`` (multi-label), by default what the model is.
+        Other keywords as for the constructor."""
         from ..models.classifier import load_user_classifier
         model, spec = load_user_classifier(source, weights, classes, input_size, mean and tuple(mean),
-                                           std and tuple(std), feature_layer)
+                                           std and tuple(std), feature_layer, activation)
         return cls(model, spec=spec, **kwargs)
 
     def with_options(self, **changes) -> "ProposalGenerator":
@@ -155,7 +159,8 @@ class ProposalGenerator:
         it runs (:meth:`Options.effective`), the precision, and the classifier's description
         when it is not the shipped WRN's."""
         own = {} if self.spec == CIFAR10 else {"classes": list(self.spec.classes), "input_size": self.spec.input_size,
-                                               "mean": list(self.spec.mean), "std": list(self.spec.std)}
+                                               "mean": list(self.spec.mean), "std": list(self.spec.std),
+                                               "activation": self.spec.activation}
         return {**self.config.flat(), "judge": self.judge, "precision": self.precision, **own}
 
     @property

@@ -147,7 +147,7 @@ class MultiScale(WindowPlan):
     def windows(self, net, x_uint8, sizes, specs, work) -> Windows:
         logits = net.logits(x_uint8)  # one pass: the top-k classes and the image's probabilities
         row_image, row_class = class_rows(specs, lambda: logits)
-        probs = logits.softmax(1).cpu()
+        probs = net.spec.probabilities(logits).cpu()
         if row_class is None:
             row_class = probs.argmax(1)
         boxes, crops = [], []
@@ -218,20 +218,22 @@ class Pyramid(WindowPlan):
     # parts, so the other plans leave them out: BENCHMARKS.md, History.)
     peak_regions = True
 
-    def __init__(self, sizes: Sequence[int], model, layer: str | None = "relu") -> None:
+    def __init__(self, sizes: Sequence[int], model, layer: str | None = "relu", activation: str = "softmax") -> None:
         self.sizes, self.model, self.layer, self._method = tuple(sizes), model, layer, None
+        self.activation = activation  # how the model's logits become probabilities (its spec's)
 
     @property
     def large_input_method(self) -> GradientXActivation:
         if self._method is None:  # built on first use: a model without the layer fails only here
             from ..models.classifier import find_feature_layer
             self._method = GradientXActivation(self.model, layer=find_feature_layer(self.model, self.layer))
+            self._method.activation = self.activation
         return self._method
 
     def windows(self, net, x_uint8, sizes, specs, work) -> Windows:
         logits = net.logits(x_uint8)
         row_image, row_class = class_rows(specs, lambda: logits)
-        probs = logits.softmax(1).cpu()
+        probs = net.spec.probabilities(logits).cpu()
         if row_class is None:
             row_class = probs.argmax(1)
         rows_of = defaultdict(list)

@@ -99,7 +99,7 @@ def predict_cam(runtime: Runtime, ds: AnnotatedSet, images_dir: str | Path, meth
     from ..attribution.saliency import make_method
 
     model, spec, device = runtime.model, runtime.spec, runtime.device
-    cam_method = make_method(method, model, layer=layer)
+    cam_method = make_method(method, model, spec.activation, layer=layer)
     files = [Path(images_dir) / im.file for im in ds.images]
 
     def step(x_uint8, sizes, asked, work) -> list[dict]:
@@ -111,7 +111,7 @@ def predict_cam(runtime: Runtime, ds: AnnotatedSet, images_dir: str | Path, meth
         row_image = [j for j, cs in enumerate(asked) for _ in cs]
         row_class = [c for cs in asked for c in cs]
         maps, logits = cam_method.feature_maps(x[row_image], torch.tensor(row_class, device=device))
-        maps, probs = maps.cpu(), logits.float().softmax(1).cpu()
+        maps, probs = maps.cpu(), spec.probabilities(logits.float()).cpu()
         out: list = [None] * len(sizes)
         for r, (j, c) in enumerate(zip(row_image, row_class)):
             size = sizes[j]

@@ -29,6 +29,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_LAYERS = ("relu", "layer4", "trunk_output", "features")
 
 
+ACTIVATIONS = ("softmax", "sigmoid")
+
+
 @dataclass(frozen=True)
 class ClassifierSpec:
     """A classifier's class names, input side (px, square), input mean and std (RGB in [0, 1])
@@ -40,6 +43,9 @@ class ClassifierSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     feature_layer: str | None = None
+    # how its logits become class probabilities: softmax (one class per image) or sigmoid (each
+    # class on its own: a multi-label model, or a binary one with one logit)
+    activation: str = "softmax"
 
     def __post_init__(self) -> None:
         size = self.input_size
@@ -50,9 +56,14 @@ class ClassifierSpec:
         if isinstance(size, bool) or not isinstance(size, int) or size < 8:
             raise ValueError(f"input_size must be an integer side >= 8 px, got {self.input_size!r}")
         object.__setattr__(self, "input_size", size)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
         names = tuple(str(c).strip() for c in self.classes)
-        if len(names) < 2 or len(set(n.lower() for n in names)) < len(names) or not all(names):
-            raise ValueError(f"classes must be at least two distinct non-empty names, got {len(names)}")
+        fewest = 1 if self.activation == "sigmoid" else 2  # one sigmoid logit is a binary classifier
+        if len(names) < fewest or len(set(n.lower() for n in names)) < len(names) or not all(names):
+            hint = "; one class with one logit is a binary model: activation sigmoid" if len(names) == 1 else ""
+            raise ValueError(f"classes must be at least {'one' if fewest == 1 else 'two'} distinct non-empty "
+                             f"name{'' if fewest == 1 else 's'} under {self.activation}, got {len(names)}{hint}")
         object.__setattr__(self, "classes", names)
         for key in ("mean", "std"):
             v = tuple(float(x) for x in getattr(self, key))
@@ -64,6 +75,10 @@ class ClassifierSpec:
     def mean_colour(self) -> tuple[float, float, float]:
         """The colour (0-255) that normalises to zero: no evidence, what blanking fills with."""
         return tuple(255 * m for m in self.mean)
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """Logits ``[B, C]`` -> class probabilities by :attr:`activation`."""
+        return logits.sigmoid() if self.activation == "sigmoid" else logits.softmax(1)
 
     def normalize(self, x_uint8: Tensor) -> Tensor:
         """``uint8 [B, 3, H, W]`` -> float, normalised as the model was trained."""
@@ -138,6 +153,7 @@ class DataConfig:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     feature_layer: str | None = None
+    activation: str | None = None  # "sigmoid" where the source says the model is multi-label
 
 
 def distinct_names(names) -> tuple[str, ...]:
@@ -251,7 +267,9 @@ def huggingface_classifier(folder: str | Path) -> tuple[nn.Module, tuple[str, ..
     def rgb(v) -> tuple[float, float, float] | None:
         return tuple(float(x) for x in v) if isinstance(v, (list, tuple)) and len(v) == 3 else None
     layer = last_spatial_layer(model, side) if side else None
-    return model, names, DataConfig(side, rgb(config.get("image_mean")), rgb(config.get("image_std")), layer)
+    multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
+    return model, names, DataConfig(side, rgb(config.get("image_mean")), rgb(config.get("image_std")), layer,
+                                    "sigmoid" if multi_label else None)
 
 
 def load_callable(spec: str, num_classes: int) -> nn.Module:
@@ -299,13 +317,15 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
 def load_user_classifier(source: str, weights: str | Path, class_names: str | Path | Sequence[str] | None,
                          input_size: int | None,
                          mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
-                         feature_layer: str | None = None) -> tuple[nn.Module, ClassifierSpec]:
+                         feature_layer: str | None = None, activation: str | None = None) -> tuple[nn.Module, ClassifierSpec]:
     """``--model`` (``torchvision:NAME[:WEIGHTS]``, ``timm:NAME``, ``hf:DIR`` or
     ``MODULE:CALLABLE``) with its ``weights`` (a state dict, ``.pt`` or ``.safetensors``; an
     ``hf:`` folder holds its own) and description -> the model, weights loaded, and its
     :class:`ClassifierSpec`. What the user does not give comes from the source (a torchvision
-    weights enum's categories and transforms; timm's data config; the folder's id2label and
-    image processor config) or, for the input's mean and std, is ImageNet's."""
+    weights enum's categories and transforms; timm's data config; the folder's id2label, problem
+    type and image processor config) or, for the input's mean and std, is ImageNet's. The
+    ``activation`` (softmax or sigmoid), when neither the user nor the source says: sigmoid for
+    one class name (a binary model with one logit), else softmax."""
     from .wrn import WeightsError, load_weights
     kind, _, name = source.partition(":")
     known, names = DataConfig(), None
@@ -339,5 +359,6 @@ def load_user_classifier(source: str, weights: str | Path, class_names: str | Pa
     side = input_size or known.input_size
     if side is None:
         raise ValueError(f"--model {source}: its image processor config gives no input size; give --input-size N")
+    activation = activation or known.activation or ("sigmoid" if len(names) == 1 else "softmax")
     return model, ClassifierSpec(tuple(names), side, mean or known.mean or IMAGENET_MEAN,
-                                 std or known.std or IMAGENET_STD, feature_layer or known.feature_layer)
+                                 std or known.std or IMAGENET_STD, feature_layer or known.feature_layer, activation)

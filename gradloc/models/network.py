@@ -40,7 +40,7 @@ class Network:
             for s in range(0, len(views), self.batch_size):
                 xb = self.model_input(views[s:s + self.batch_size])
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    out.append(self.model(xb).float().softmax(1).cpu())
+                    out.append(self.spec.probabilities(self.model(xb).float()).cpu())
         return torch.cat(out)
 
     def saliency_rows(self, x_uint8: Tensor, specs: list[tuple[str, object]]):
@@ -62,7 +62,7 @@ class Network:
         if row_class is None:
             row_class = logits.argmax(1).cpu()
         probs = torch.zeros(len(specs), logits.shape[1])
-        probs[row_image] = logits.softmax(1).cpu()  # rows of one image share its logits
+        probs[row_image] = self.spec.probabilities(logits.float()).cpu()  # rows of one image share its logits
         return maps.detach().cpu(), row_image, row_class, probs
 
     def saliency_views(self, views: Tensor, classes: Tensor,
@@ -78,7 +78,7 @@ class Network:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 m, logits = method(xb, cb)
             maps.append(m.detach().float().cpu())
-            class_probs.append(logits.detach().float().softmax(1).gather(1, cb[:, None])[:, 0].cpu())
+            class_probs.append(self.spec.probabilities(logits.detach().float()).gather(1, cb[:, None])[:, 0].cpu())
         return torch.cat(maps), torch.cat(class_probs)
 
     def saliency_view_rows(self, views: Tensor, view_of_row: Tensor, classes: Tensor, method) -> tuple[Tensor, Tensor]:
@@ -97,7 +97,7 @@ class Network:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 m, logits = method.attribute_rows(xb, view_of_row[rows] - s, cb)
             maps[rows] = m.detach().float().cpu()
-            class_probs[rows] = logits.detach().float().softmax(1).gather(1, cb[:, None])[:, 0].cpu()
+            class_probs[rows] = self.spec.probabilities(logits.detach().float()).gather(1, cb[:, None])[:, 0].cpu()
         return maps, class_probs
 
     @torch.no_grad()
