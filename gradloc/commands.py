@@ -104,6 +104,27 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibrate(args: argparse.Namespace) -> int:
+    from .data.annotations import load_aliases, load_annotations
+    from .evaluation.calibrate import calibrate as choose, summary, write_settings
+
+    if not 0 < args.share < 1:
+        raise ValueError(f"--share is the share of the images chosen on, in (0, 1); got {args.share}")
+    images = args.images
+    if images is None and Path(args.annotations, "JPEGImages").is_dir():
+        images = str(Path(args.annotations, "JPEGImages"))  # the VOC layout
+    if images is None:
+        raise ValueError("give --images DIR, the folder the annotations' file names are relative to")
+    gen = build_generator(args)
+    ds = load_annotations(args.annotations, load_aliases(args.aliases, gen.spec.classes), gen.spec.classes)
+    ds.images = [im for im in ds.images if im.classes()]  # images with a pair to score
+    result = choose(gen, ds, images, args.share, args.seed, args.workers)
+    write_settings(result, args.output)
+    print(summary(result))
+    print(f"settings: {args.output} (gradloc localize --settings {args.output})", file=sys.stderr)
+    return 0
+
+
 def read_exclude(path: str | None) -> set[str] | None:
     """File names to leave out, one per line (blank lines and # comments ignored)."""
     if path is None:

@@ -167,8 +167,9 @@ def test_cli_resnet18_state_dict(tmp_path, capsys):
 def test_evaluate_scores_a_users_model_on_annotations_of_its_own_classes(tiny, tmp_path):
     """`gradloc evaluate --model ...`: a COCO file whose categories are the model's own names
     (one by an alias of the user's) is mapped onto its classes; CorLoc per class is reported
-    by those names and beats the best centred box; Grad-CAM and CAM, defined on the shipped
-    WRN, are left out. Scoring the run's predictions.json gives the same CorLoc."""
+    by those names and beats the best centred box; Grad-CAM runs on its last feature layer, CAM,
+    which needs a linear head 'fc', is left out. Scoring the run's predictions.json gives the
+    same CorLoc."""
     folder, _ = tiny
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -202,8 +203,10 @@ def test_evaluate_scores_a_users_model_on_annotations_of_its_own_classes(tiny, t
     assert set(results["Grad-CAM (final features, CAM box)"]["corloc"]["per_class@0.5"]) == {"red", "green", "blue"}
     assert "CAM (CAM box)" not in results and any("CAM left out" in n for n in info["notes"])
     assert main(["evaluate", str(ann), "--images", str(photos), "-o", str(tmp_path / "ev0"), *model]) == 0
-    info = json.loads((tmp_path / "ev0" / "metrics.json").read_text())["info"]  # no layer it knows: said
-    assert any(n.startswith("Grad-CAM and CAM left out: the model has no feature layer") for n in info["notes"])
+    # unnamed, its last feature map is found by tracing (the last ReLU), and Grad-CAM runs on it
+    again = json.loads((tmp_path / "ev0" / "metrics.json").read_text())
+    assert again["info"]["settings"]["feature_layer"] == "6"
+    assert "Grad-CAM (final features, CAM box)" in again["results"]
     # the run's own predictions.json, scored later, names the same classes
     assert main(["localize", str(photos), "-o", str(tmp_path / "run"), *model, "--classes", "red,green,blue"]) == 0
     assert main(["evaluate", str(ann), "--predictions", str(tmp_path / "run" / "predictions.json"),

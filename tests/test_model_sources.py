@@ -154,3 +154,35 @@ def test_the_last_feature_map_is_found_by_tracing_and_a_transformer_has_none():
         hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32,
         patch_size=8, num_labels=3))
     assert last_spatial_layer(vit, 32) is None  # its patch embedding is 4-D, its features are tokens
+
+
+def test_a_vision_transformer_folder_localises_a_photograph_with_input_gradients(tmp_path, capsys):
+    """A ViT has no feature map: the photograph takes multi-scale windows at the ViT's own input
+    size (said once), its probabilities are over its labels, its boxes lie in the photograph; a
+    method that needs a feature map is one line, never a traceback."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    folder = tmp_path / "my-vit"
+    config = transformers.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                    image_size=32, patch_size=8, num_labels=3, id2label={0: "bird", 1: "boat", 2: "car"},
+                                    label2id={"bird": 0, "boat": 1, "car": 2})
+    transformers.ViTForImageClassification(config).eval().save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    out = tmp_path / "out"
+    assert main(["localize", str(CAT), "-o", str(out), "--model", f"hf:{folder}", "--vis-limit", "0",
+                 "--precision", "fp32"]) == 0
+    err = capsys.readouterr().err
+    assert "no spatial feature map" in err and "multi-scale windows" in err
+    data = json.loads((out / "predictions.json").read_text())
+    settings = json.loads((out / "run.json").read_text())["settings"]
+    assert settings["feature_layer"] is None and settings["input_size"] == 32
+    rec = data["images"][0]
+    assert set(rec["probs"]) == {"bird", "boat", "car"} and abs(sum(rec["probs"].values()) - 1) < 1e-4
+    boxes = torch.tensor([p["box"] for p in rec["proposals"]])
+    assert len(boxes) and (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= rec["width"]).all()
+    assert (boxes[:, 3] <= rec["height"]).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+    for method in ("gradcam", "cam", "grad-x-activation"):
+        assert main(["localize", str(CAT), "-o", str(tmp_path / method), "--model", f"hf:{folder}",
+                     "--method", method, "--vis-limit", "0"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "needs a spatial feature map" in lines[0], lines

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from . import multiscale as ms
 from .candidates import CandidateMaker, RowCandidates
 from ..models.classes import ClassSpec, class_index, parse_class_spec
-from ..models.classifier import CIFAR10, ClassifierSpec, find_feature_layer
+from ..models.classifier import CIFAR10, ClassifierSpec, spatial_feature_layer
 from .config import CAM_METHODS, Options
 from ..models.runtime import DEFAULT_MAX_PIXELS, Runtime, judge_runtime
 from ..models.wrn import wide_resnet
@@ -82,8 +82,14 @@ class ProposalGenerator:
         spec = self.runtime.spec  # a given runtime's own
         saliency, plan = self.config.saliency, self.config.plan
         kwargs = saliency.method_kwargs()
+        # the features pooled last, which the layer methods and the pyramid hook; None for tokens (a ViT)
+        self.feature_layer = spatial_feature_layer(self.model, spec)
         if saliency.method in (*CAM_METHODS, "grad-x-activation") and "layer" not in kwargs:
-            kwargs["layer"] = find_feature_layer(self.model, spec.feature_layer)  # the features pooled last
+            if self.feature_layer is None:
+                raise ValueError(f"--method {saliency.method} needs a spatial feature map [B, C, h, w], and this "
+                                 "classifier has none (its features are tokens, as a vision transformer's); use an "
+                                 "input-gradient method such as --method gradient, or name a layer (--feature-layer)")
+            kwargs["layer"] = self.feature_layer
         self.method = make_method(saliency.method, self.model, spec.activation, **kwargs)
         self.net = Network(self.model, self.method, self.device, self.batch_size, self.amp, saliency.flip, spec)
         # the boxes' judge: the shipped extent judge, a network of the user's, or the classifier itself
@@ -102,7 +108,12 @@ class ProposalGenerator:
         # the pyramid's sizes are set for a 32 px input; another model's scale with its input
         scale = spec.input_size / 32
         self.pyramid = Pyramid([round(s * scale) for s in plan.pyramid_sizes()], self.model,
-                               spec.feature_layer, spec.activation)
+                               self.feature_layer, spec.activation)
+        if self.feature_layer is None and ms.parse_scales(plan.scales) == "auto":
+            warnings.warn("this classifier has no spatial feature map (its features are tokens, as a vision "
+                          "transformer's), which the input-size pyramid needs: large images take multi-scale windows "
+                          f"at its own input size instead (--scales {','.join(map(str, ms.DEFAULT_SCALES))})",
+                          UserWarning, stacklevel=2)
 
     @classmethod
     def pretrained(cls, weights: str | Path = "default", depth: int = 16, width: int = 4,
@@ -160,7 +171,7 @@ class ProposalGenerator:
         when it is not the shipped WRN's."""
         own = {} if self.spec == CIFAR10 else {"classes": list(self.spec.classes), "input_size": self.spec.input_size,
                                                "mean": list(self.spec.mean), "std": list(self.spec.std),
-                                               "activation": self.spec.activation}
+                                               "activation": self.spec.activation, "feature_layer": self.feature_layer}
         return {**self.config.flat(), "judge": self.judge, "precision": self.precision, **own}
 
     @property
@@ -172,11 +183,14 @@ class ProposalGenerator:
     def plan_for(self, size: tuple[int, int]) -> WindowPlan:
         """The window plan of an image of ``size`` ``(h, w)``, chosen here and nowhere else:
         large images (``Options.scales``) take the input-size pyramid (``auto``) or the
-        multi-scale windows (explicit scales), the rest their model-sized view."""
+        multi-scale windows (explicit scales, or ``auto`` for a model without a feature map,
+        such as a vision transformer), the rest their model-sized view."""
         scales = self.config.plan.scales
         if not ms.wants_multiscale(size, scales, self.spec.input_size):
             return self.whole_image
-        return self.pyramid if ms.parse_scales(scales) == "auto" else self.multiscale
+        # the pyramid hooks a feature map; a model without one (a ViT) takes the windows, at its input size
+        pyramid = ms.parse_scales(scales) == "auto" and self.feature_layer is not None
+        return self.pyramid if pyramid else self.multiscale
 
     # -- the stages on a prepared batch ---------------------------------------------------
 

@@ -204,11 +204,10 @@ def cam_baselines(gen, info: dict) -> list[tuple[str, str, str]]:
     shipped WRN, torchvision's ResNets). What cannot run is said in ``info["notes"]``."""
     from torch import nn
 
-    from ..models.classifier import find_feature_layer
-    try:
-        layer = find_feature_layer(gen.model, gen.spec.feature_layer)
-    except ValueError as exc:
-        info.setdefault("notes", []).append(f"Grad-CAM and CAM left out: {exc}")
+    layer = gen.feature_layer
+    if layer is None:
+        info.setdefault("notes", []).append("Grad-CAM and CAM left out: the classifier has no spatial feature map "
+                                            "(its features are tokens, as a vision transformer's)")
         return []
     out = [("gradcam", "Grad-CAM (final features, CAM box)", layer)]
     if isinstance(getattr(gen.model, "fc", None), nn.Linear):

@@ -134,6 +134,17 @@ def find_feature_layer(model: nn.Module, name: str | None = None) -> str:
     return found
 
 
+def spatial_feature_layer(model: nn.Module, spec: "ClassifierSpec") -> str | None:
+    """The layer whose output is the model's last feature map ``[B, C, h, w]``, which Grad-CAM,
+    CAM and the pyramid's gradient x activation hook: the spec's (it must exist), else the first
+    of :data:`FEATURE_LAYERS` the model has, else the one :func:`last_spatial_layer` finds. None
+    where the model has none: a vision transformer's features are tokens."""
+    if spec.feature_layer is not None:
+        return find_feature_layer(model, spec.feature_layer)
+    layers = dict(model.named_modules())
+    return next((n for n in FEATURE_LAYERS if n in layers), None) or last_spatial_layer(model, spec.input_size)
+
+
 def torchvision_classifier(name: str, num_classes: int) -> nn.Module:
     """``torchvision.models.<name>`` with ``num_classes`` outputs and random weights (the user
     loads theirs: nothing is downloaded)."""
@@ -224,9 +235,10 @@ def last_spatial_layer(model: nn.Module, side: int) -> str | None:
         elif isinstance(out, Tensor) and out.ndim == 3 and out.shape[1] > 1:
             found.append((names[module], 3))
     hooks = [m.register_forward_hook(record) for m in names]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, side, side))
+            model.eval()(torch.zeros(1, 3, side, side, device=device))
     finally:
         for h in hooks:
             h.remove()
