@@ -88,3 +88,15 @@ def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_pairs():
     lo, hi = bootstrap_interval(few)
     lo2, hi2 = bootstrap_interval(many)
     assert lo < 0.5 < hi and lo2 < 0.5 < hi2 and hi2 - lo2 < (hi - lo) / 3
+
+
+def test_only_a_gain_beyond_chance_moves_the_settings():
+    from gradloc.evaluation.calibrate import confident_gain
+    old = np.zeros(20)
+    one, six = old.copy(), old.copy()
+    one[0] = 1       # one more pair of 20: noise
+    six[:6] = 1      # six more, none lost
+    assert not confident_gain(one, old) and confident_gain(six, old)
+    lost = old.copy()
+    lost[6:11] = 1   # six won where five others are lost
+    assert not confident_gain(six, lost)

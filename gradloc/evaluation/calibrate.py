@@ -6,7 +6,9 @@ chosen for a CIFAR-10 network on VOC and COCO photographs; another model on othe
 may want others. The annotated images are split in two by a seed: the settings are chosen on
 one part by GT-known CorLoc@0.5, one option at a time from the defaults (:data:`GRID`, a small
 stated grid), and the presence threshold ``min_score`` as the best F1 of the chosen settings'
-claims (each image asked for its top 3 classes); the other part, never used to choose, reports
+claims (each image asked for its top 3 classes). A value replaces the current one only when it
+wins beyond chance on the choosing part (:func:`confident_gain`): on a few images, most
+differences are a pair or two. The other part, never used to choose, reports
 CorLoc with a bootstrap 95% interval beside the defaults and the best centred box.
 
 A settings file is ``{"format": "gradloc-settings", "version": 1, "options": {...}, ...}``;
@@ -54,6 +56,18 @@ def split(ds: AnnotatedSet, share: float, seed: int) -> tuple[AnnotatedSet, Anno
     return part(order[:k]), part(order[k:])
 
 
+def confident_gain(new: np.ndarray, old: np.ndarray, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> bool:
+    """Whether per-pair hits ``new`` beat ``old`` (the same pairs) beyond chance: the 5th
+    percentile of the paired bootstrap of their mean difference is above zero. On 20 pairs a
+    setting must win about three more pairs than it loses: a one-pair gain is noise, and moving
+    on noise loses on the held-out images as often as it wins."""
+    if not len(new):
+        return False
+    diff = new - old
+    means = diff[np.random.default_rng(seed).integers(0, len(diff), (samples, len(diff)))].mean(1)
+    return bool(np.percentile(means, 5) > 0)
+
+
 def bootstrap_interval(hits: np.ndarray, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> tuple[float, float]:
     """The 95% percentile-bootstrap interval of the mean of ``hits`` (pairs resampled)."""
     if not len(hits):
@@ -98,15 +112,15 @@ def calibrate(gen, ds: AnnotatedSet, images_dir: str | Path, share: float = 0.5,
             g = gen if options is None else gen.with_options(**options)
             return predict(g, part, images_dir, workers, progress=progress, desc=desc, request=request)[0]
 
-    def choose_score(options: dict) -> float:
+    def choose_hits(options: dict) -> np.ndarray:
         key = tuple(sorted(options.items()))
         if key not in cache:
-            cache[key] = corloc(choose, run(options, choose, "calibrate"))["0.5"]
+            cache[key] = (top1_ious(choose, run(options, choose, "calibrate"))[0] >= 0.5).astype(np.float64)
         return cache[key]
 
     chosen = dict(base)
     tried = []
-    best = choose_score(chosen)
+    hits = choose_hits(chosen)
     for name, values in GRID:
         if name == "ladder" and chosen["threshold"] != "mass":
             continue  # the ladder is of mass shares
@@ -115,10 +129,10 @@ def calibrate(gen, ds: AnnotatedSet, images_dir: str | Path, share: float = 0.5,
             if value == start:  # scored already
                 continue
             candidate = {**chosen, name: value}
-            s = choose_score(candidate)
-            tried.append({"option": name, "value": value, "corloc": s})
-            if s > best + 1e-9:  # only a better score moves away from the current settings
-                chosen, best = candidate, s
+            h = choose_hits(candidate)
+            tried.append({"option": name, "value": value, "corloc": float(h.mean())})
+            if confident_gain(h, hits, seed):  # only a gain beyond chance moves away from the current settings
+                chosen, hits = candidate, h
     # the presence threshold: the chosen settings' claims on the top 3 classes, at their best F1
     claims = presence(choose, run(chosen, choose, "calibrate", "top3"))
     min_score = claims["best_f1_min_score"] if claims else None
@@ -132,7 +146,8 @@ def calibrate(gen, ds: AnnotatedSet, images_dir: str | Path, share: float = 0.5,
         "calibration": {
             "images": {"choose": len(choose.images), "held_out": len(held_out.images)}, "seed": seed,
             "grid": [{"option": n, "values": list(v)} for n, v in GRID],
-            "choose_corloc": {"given": cache[tuple(sorted(base.items()))], "tried": tried, "chosen": best},
+            "choose_corloc": {"given": float(cache[tuple(sorted(base.items()))].mean()), "tried": tried,
+                              "chosen": float(hits.mean())},
             "presence_on_choose": claims and {"best_f1": claims["best_f1"], "min_score": min_score},
             "held_out": {"calibrated": asdict(Score.of(held_out, held_tuned, seed)),
                          "given": asdict(Score.of(held_out, held_given, seed)),
