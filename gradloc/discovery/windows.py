@@ -40,7 +40,7 @@ from . import multiscale as ms
 from ..ops.boxes import crop_windows, place_boxes, resize_uint8, scale_boxes
 from ..models.classes import class_rows
 from ..models.network import Network
-from ..attribution.saliency import GradientXActivation
+from ..attribution.saliency import GradientXActivation, make_method
 
 
 @dataclass
@@ -201,11 +201,12 @@ class Pyramid(WindowPlan):
     :data:`PYRAMID_GRID` grid over the whole image. Each map gives the pipeline's boxes plus the
     regions around its strongest peaks (:attr:`peak_regions`); the boxes of all sizes are
     candidates of one row, so rescoring (a crop must hold the class, the image without the box
-    must lose it) decides between a part at a fine size and the whole object at a coarse one. Sizes above the
-    working image's longer side add no detail and are skipped. Rows of images of one shape run
-    as one batch per size, and the classes asked of one image share its forward pass at each
-    size (:meth:`GradientXActivation.attribute_rows`). The map returned is the sizes' maps, each normalised to its maximum,
-    averaged; the mask, where any size kept a pixel. No class contrast.
+    must lose it) decides between a part at a fine size and the whole object at a coarse one.
+    Sizes above the working image's longer side add no detail and are skipped. Rows of images of
+    one shape run as one batch per size, and the classes asked of one image share its forward
+    pass at each size (:meth:`GradientXActivation.attribute_rows`). The map returned is the
+    sizes' maps, each normalised to its maximum, averaged; the mask, where any size kept a
+    pixel. No class contrast.
     """
 
     rank_without_rescoring = True
@@ -226,8 +227,8 @@ class Pyramid(WindowPlan):
     def large_input_method(self) -> GradientXActivation:
         if self._method is None:  # built on first use: a model without the layer fails only here
             from ..models.classifier import find_feature_layer
-            self._method = GradientXActivation(self.model, layer=find_feature_layer(self.model, self.layer))
-            self._method.activation = self.activation
+            self._method = make_method("grad-x-activation", self.model, self.activation,
+                                       layer=find_feature_layer(self.model, self.layer))
         return self._method
 
     def windows(self, net, x_uint8, sizes, specs, work) -> Windows:

@@ -138,10 +138,11 @@ def spatial_feature_layer(model: nn.Module, spec: "ClassifierSpec") -> str | Non
     """The layer whose output is the model's last feature map ``[B, C, h, w]``, which Grad-CAM,
     CAM and the pyramid's gradient x activation hook: the spec's (it must exist), else the first
     of :data:`FEATURE_LAYERS` the model has, else the one :func:`last_spatial_layer` finds. None
-    where the model has none: a vision transformer's features are tokens."""
-    if spec.feature_layer is not None:
-        return find_feature_layer(model, spec.feature_layer)
+    where the model has none: a vision transformer's features are tokens. (:data:`CIFAR10`'s
+    layer names the shipped WRN's; another model handed over with that spec is searched.)"""
     layers = dict(model.named_modules())
+    if spec.feature_layer is not None and (spec.feature_layer in layers or spec != CIFAR10):
+        return find_feature_layer(model, spec.feature_layer)
     return next((n for n in FEATURE_LAYERS if n in layers), None) or last_spatial_layer(model, spec.input_size)
 
 
