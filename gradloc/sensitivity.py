@@ -23,7 +23,7 @@ from .models.classifier import CIFAR10, ClassifierSpec
 from .data.io import atomic_write_text, find_images
 from .data.preprocess import DEFAULT_MAX_PIXELS
 from .engines.local import Batching, run_steps, skipped_files
-from .attribution.saliency import Gradient
+from .attribution.saliency import make_method
 
 
 @dataclass
@@ -59,7 +59,8 @@ def class_sensitivity(model: nn.Module, paths: Iterable[str | Path], cls: str | 
     """
     files, skipped = find_images(paths)
     target = None if cls is None else class_index(cls, spec.classes)
-    method = Gradient(model.eval().requires_grad_(False).to(device), output=output, reduce="max")
+    method = make_method("gradient", model.eval().requires_grad_(False).to(device), spec.activation, output=output,
+                         reduce="max")
     side = spec.input_size
     sums = np.zeros((len(spec.classes), side, side), np.float64)
     counts = np.zeros(len(spec.classes), np.int64)

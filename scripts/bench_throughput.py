@@ -318,13 +318,13 @@ def isa_env(isa: str) -> dict:
 def stage_table(results: dict) -> list[str]:
     """Seconds per photograph of each gradloc run, split into the pyramid, rescoring and the
     rest, beside the network's bare forward+backward at the pyramid's sizes."""
-    runs = {w: r for w, r in results.items() if "pyramid" in r["stage_s_per_image"]}
-    if not runs:
+    if not any("pyramid" in r["stage_s_per_image"] for r in results.values()):
         return []
+    runs = {w: r for w, r in results.items() if w.startswith("gradloc")}
     lines = ["", "| run | seconds per photograph | pyramid | rescoring | the rest |", "| --- | ---: | ---: | ---: | ---: |"]
     for w, r in runs.items():
         total = 1 / r["img_per_s"]
-        pyr, res = r["stage_s_per_image"]["pyramid"], r["stage_s_per_image"].get("rescoring", 0.0)
+        pyr, res = r["stage_s_per_image"].get("pyramid", 0.0), r["stage_s_per_image"].get("rescoring", 0.0)
         lines.append(f"| {w} | {total:.3f} | {pyr:.3f} | {res:.3f} | {total - pyr - res:.3f} |")
     if "limit pyramid" in results:
         net = results["limit pyramid"]["stage_s_per_image"]["network"]
