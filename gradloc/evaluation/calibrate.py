@@ -4,12 +4,12 @@ Choe et al. (CVPR 2020) showed that a handful of boxed images, used to choose a 
 settings, is worth more than the weakly supervised tricks they re-evaluated. The defaults were
 chosen for a CIFAR-10 network on VOC and COCO photographs; another model on other photographs
 may want others. The annotated images are split in two by a seed: the settings are chosen on
-one part by GT-known CorLoc@0.5, one option at a time from the defaults (:data:`GRID`, a small
-stated grid), and the presence threshold ``min_score`` as the best F1 of the chosen settings'
-claims (each image asked for its top 3 classes). A value replaces the current one only when it
-wins beyond chance on the choosing part (:func:`confident_gain`): on a few images, most
-differences are a pair or two. The other part, never used to choose, reports
-CorLoc with a bootstrap 95% interval beside the defaults and the best centred box.
+one part by GT-known CorLoc@0.5, one option at a time from the given settings (:data:`GRID`, a
+small stated grid), and the presence threshold ``min_score`` as the best F1 of the chosen
+settings' claims (each image asked for its top 3 classes). A value replaces the current one only
+when it wins beyond chance on the choosing part (:func:`confident_gain`): on a few images, most
+differences are a pair or two. The other part, never used to choose, reports CorLoc with a
+bootstrap 95% interval beside the given settings and the best centred box.
 
 A settings file is ``{"format": "gradloc-settings", "version": 1, "options": {...}, ...}``;
 ``localize --settings`` and ``evaluate --settings`` read its options (:func:`read_settings`),
@@ -31,7 +31,7 @@ from .metrics import corloc, presence, top1_ious
 
 SETTINGS_FORMAT = "gradloc-settings"
 # The options searched, each over its values, one at a time in this order, starting from the
-# defaults: the threshold rule and its ladder, how a large object's box is picked, the pyramid's
+# given settings: the threshold rule and its ladder, how a large object's box is picked, the pyramid's
 # inputs, and how candidates are rescored. Values that do not apply (a ladder under top-n, the
 # pyramid's sizes on thumbnails) are skipped by the generator's own rules (Options.effective).
 GRID: tuple[tuple[str, tuple], ...] = (
@@ -98,13 +98,14 @@ def calibrate(gen, ds: AnnotatedSet, images_dir: str | Path, share: float = 0.5,
               workers: int | None = None, progress: bool = True) -> dict:
     """Choose ``gen``'s settings on part of ``ds`` (:func:`split`) and report them on the rest.
 
-    Returns ``{"format", "version", "options", "min_score", "calibration"}``: ``options`` are
-    the chosen values that differ from ``gen``'s (with ``min_score``), ``calibration`` what was
-    tried on the choosing part and the held-out scores of the chosen settings, of ``gen`` as
-    given and of the best centred box (its area chosen on the choosing part)."""
+    Returns ``{"format", "version", "options", "calibration"}``: ``options`` are the chosen
+    values that differ from ``gen``'s, and ``min_score``; ``calibration`` what was tried on the
+    choosing part and the held-out scores of the chosen settings, of ``gen`` as given and of the
+    best centred box (its area chosen on the choosing part). The held-out CorLoc is GT-known, so
+    ``min_score``, which decides whether a class is there at all, is not applied to it."""
     choose, held_out = split(ds, share, seed)
     base = asdict(gen.options)
-    cache: dict[tuple, float] = {}
+    cache: dict[tuple, np.ndarray] = {}  # each setting's per-pair hits on the choosing part
 
     def run(options: dict | None, part: AnnotatedSet, desc: str, request: str = "gt") -> list:
         with warnings.catch_warnings():  # a grid value another one makes inert is simply scored as it runs
