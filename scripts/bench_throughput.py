@@ -145,16 +145,16 @@ def run_limit_pyramid(args, files) -> int:
     from gradloc.data.preprocess import prepare
     from gradloc.discovery.config import PlanConfig
     from gradloc.discovery.windows import resize_longer_side
-    from gradloc.models.wrn import CIFAR10_MEAN, CIFAR10_STD, resolve_precision
+    from gradloc.models.classifier import CIFAR10
+    from gradloc.models.wrn import resolve_precision
     model = load_model(args.weights).to(memory_format=torch.channels_last)
     bf16 = resolve_precision("auto", "cpu") == "bf16"
-    mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
     seconds = 0.0
     for f in files:
         view, _, work = prepare(f, keep_work=True)
         inputs = [view] + [resize_longer_side(work, s) for s in PlanConfig().pyramid_sizes() if s <= max(work.shape[-2:])]
         for x in inputs:
-            xb = ((x[None].float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            xb = CIFAR10.normalize(x[None]).contiguous(memory_format=torch.channels_last).requires_grad_(True)
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out = model(xb)

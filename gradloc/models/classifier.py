@@ -36,7 +36,7 @@ ACTIVATIONS = ("softmax", "sigmoid")
 class ClassifierSpec:
     """A classifier's class names, input side (px, square), input mean and std (RGB in [0, 1])
     and last feature layer (a name in ``model.named_modules()``, None: found by
-    :func:`find_feature_layer` when a method needs it)."""
+    :func:`spatial_feature_layer`)."""
 
     classes: tuple[str, ...]
     input_size: int
@@ -87,7 +87,7 @@ class ClassifierSpec:
         return (x_uint8.float() / 255.0 - mean) / std
 
 
-CIFAR10 = ClassifierSpec(CIFAR10_CLASSES, 32, CIFAR10_MEAN, CIFAR10_STD, "relu")
+CIFAR10 = ClassifierSpec(CIFAR10_CLASSES, 32, CIFAR10_MEAN, CIFAR10_STD)  # its WRN's features: "relu", found
 
 
 def logits_of(output) -> Tensor:
@@ -138,11 +138,10 @@ def spatial_feature_layer(model: nn.Module, spec: "ClassifierSpec") -> str | Non
     """The layer whose output is the model's last feature map ``[B, C, h, w]``, which Grad-CAM,
     CAM and the pyramid's gradient x activation hook: the spec's (it must exist), else the first
     of :data:`FEATURE_LAYERS` the model has, else the one :func:`last_spatial_layer` finds. None
-    where the model has none: a vision transformer's features are tokens. (:data:`CIFAR10`'s
-    layer names the shipped WRN's; another model handed over with that spec is searched.)"""
-    layers = dict(model.named_modules())
-    if spec.feature_layer is not None and (spec.feature_layer in layers or spec != CIFAR10):
+    where the model has none: a vision transformer's features are tokens."""
+    if spec.feature_layer is not None:
         return find_feature_layer(model, spec.feature_layer)
+    layers = dict(model.named_modules())
     return next((n for n in FEATURE_LAYERS if n in layers), None) or last_spatial_layer(model, spec.input_size)
 
 
