@@ -8,7 +8,7 @@ from dataclasses import fields
 from . import __version__, commands
 from .data.preprocess import ImageError
 from .models.runtime import DEFAULT_MAX_PIXELS, DEVICES
-from .models.wrn import CIFAR10_CLASSES, WeightsError
+from .models.wrn import CIFAR10_CLASSES, PRECISIONS, WeightsError
 
 
 def rgb_triple(text: str) -> tuple[float, float, float]:
@@ -41,9 +41,11 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     add_model_options(m)
     m.add_argument("--batch-size", type=int, default=64)
-    m.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    m.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="the network's passes: auto (default: bf16 where the device has it natively - CUDA, "
-                        "AVX-512-BF16/AMX CPUs - else fp32), fp32 (identical results on every machine), bf16")
+                        "AVX-512-BF16/AMX CPUs - else, on the CPU, int8 for the shipped weights and fp32 for other "
+                        "weights), fp32 (identical results on every machine), bf16, int8 (the shipped weights' "
+                        "forward passes in int8 on the CPU; passes that need input gradients stay fp32)")
     m.add_argument("--amp", action="store_true", help="the same as --precision bf16")
     m.add_argument("--workers", type=int, default=None,
                    help="data-loader processes decoding images beside the compute (0: none; default: 1, "

@@ -310,9 +310,11 @@ def measure(workload: str, args, n: int) -> dict:
 
 
 def isa_env(isa: str) -> dict:
-    """The workers' environment for ``--isa``: ``avx2`` caps oneDNN's and ATen's kernels at AVX2,
-    so this CPU runs as an AVX2-only one does (no native bf16: ``--precision auto`` is fp32)."""
-    return {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"} if isa == "avx2" else {}
+    """The workers' environment for ``--isa``: ``avx2`` caps oneDNN's, ATen's, fbgemm's and MKL's
+    kernels at AVX2, so this CPU runs as an AVX2-only one does (no native bf16: ``--precision
+    auto`` is int8 for the shipped weights)."""
+    return {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2"} if isa == "avx2" else {}
 
 
 def stage_table(results: dict) -> list[str]:

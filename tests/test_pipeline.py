@@ -79,15 +79,16 @@ def test_unknown_option_is_an_error(random_wrn):
         ProposalGenerator(random_wrn, topn=3)
 
 
-def test_precision_auto_is_fp32_under_an_isa_cap_without_bf16(monkeypatch):
-    """ONEDNN_MAX_CPU_ISA=AVX2 makes bf16 emulated on any CPU, as on an AVX2-only one: auto runs fp32."""
+def test_precision_auto_is_int8_under_an_isa_cap_without_bf16(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes bf16 emulated on any CPU, as on an AVX2-only one: auto asks
+    for int8 (the runtime falls back to fp32 for a model without an int8 copy)."""
     from gradloc.models.wrn import cpu_flags, resolve_precision
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
-    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cpu") == "int8"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # a cap above bf16 leaves the CPU's answer
     native = bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
-    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "int8")
 
 
 def test_precision_auto_picks_bf16_only_where_it_is_native(monkeypatch, random_wrn):
@@ -96,9 +97,9 @@ def test_precision_auto_picks_bf16_only_where_it_is_native(monkeypatch, random_w
     monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
     monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: False)
-    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cpu") == "int8"
     assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
-    gen = ProposalGenerator(random_wrn, device="cpu")
+    gen = ProposalGenerator(random_wrn, device="cpu")  # random weights have no int8 copy: fp32
     assert gen.precision == "fp32" and not gen.amp
     for g in (ProposalGenerator(random_wrn, device="cpu", amp=True),
               ProposalGenerator(random_wrn, device="cpu", precision="bf16").with_options(top_k=3)):

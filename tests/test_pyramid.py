@@ -129,3 +129,41 @@ def test_peak_regions_find_a_small_object_beside_a_stronger_one():
     # peak gives it a box of its own
     assert best_iou(gen.with_options(peaks=0)) < 0.5
     assert best_iou(gen) > 0.5
+
+
+class RecordingRed(RedFeatures):
+    """:class:`RedFeatures` recording the input side of every pass that computes gradients."""
+
+    def __init__(self):
+        super().__init__()
+        self.sides = []
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            self.sides.append(max(x.shape[-2:]))
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("fine_inputs", ["unrecognised", "all"])
+def test_inputs_over_four_times_the_model_side_only_for_rows_the_32_view_does_not_recognise(fine_inputs):
+    """A large red square is recognised in the photograph's 32x32 view: under ``unrecognised``
+    its row skips the 192 and 256 px inputs (its candidates there would be parts), while a
+    small one's row takes them; ``all`` gives every row every size."""
+    large = np.full((300, 400, 3), 128, np.uint8)
+    large[40:260, 80:320] = (230, 20, 20)
+    small = np.full((300, 400, 3), 128, np.uint8)
+    small[200:230, 300:330] = (230, 20, 20)
+    model = RecordingRed()
+    gen = ProposalGenerator(model, device="cpu", fine_inputs=fine_inputs)
+    sizes = {}
+    for name, img in (("large", large), ("small", small)):
+        model.sides.clear()
+        res = gen(img, classes="cat")[0]
+        sizes[name] = sorted(set(model.sides))
+        assert set(res["candidates"][0].sides.tolist()) <= set(sizes[name])
+        if name == "large":
+            assert float(res["probs"][3]) > 0.5
+        else:
+            assert float(res["probs"][3]) < 0.5
+    assert sizes["small"] == [32, 48, 64, 96, 128, 192, 256]
+    assert sizes["large"] == ([32, 48, 64, 96, 128] if fine_inputs == "unrecognised" else sizes["small"])

@@ -273,3 +273,33 @@ def test_the_frame_hypothesis_is_scored_by_the_whole_view_without_views_of_its_o
     # a box not marked as a frame is an ordinary candidate, wherever it is
     plain = box_scores(rescorer, [img], [boxes], [3], "crop-delete", whole=[whole])[0]
     assert len(plain) == 2 and plain[1] != scores[1]
+
+
+def test_bounded_rows_blank_only_the_boxes_that_can_still_be_best():
+    """A box scores its crop less its blanked view, at most its crop: in a bounded row every box
+    whose crop beats the best score found is blanked as in the exhaustive row, the best box is
+    the same, the others are taken to blank nothing (the unblanked view's probability), and
+    fewer views run."""
+    image = torch.full((3, 96, 96), 128, dtype=torch.uint8)
+    image[:, 30:70, 20:60] = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(40, 2, generator=g) * 60
+    boxes = torch.cat([xy, xy + 8 + torch.rand(40, 2, generator=g) * 30], 1)
+    boxes = torch.cat([boxes, torch.tensor([[20.0, 30, 60, 70]])])  # the square itself
+    full, seen_full = counting_rescorer(merge_iou=2.0)
+    bound, seen_bound = counting_rescorer(merge_iou=2.0)
+    e_all = full.box_evidence([image], [boxes], [3], "crop-delete")[0]
+    e_bd = bound.box_evidence([image], [boxes], [3], "crop-delete", bounded=[True])[0]
+    torch.testing.assert_close(e_bd[:, 0], e_all[:, 0])  # crops are all viewed
+    s_all, s_bd = evidence_scores(e_all), evidence_scores(e_bd)
+    assert int(s_bd.argmax()) == int(s_all.argmax()) == len(boxes) - 1
+    must = e_all[:, 0] > s_all.max()  # could beat the best: viewed
+    torch.testing.assert_close(e_bd[must, 1], e_all[must, 1])
+    unblanked = bound.crop_scores([image], [torch.tensor([[0.0, 0, 96, 96]])], [3])[0]
+    skipped = e_bd[:, 1] != e_all[:, 1]
+    assert skipped.any() and torch.allclose(e_bd[skipped, 1], unblanked.expand(int(skipped.sum())))
+    assert sum(seen_bound) < sum(seen_full)
+    # unbounded rows (ranked by consensus) and crop rescoring are unchanged by the flag
+    torch.testing.assert_close(bound.box_evidence([image], [boxes], [3], "crop-delete", bounded=[False])[0], e_all)
+    torch.testing.assert_close(bound.box_evidence([image], [boxes], [3], "crop", bounded=[True])[0],
+                               full.box_evidence([image], [boxes], [3], "crop")[0])

@@ -178,6 +178,10 @@ class RankingConfig:
                         "above the object with its surroundings and above a part (weights/MODEL_CARD.md); "
                         "classifier: the classifier itself; or a WRN-16-4 weights file; auto: extent for gradloc's "
                         "CIFAR-10 WRN, the classifier for any other model (default: %(default)s)")
+    blanked_views: str = option("bounded", "with --rescore crop-delete: which boxes get their blanked view. bounded: in "
+                                "rows ranked by their best score (not by --consensus), only the boxes that can still "
+                                "be best (a box scores at most its crop's probability), the others taken to blank "
+                                "nothing; all: every scored box (default: %(default)s)", choices=("bounded", "all"))
     merge_iou: float = option(0.85, "with rescoring: a candidate box overlapping an earlier candidate of the same "
                               "(image, class) with at least this IoU takes that one's score instead of being scored "
                               "(default: %(default)s; above 1: every candidate scored)")
@@ -217,6 +221,11 @@ class PlanConfig:
                          "32x32 view only), or multi-scale windows, e.g. 1,2,3")
     input_sizes: str = option("48,64,96,128,192,256", "the pyramid's inputs beside the 32x32 view: the whole image "
                               "with its longer side at each size (px), aspect kept")
+    fine_inputs: str = option("unrecognised", "the pyramid's inputs over 4x the model's side (192 and 256 px for a "
+                              "32 px model): for every row (all), or only for rows whose 32x32 view gives the class at "
+                              "most 0.5 (unrecognised: an object the 32x32 view recognises is over four times the "
+                              "network's scale there, and its candidates are parts) (default: %(default)s)",
+                              choices=("unrecognised", "all"))
     max_windows: int = option(128, "multi-scale: at most this many windows scored per image (finest scales dropped "
                               "first)")
     windows: int = option(8, "multi-scale: windows per (image, class) that get gradients, best-supported first "
@@ -309,6 +318,8 @@ class Options:
             r = replace(r, fuse=0.0, consensus="off", merge_iou=RankingConfig.merge_iou, judge="classifier")
         if p.threshold != "mass":
             p = replace(p, ladder="")
+        if r.rescore != "crop-delete":
+            r = replace(r, blanked_views=RankingConfig.blanked_views)
         return PipelineConfig(s, p, r, self.stage(PlanConfig))
 
     def inert(self) -> list[str]:

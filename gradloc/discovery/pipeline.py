@@ -33,10 +33,9 @@ from .proposals import smooth_and_threshold
 from .rescoring import Rescorer, evidence_scores, presence_scores, rank_and_fuse, recognised_large
 from .results import Candidates, ClassProposals, Result, assemble
 from ..attribution.saliency import make_method
-from .windows import MultiScale, Pyramid, WholeImage, WindowPlan, Windows, contrasted
+from .windows import VIEW_CONSENSUS, MultiScale, Pyramid, WholeImage, WindowPlan, Windows, contrasted
 
 
-VIEW_CONSENSUS = 0.5  # --consensus view: the 32x32 view's probability above which an object counts as large
 
 
 class ProposalGenerator:
@@ -91,11 +90,12 @@ class ProposalGenerator:
                                  "input-gradient method such as --method gradient, or name a layer (--feature-layer)")
             kwargs["layer"] = self.feature_layer
         self.method = make_method(saliency.method, self.model, spec.activation, **kwargs)
-        self.net = Network(self.model, self.method, self.device, self.batch_size, self.amp, saliency.flip, spec)
+        self.net = Network(self.model, self.method, self.device, self.batch_size, self.amp, saliency.flip, spec,
+                           self.runtime.forward_model)
         # the boxes' judge: the shipped extent judge, a network of the user's, or the classifier itself
         self.judge, judge = judge_runtime(self.config.ranking.judge, self.runtime)
         self.judge_net = self.net if judge is None else Network(judge.model, None, judge.device, judge.batch_size,
-                                                                judge.amp, False, judge.spec)
+                                                                judge.amp, False, judge.spec, judge.forward_model)
         self.rescorer = Rescorer(self.judge_net.class_probs, self.config.ranking.merge_iou, spec.input_size,
                                  spec.mean_colour)
         self.whole_image = WholeImage()
@@ -107,8 +107,10 @@ class ProposalGenerator:
             padding=p.box_padding, frame=p.frame_box, blank=ranking.rescore == "crop-delete", fill=spec.mean_colour)
         # the pyramid's sizes are set for a 32 px input; another model's scale with its input
         scale = spec.input_size / 32
-        self.pyramid = Pyramid([round(s * scale) for s in plan.pyramid_sizes()], self.model,
-                               self.feature_layer, spec.activation)
+        # its larger inputs need gradients from the final features only: the forward model's
+        self.pyramid = Pyramid([round(s * scale) for s in plan.pyramid_sizes()], self.runtime.forward_model,
+                               self.feature_layer, spec.activation,
+                               fine_above=4 * spec.input_size if plan.fine_inputs == "unrecognised" else None)
         if self.feature_layer is None and ms.parse_scales(plan.scales) == "auto":
             warnings.warn("this classifier has no spatial feature map (its features are tokens, as a vision "
                           "transformer's), which the input-size pyramid needs: large images take multi-scale windows "
@@ -226,9 +228,12 @@ class ProposalGenerator:
         shared, maps = contrasted(w, p.class_contrast) if plan.contrast else (torch.zeros(len(w.counts), dtype=torch.bool), w.maps)
         smoothed, masks = smooth_and_threshold(maps, p.smooth_sigma, p.threshold, p.values())
         rows = self.candidates.rows(w, smoothed, masks, shared, plan.peak_regions, plan.frame_candidate)
-        evidence = self.rescore(plan, rows, sizes, work)
+        probs = [float(w.probs[r.image, r.cls]) for r in rows]
+        # a row whose object is large picks by its candidates' agreement, the others by their best score
+        consensus = [plan.consensus and self.is_large(r, p) for r, p in zip(rows, probs)]
+        evidence = self.rescore(plan, rows, sizes, work, consensus)
         scores = [r.scores if e is None else evidence_scores(e) for r, e in zip(rows, evidence)]
-        chosen = [self.select(plan, r, s, float(w.probs[r.image, r.cls])) for r, s in zip(rows, scores)]
+        chosen = [self.select(plan, r, s, p, c) for r, s, p, c in zip(rows, scores, probs, consensus)]
         shown = (len(masks) - 1) // 2  # with a ladder, the middle rung's mask (the lower of two) is returned
         per_image: list[list] = [[] for _ in sizes]
         start = 0
@@ -244,26 +249,29 @@ class ProposalGenerator:
         return [assemble(res, w.probs[i], sizes[i]) for i, res in enumerate(per_image)]
 
     def rescore(self, plan: WindowPlan, rows: list[RowCandidates], sizes: Sequence[tuple[int, int]],
-                work: Sequence[Tensor]) -> list[Tensor | None]:
+                work: Sequence[Tensor], consensus: Sequence[bool]) -> list[Tensor | None]:
         """Each row's evidence ``[M, 2]`` (its boxes' crop and blanked-view probabilities), all
-        rows in one batched pass; None per row when rescoring is off."""
-        if self.config.ranking.rescore == "off":
+        rows in one batched pass; None per row when rescoring is off. Rows ranked by their best
+        score (not by ``consensus``) are bounded by ``--blanked-views``."""
+        o = self.config.ranking
+        if o.rescore == "off":
             return [None] * len(rows)
         in_work = [plan.to_work(r.boxes, sizes[r.image], work[r.image]) for r in rows]
         return self.rescorer.box_evidence([work[r.image] for r in rows], in_work, [r.cls for r in rows],
-                                          self.config.ranking.rescore, [r.blanked for r in rows],
-                                          [r.is_frame for r in rows],
+                                          o.rescore, [r.blanked for r in rows], [r.is_frame for r in rows],
                                           # the map's pass knows the whole view's probability by the classifier only
-                                          [r.whole_prob if self.judge_net is self.net else None for r in rows])
+                                          [r.whole_prob if self.judge_net is self.net else None for r in rows],
+                                          [o.blanked_views == "bounded" and not c for c in consensus])
 
-    def select(self, plan: WindowPlan, row: RowCandidates, scores: Tensor, prob: float) -> tuple[Tensor, Tensor]:
-        """One row's chosen boxes (in the ranking frame) and their scores, best first: ranking,
-        fusion, scores that compare across images, and the minimum score."""
+    def select(self, plan: WindowPlan, row: RowCandidates, scores: Tensor, prob: float,
+               consensus: bool) -> tuple[Tensor, Tensor]:
+        """One row's chosen boxes (in the ranking frame) and their scores, best first: ranking
+        (by the candidates' agreement where ``consensus``), fusion, scores that compare across
+        images, and the minimum score."""
         o, boxes = self.config.ranking, row.boxes
         if o.rescore != "off" or plan.rank_without_rescoring:
-            # a large object is picked by the candidates' agreement (consensus is off without rescoring)
-            boxes, scores = rank_and_fuse(boxes, scores, o.nms_iou, o.top_k, o.fuse,
-                                          consensus=plan.consensus and self.is_large(row, prob))
+            # consensus is off without rescoring (Options.effective)
+            boxes, scores = rank_and_fuse(boxes, scores, o.nms_iou, o.top_k, o.fuse, consensus=consensus)
         if o.rescore != "off":  # the class probability says whether the class is there at all
             scores = presence_scores(scores, prob)
         if o.min_score is not None:  # "absent" is an answer: a class may be left without a box

@@ -5,8 +5,10 @@ to the classifier: a box's **crop** (cut out, resized to 32x32) should hold the 
 image with the box **blanked** to the mean colour should not. ``crop-delete`` scores a box by the
 difference, so a part of an object (a head) loses to the whole. All views of a batch go through
 one forward pass, each distinct view once, and near-duplicate candidates (threshold rungs or
-sizes that find almost the same box) share one box's score. Then the best box is **fused** with
-the candidates overlapping it (weighted box fusion, Solovyev et al. 2021).
+sizes that find almost the same box) share one box's score. A row ranked by its best score needs
+the blanked views of only the boxes that can still be best (:meth:`Rescorer.deletion_scores`).
+Then the best box is **fused** with the candidates overlapping it (weighted box fusion, Solovyev
+et al. 2021).
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from ..ops.boxes import blank_boxes, clip_nonempty, crop_windows
+from ..ops.boxes import blank_boxes, clip_nonempty, crop_windows, whole_box
 from .proposals import rank
 
 RESCORES = ("off", "crop", "crop-delete")
+BOUND_ROUND = 8  # a bounded row's blanked views per round, best crops first
 FUSE_MIN_IOU = 0.3  # boxes fused with the best one overlap it at least this much
 
 
@@ -132,6 +135,14 @@ def evidence_scores(evidence: Tensor) -> Tensor:
     return evidence[:, 0] - evidence[:, 1]
 
 
+def first_crops(crops: Tensor, k: int) -> Tensor:
+    """bool ``[K]``: the ``k`` boxes of highest crop probability, of those above ``-1`` (a
+    box to leave out is given ``-1``)."""
+    out = torch.zeros(len(crops), dtype=torch.bool)
+    out[torch.argsort(crops, descending=True, stable=True)[:k]] = True
+    return out & (crops > -1)
+
+
 def blank_in_thumbnail(images: Sequence[Tensor], boxes: Sequence[Tensor], size: int,
                        fill: Sequence[float]) -> list[Tensor]:
     """Per row, the image's ``size`` x ``size`` view with each box (xyxy in the image's pixels)
@@ -139,7 +150,7 @@ def blank_in_thumbnail(images: Sequence[Tensor], boxes: Sequence[Tensor], size: 
     out = []
     for img, b in zip(images, boxes):
         h, w = img.shape[-2:]
-        thumb = crop_windows(img, torch.tensor([[0.0, 0.0, w, h]]), size)[0]
+        thumb = crop_windows(img, whole_box(img), size)[0]
         out.append(blank_boxes(thumb, b.float() * torch.tensor([size / w, size / h] * 2), fill))
     return out
 
@@ -184,10 +195,35 @@ class Rescorer:
         return self.class_probs([crop_windows(img, clip_nonempty(b, img.shape[-2:]), self.input_size) if len(b) else b
                                  for img, b in zip(images, boxes)], classes)
 
-    def deletion_scores(self, blanked: Sequence[Tensor], classes: Sequence[int]) -> list[Tensor]:
+    def deletion_scores(self, blanked: Sequence[Tensor], classes: Sequence[int],
+                        bounds: Sequence[tuple[Tensor, float] | None] | None = None) -> list[Tensor]:
         """Class probability of each blanked view ``uint8 [K_j, 3, 32, 32]``: the evidence left
-        outside each box -> ``[K_j]`` each."""
-        return self.class_probs(blanked, classes)
+        outside each box -> ``[K_j]`` each.
+
+        ``bounds[j]``: None, or for a row ranked by its best score its boxes' crop probabilities
+        ``[K_j]`` and its unblanked view's probability. A box scores its crop less its blanked
+        view, at most its crop, so once some box of the row scores ``s`` a box whose crop is at
+        most ``s`` cannot be best: such a row's views run in rounds (:data:`BOUND_ROUND` boxes
+        each, best crops first) while a box not yet viewed has a crop above the best score, and
+        the boxes never viewed are taken to blank nothing (the unblanked view's probability), the
+        lowest score their crop gives where blanking only takes evidence away. All rows' views
+        of a round run in one batched pass."""
+        bounds = list(bounds) if bounds is not None else [None] * len(blanked)
+        probs = [torch.zeros(len(b)) for b in blanked]
+        viewed = [torch.zeros(len(b), dtype=torch.bool) for b in blanked]
+        todo = [torch.ones(len(b), dtype=torch.bool) if bd is None else first_crops(bd[0], BOUND_ROUND)
+                for b, bd in zip(blanked, bounds)]
+        while any(t.any() for t in todo):
+            got = self.class_probs([b[t] for b, t in zip(blanked, todo)], classes)
+            for j, (t, g) in enumerate(zip(todo, got)):
+                probs[j][t], viewed[j] = g.float(), viewed[j] | t
+            todo = [torch.zeros(len(v), dtype=torch.bool) if bd is None or v.all() else
+                    first_crops(torch.where(~v & (bd[0] > (bd[0] - p)[v].max()), bd[0], -1.0), BOUND_ROUND)
+                    for v, p, bd in zip(viewed, probs, bounds)]
+        for p, v, bd in zip(probs, viewed, bounds):
+            if bd is not None:
+                p[~v] = bd[1]
+        return probs
 
     def blank_probs(self) -> Tensor:
         """Class probabilities ``[C]`` of the 32x32 view that is all mean colour (no evidence at
@@ -200,11 +236,14 @@ class Rescorer:
     def box_evidence(self, images: Sequence[Tensor], boxes: Sequence[Tensor], classes: Sequence[int],
                      rescore: str, blanked: Sequence[Tensor | None] | None = None,
                      frames: Sequence[Tensor | None] | None = None,
-                     whole: Sequence[float | None] | None = None) -> list[Tensor]:
+                     whole: Sequence[float | None] | None = None,
+                     bounded: Sequence[bool] | None = None) -> list[Tensor]:
         """Per row, each box's evidence ``[K_j, 2]``: its crop's class probability and, for
         ``crop-delete``, that of its blanked view (``blanked[j]``, aligned with the boxes, or by
         default :func:`blank_in_thumbnail`; 0 for ``crop``). Only each row's representatives
         (:func:`near_duplicates` at ``merge_iou``) are viewed; the others share theirs.
+        ``bounded[j]``: the row is ranked by its best score, so only the blanked views that can
+        change which box is best run (:meth:`deletion_scores`); by default none is.
 
         ``frames[j]``: bool ``[K_j]``, the boxes that are the frame hypothesis (the object fills
         the view), and ``whole[j]`` the probability of the row's class for the whole view (known
@@ -222,11 +261,17 @@ class Rescorer:
                      for f, p, (r, _) in zip(frames, whole, groups)]
         viewed = [r[~f] for (r, _), f in zip(groups, rep_frame)]  # the representatives scored by views
         reps = [b[v] for b, v in zip(boxes, viewed)]
-        crops = self.crop_scores(images, reps, classes)
+        bounded = [bool(x) and rescore != "crop" for x in bounded] if bounded is not None else [False] * len(boxes)
+        # a bounded row's crops end with the whole image's: its unblanked view
+        crops = self.crop_scores(images, [torch.cat([b, whole_box(img)]) if bd else b
+                                          for b, img, bd in zip(reps, images, bounded)], classes)
+        unblanked = [float(c[-1]) if bd else None for c, bd in zip(crops, bounded)]
+        crops = [c[:-1] if bd else c for c, bd in zip(crops, bounded)]
         if rescore != "crop":
             views = [blank_in_thumbnail([img], [b], self.input_size, self.fill)[0] if given is None else given[v]
                      for img, b, given, v in zip(images, reps, blanked, viewed)]
-            kept = self.deletion_scores(views, classes)
+            kept = self.deletion_scores(views, classes, [(c.float(), u) if bd else None
+                                                         for c, u, bd in zip(crops, unblanked, bounded)])
         else:
             kept = [torch.zeros_like(k) for k in crops]
         base = self.blank_probs() if rescore != "crop" and any(f.any() for f in rep_frame) else None

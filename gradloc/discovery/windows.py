@@ -179,6 +179,9 @@ class MultiScale(WindowPlan):
 
 
 PYRAMID_GRID = 64  # every size's map is resampled to this grid over the whole image
+# the model-sized view's class probability above which a row's object counts as recognised, and
+# large (--consensus view, --fine-inputs unrecognised)
+VIEW_CONSENSUS = 0.5
 
 
 def resize_longer_side(image: Tensor, side: int) -> Tensor:
@@ -202,7 +205,10 @@ class Pyramid(WindowPlan):
     regions around its strongest peaks (:attr:`peak_regions`); the boxes of all sizes are
     candidates of one row, so rescoring (a crop must hold the class, the image without the box
     must lose it) decides between a part at a fine size and the whole object at a coarse one.
-    Sizes above the working image's longer side add no detail and are skipped. Rows of images of
+    Sizes above the working image's longer side add no detail and are skipped; sizes above
+    ``fine_above`` (``--fine-inputs``) run only for the rows whose model-sized view does not
+    recognise their class (:data:`VIEW_CONSENSUS`): a recognised object is large, and inputs
+    that fine show it in parts. Rows of images of
     one shape run as one batch per size, and the classes asked of one image share its forward
     pass at each size (:meth:`GradientXActivation.attribute_rows`). The map returned is the
     sizes' maps, each normalised to its maximum, averaged; the mask, where any size kept a
@@ -219,9 +225,12 @@ class Pyramid(WindowPlan):
     # parts, so the other plans leave them out: BENCHMARKS.md, History.)
     peak_regions = True
 
-    def __init__(self, sizes: Sequence[int], model, layer: str | None = "relu", activation: str = "softmax") -> None:
+    def __init__(self, sizes: Sequence[int], model, layer: str | None = "relu", activation: str = "softmax",
+                 fine_above: int | None = None) -> None:
         self.sizes, self.model, self.layer, self._method = tuple(sizes), model, layer, None
         self.activation = activation  # how the model's logits become probabilities (its spec's)
+        # inputs above this side only for rows their model-sized view does not recognise (--fine-inputs)
+        self.fine_above = fine_above
 
     @property
     def large_input_method(self) -> GradientXActivation:
@@ -245,14 +254,18 @@ class Pyramid(WindowPlan):
         per_row: list[list[Tensor]] = [[self.to_grid(m)] for m in first]
         support: list[list[Tensor]] = [[p] for p in first_support]
         sides: list[list[int]] = [[int(x_uint8.shape[-1])] for _ in first]
+        recognised = probs[row_image, row_class] > VIEW_CONSENSUS
         for side in self.sizes:
+            fine = self.fine_above is not None and side > self.fine_above
+            # the rows that take this size: at a fine one, those their model-sized view does not recognise
+            takes = {i: [r for r in rs if not (fine and recognised[r])] for i, rs in rows_of.items()}
             groups = defaultdict(list)  # images of one shape at this size run together
             for i, img in enumerate(work):
-                if side <= max(img.shape[-2:]) and i in rows_of:
+                if side <= max(img.shape[-2:]) and takes.get(i):
                     groups[tuple(img.shape[-2:])].append(i)
             for members in groups.values():
                 views = torch.stack([resize_longer_side(work[i], side) for i in members])
-                rows = [r for i in members for r in rows_of[i]]
+                rows = [r for i in members for r in takes[i]]
                 where = torch.tensor([members.index(int(row_image[r])) for r in rows])
                 # the classes asked of one photograph share its forward pass at this size
                 maps, p = net.saliency_view_rows(views, where, row_class[rows], self.large_input_method)

@@ -17,12 +17,15 @@ from .classifier import CIFAR10, ClassifierSpec
 class Network:
     """``model`` on ``device`` in chunks of ``batch_size``, under bf16 autocast when ``amp``;
     ``flip``: whole images' maps averaged with their mirror image's; ``spec``: the model's input
-    normalisation."""
+    normalisation; ``forward_model``: the network for passes without gradients (the model's int8
+    copy under ``--precision int8``; by default the model)."""
 
     def __init__(self, model: nn.Module, method, device: torch.device, batch_size: int,
-                 amp: bool = False, flip: bool = False, spec: ClassifierSpec = CIFAR10) -> None:
+                 amp: bool = False, flip: bool = False, spec: ClassifierSpec = CIFAR10,
+                 forward_model: nn.Module | None = None) -> None:
         self.model, self.method, self.device, self.batch_size, self.amp = model, method, device, batch_size, amp
         self.flip, self.spec = flip, spec
+        self.forward_model = model if forward_model is None else forward_model
 
     def model_input(self, x_uint8: Tensor) -> Tensor:
         """``uint8 [B, 3, S, S]`` -> normalised float on the device, channels_last."""
@@ -30,8 +33,8 @@ class Network:
 
     @torch.no_grad()
     def logits(self, x_uint8: Tensor) -> Tensor:
-        """One forward pass, fp32 (the image-level probe), ``[B, C]``."""
-        return self.model(self.model_input(x_uint8)).float()
+        """One forward pass (the image-level probe), ``[B, C]`` in fp32, by the forward model."""
+        return self.forward_model(self.model_input(x_uint8)).float()
 
     def class_probs(self, views: Tensor) -> Tensor:
         """Class probabilities ``[N, C]`` (on the CPU) of ``uint8 [N, 3, 32, 32]``, no gradients."""
@@ -40,7 +43,7 @@ class Network:
             for s in range(0, len(views), self.batch_size):
                 xb = self.model_input(views[s:s + self.batch_size])
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    out.append(self.spec.probabilities(self.model(xb).float()).cpu())
+                    out.append(self.spec.probabilities(self.forward_model(xb).float()).cpu())
         return torch.cat(out)
 
     def saliency_rows(self, x_uint8: Tensor, specs: list[tuple[str, object]]):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .classifier import CIFAR10, ClassifierSpec, reading_logits
+from .int8 import int8_copy
 from .wrn import WideResNet, extent_judge_path, resolve_precision, wide_resnet
 
 DEFAULT_MAX_PIXELS = 100_000_000  # larger images are refused (decompression-bomb guard)
@@ -54,8 +55,11 @@ def check_classifier(model: nn.Module, spec: ClassifierSpec, device: torch.devic
 class Runtime:
     """The classifier (eval mode, frozen, on ``device``, channels_last) and how it runs.
 
-    ``precision`` is resolved (``fp32`` or ``bf16``, :func:`~gradloc.models.wrn.resolve_precision`);
-    build one with :meth:`build`, which validates and resolves every field.
+    ``precision`` is resolved (``fp32``, ``bf16`` or ``int8``,
+    :func:`~gradloc.models.wrn.resolve_precision`). ``forward_model`` runs the passes that need no
+    input gradient (class probabilities, the pyramid's gradient x activation, which starts at
+    the final features): under ``int8`` the model's int8 copy (:mod:`~gradloc.models.int8`),
+    else the model itself. Build one with :meth:`build`, which validates and resolves every field.
     """
 
     model: nn.Module
@@ -64,6 +68,7 @@ class Runtime:
     precision: str
     batch_size: int
     max_pixels: int
+    forward_model: nn.Module
 
     @classmethod
     def build(cls, model: nn.Module, spec: ClassifierSpec = CIFAR10, device: str | torch.device = "auto",
@@ -75,7 +80,14 @@ class Runtime:
         model.eval().requires_grad_(False)
         model = reading_logits(model.to(where).to(memory_format=torch.channels_last))
         check_classifier(model, spec, where)
-        return cls(model, spec, where, resolve_precision(precision, where), batch_size, max_pixels)
+        resolved, forward_model = resolve_precision(precision, where), model
+        if resolved == "int8":
+            forward_model, why = int8_copy(model)
+            if forward_model is None:  # auto falls back to fp32; int8 asked for is refused
+                if precision == "int8":
+                    raise ValueError(f"--precision int8: {why}")
+                resolved, forward_model = "fp32", model
+        return cls(model, spec, where, resolved, batch_size, max_pixels, forward_model)
 
     @property
     def amp(self) -> bool:
@@ -106,5 +118,7 @@ def judge_runtime(judge: str, runtime: Runtime) -> tuple[str, Runtime | None]:
         raise ValueError(f"--judge {judge} is a CIFAR-10 WRN-16-4 and cannot judge this classifier's classes "
                          "(use --judge classifier)")
     model = wide_resnet(16, 4, weights=extent_judge_path() if name == "extent" else name)
-    return name, Runtime.build(model, runtime.spec, runtime.device, runtime.precision, runtime.batch_size,
-                               runtime.max_pixels)
+    precision = runtime.precision
+    if precision == "int8" and int8_copy(model)[0] is None:  # a judge of one's own without int8 ranges
+        precision = "fp32"
+    return name, Runtime.build(model, runtime.spec, runtime.device, precision, runtime.batch_size, runtime.max_pixels)

@@ -152,20 +152,26 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags())) and isa_cap() not in ISA_CAPS_WITHOUT_BF16
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
     """``auto`` -> ``bf16`` where the device computes it natively (CUDA with bf16 support, or a
-    CPU with AVX-512-BF16 / AMX), else ``fp32``; ``fp32`` and ``bf16`` as given."""
+    CPU with AVX-512-BF16 / AMX), else ``int8`` on the CPU (the runtime falls back to fp32 for a
+    model without an int8 copy: :func:`~gradloc.models.int8.int8_copy`), else ``fp32``; the
+    others as given (``int8`` on the CPU only)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    kind = torch.device(device).type
+    if precision == "int8" and kind != "cpu":
+        raise ValueError(f"--precision int8 runs on the CPU (its integer kernels), not on {kind}")
     if precision != "auto":
         return precision
-    kind = torch.device(device).type
     if kind == "cuda":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if kind == "cpu" and cpu_has_native_bf16() else "fp32"
+    if kind != "cpu":
+        return "fp32"
+    return "bf16" if cpu_has_native_bf16() else "int8"
 
 
 def weights_dir() -> Path:

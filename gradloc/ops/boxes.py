@@ -32,6 +32,12 @@ def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, i
     return clip_boxes_to_image(boxes * scale, to_size)
 
 
+def whole_box(image: Tensor) -> Tensor:
+    """The box ``[1, 4]`` of a whole image ``[..., H, W]``."""
+    h, w = image.shape[-2:]
+    return torch.tensor([[0.0, 0.0, float(w), float(h)]])
+
+
 def clip_nonempty(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     """Clip xyxy boxes ``[K, 4]`` to an image of ``(h, w)`` = ``size``, keeping at least one
     pixel of width and height, so every box can be cropped."""
