@@ -42,8 +42,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from gradloc.evaluation.report import replace_marked_block  # noqa: E402
+# a "baseline" worker imports gradloc from another checkout (--baseline); every other process from this one
+sys.path.insert(0, os.environ.get("GRADLOC_BENCH_BASELINE") or str(ROOT))
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
 
 
@@ -101,10 +101,10 @@ def timed(name: str, fn):
     return wrapper
 
 
-def run_gradloc(args, files, classes=None, **options) -> int:
+def run_gradloc(args, files, classes=None, gen=None, **options) -> int:
     from gradloc import ProposalGenerator
     from gradloc.localize import localize
-    gen = ProposalGenerator(load_model(args.weights), device="cpu", batch_size=args.batch_size, **options)
+    gen = gen or ProposalGenerator(load_model(args.weights), device="cpu", batch_size=args.batch_size, **options)
     # the stages a photograph's time goes to, timed where the pipeline calls them
     gen.pyramid.windows = timed("pyramid", gen.pyramid.windows)
     gen.rescore = timed("rescoring", gen.rescore)
@@ -278,7 +278,21 @@ WORKLOADS = {"limit fp32": run_limit, "limit bf16": lambda args: run_limit(args,
                  args, files, rescore="off", flip=False, precision="fp32"),
              "captum": run_captum, "grad-cam": run_gradcam,
              # photographs: the network's forward+backward alone at the pyramid's input sizes
-             "limit pyramid": run_limit_pyramid}
+             "limit pyramid": run_limit_pyramid,
+             # the defaults of another checkout (--baseline), in the precision its auto picks on this CPU
+             "baseline": lambda args, files: run_gradloc(args, files, gen=baseline_generator(args))}
+
+
+def baseline_generator(args):
+    """The baseline checkout's defaults through its public API (its modules may lie elsewhere)."""
+    import gradloc
+    return gradloc.ProposalGenerator.pretrained(device="cpu", batch_size=args.batch_size, **baseline_precision())
+
+
+def baseline_precision() -> dict:
+    """An older checkout's auto does not know the ISA cap of ``--isa avx2`` and would pick the
+    emulated bf16; an AVX2-only CPU has no bf16 flag, where its auto runs fp32."""
+    return {"precision": "fp32"} if os.environ.get("ONEDNN_MAX_CPU_ISA") == "AVX2" else {}
 
 
 def worker_main(args) -> None:
@@ -298,7 +312,10 @@ def measure(workload: str, args, n: int) -> dict:
     for _ in range(args.repeats):
         cmd = [sys.executable, __file__, "--worker", workload, "--images", str(args.images), "--n", str(n),
                "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--weights", args.weights]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **isa_env(args.isa)})
+        env = {**os.environ, **isa_env(args.isa)}
+        if workload == "baseline":
+            env["GRADLOC_BENCH_BASELINE"] = str(Path(args.baseline).resolve())
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise SystemExit(f"{workload} failed:\n{proc.stderr[-2000:]}")
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -322,12 +339,15 @@ def stage_table(results: dict) -> list[str]:
     rest, beside the network's bare forward+backward at the pyramid's sizes."""
     if not any("pyramid" in r["stage_s_per_image"] for r in results.values()):
         return []
-    runs = {w: r for w, r in results.items() if w.startswith("gradloc")}
+    runs = {w: r for w, r in results.items() if w.startswith("gradloc") or w == "baseline"}
     lines = ["", "| run | seconds per photograph | pyramid | rescoring | the rest |", "| --- | ---: | ---: | ---: | ---: |"]
     for w, r in runs.items():
         total = 1 / r["img_per_s"]
         pyr, res = r["stage_s_per_image"].get("pyramid", 0.0), r["stage_s_per_image"].get("rescoring", 0.0)
         lines.append(f"| {w} | {total:.3f} | {pyr:.3f} | {res:.3f} | {total - pyr - res:.3f} |")
+    if "baseline" in results and "gradloc" in results:
+        lines += ["", f"The defaults take **{results['baseline']['img_per_s'] / results['gradloc']['img_per_s']:.2f}x** "
+                  "the baseline checkout's seconds per photograph."]
     if "limit pyramid" in results:
         net = results["limit pyramid"]["stage_s_per_image"]["network"]
         lines += ["", f"The network's bare forward+backward at the pyramid's input sizes (the 32x32 view and each "
@@ -376,9 +396,14 @@ def main() -> int:
                    help="measure bf16-autocast top-N agreement with fp32 on this many images (0: skip)")
     p.add_argument("--isa", choices=("native", "avx2"), default="native",
                    help="avx2: the workers run with oneDNN and ATen capped at AVX2, as on an AVX2-only CPU "
-                   "(no native bf16, so --precision auto is fp32); default: this CPU as it is")
+                   "(no native bf16, so --precision auto is int8 for the shipped weights); default: this CPU as it is")
+    p.add_argument("--baseline", default=None, metavar="CHECKOUT",
+                   help="another commit's checkout (git worktree add DIR COMMIT): its defaults run as the workload "
+                        "'baseline', beside this checkout's in the same run")
     p.add_argument("--write", type=Path, default=None, help="BENCHMARKS.md to update")
     args = p.parse_args()
+    if args.only and "baseline" in args.only.split(",") and not args.baseline:
+        p.error("the workload 'baseline' needs --baseline CHECKOUT")
     if args.worker:
         args.workload = args.worker
         worker_main(args)
@@ -454,6 +479,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
+        from gradloc.evaluation.report import replace_marked_block
         replace_marked_block(args.write, BEGIN, END, text, "## Throughput")
     return 0
 

@@ -26,6 +26,9 @@ GOLDEN = Path(__file__).parent / "golden"
 RECORD = os.environ.get("GRADLOC_RECORD_GOLDEN") == "1"
 SETTINGS = {
     "defaults": {},
+    # every blanked view and every input for every row: the defaults before bounded blanked views and
+    # --fine-inputs unrecognised, unchanged
+    "exhaustive": {"blanked_views": "all", "fine_inputs": "all"},
     # the boxes judged by the classifier itself: the defaults before the extent judge, unchanged
     "judge-classifier": {"judge": "classifier"},
     "rescore-off": {"rescore": "off"},
