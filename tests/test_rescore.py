@@ -303,3 +303,12 @@ def test_bounded_rows_blank_only_the_boxes_that_can_still_be_best():
     torch.testing.assert_close(bound.box_evidence([image], [boxes], [3], "crop-delete", bounded=[False])[0], e_all)
     torch.testing.assert_close(bound.box_evidence([image], [boxes], [3], "crop", bounded=[True])[0],
                                full.box_evidence([image], [boxes], [3], "crop")[0])
+
+
+def test_blanked_views_are_an_option_of_crop_delete_only():
+    assert Options().effective().ranking.blanked_views == "bounded"
+    assert Options(rescore="crop", blanked_views="all").effective().ranking.blanked_views == "bounded"
+    assert Options(rescore="crop", blanked_views="all").inert() == [
+        "--blanked-views 'all' does nothing: --rescore crop blanks no box"]
+    with pytest.raises(ValueError, match="blanked_views"):
+        Options(blanked_views="some")

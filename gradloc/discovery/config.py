@@ -337,8 +337,12 @@ class Options:
             given = getattr(self, f.name)
             if given == getattr(default, f.name) or ran[f.name] == given:
                 continue
-            tail = (f" with --method {self.method}" if f.name in ("samples", "noise", "steps", "layer")
-                    else f": {why}")
+            if f.name in ("samples", "noise", "steps", "layer"):
+                tail = f" with --method {self.method}"
+            elif f.name == "blanked_views" and ran["rescore"] == "crop":
+                tail = ": --rescore crop blanks no box"
+            else:
+                tail = f": {why}"
             notes.append(f"--{f.name.replace('_', '-')} {given!r} does nothing{tail}")
         return notes
 
