@@ -143,7 +143,7 @@ def test_crop_minus_deletion_prefers_the_whole_object_to_a_part_of_it():
     blanked = crop - evidence
     torch.testing.assert_close(res["scores"], (evidence - evidence[0]).exp())
     torch.testing.assert_close(blanked, counting_rescorer()[0].deletion_scores(
-        blank_in_thumbnail([image], [res["boxes"]], 32, CIFAR10.mean_colour), [3])[0])
+        blank_in_thumbnail([image], [res["boxes"]], 32, CIFAR10.mean_colour), [3])[0][0])
     assert blanked[0] < 0.2 < blanked[1] and float(crop[0]) == pytest.approx(float(crop[1]), abs=0.02)
     assert describe_threshold(Options(rescore="crop-delete", fuse=0, moment_box=0, frame_box=0, peaks=0)).endswith("crop-minus-deletion rescoring")
 

@@ -196,34 +196,29 @@ class Rescorer:
                                  for img, b in zip(images, boxes)], classes)
 
     def deletion_scores(self, blanked: Sequence[Tensor], classes: Sequence[int],
-                        bounds: Sequence[tuple[Tensor, float] | None] | None = None) -> list[Tensor]:
+                        bounds: Sequence[Tensor | None] | None = None) -> tuple[list[Tensor], list[Tensor]]:
         """Class probability of each blanked view ``uint8 [K_j, 3, 32, 32]``: the evidence left
-        outside each box -> ``[K_j]`` each.
+        outside each box -> ``[K_j]`` each, and which views ran (bool ``[K_j]``).
 
-        ``bounds[j]``: None, or for a row ranked by its best score its boxes' crop probabilities
-        ``[K_j]`` and its unblanked view's probability. A box scores its crop less its blanked
-        view, at most its crop, so once some box of the row scores ``s`` a box whose crop is at
-        most ``s`` cannot be best: such a row's views run in rounds (:data:`BOUND_ROUND` boxes
-        each, best crops first) while a box not yet viewed has a crop above the best score, and
-        the boxes never viewed are taken to blank nothing (the unblanked view's probability), the
-        lowest score their crop gives where blanking only takes evidence away. All rows' views
-        of a round run in one batched pass."""
+        ``bounds[j]``: None (every view runs), or for a row ranked by its best score its boxes'
+        crop probabilities ``[K_j]``. A box scores its crop less its blanked view, at most its
+        crop, so once some box of the row scores ``s`` a box whose crop is at most ``s`` cannot be
+        best: such a row's views run in rounds (:data:`BOUND_ROUND` boxes each, best crops first)
+        while a box not yet viewed has a crop above the best score. The others are left 0 and
+        marked not run. All rows' views of a round run in one batched pass."""
         bounds = list(bounds) if bounds is not None else [None] * len(blanked)
         probs = [torch.zeros(len(b)) for b in blanked]
         viewed = [torch.zeros(len(b), dtype=torch.bool) for b in blanked]
-        todo = [torch.ones(len(b), dtype=torch.bool) if bd is None else first_crops(bd[0], BOUND_ROUND)
-                for b, bd in zip(blanked, bounds)]
+        todo = [torch.ones(len(b), dtype=torch.bool) if c is None else first_crops(c, BOUND_ROUND)
+                for b, c in zip(blanked, bounds)]
         while any(t.any() for t in todo):
             got = self.class_probs([b[t] for b, t in zip(blanked, todo)], classes)
             for j, (t, g) in enumerate(zip(todo, got)):
                 probs[j][t], viewed[j] = g.float(), viewed[j] | t
-            todo = [torch.zeros(len(v), dtype=torch.bool) if bd is None or v.all() else
-                    first_crops(torch.where(~v & (bd[0] > (bd[0] - p)[v].max()), bd[0], -1.0), BOUND_ROUND)
-                    for v, p, bd in zip(viewed, probs, bounds)]
-        for p, v, bd in zip(probs, viewed, bounds):
-            if bd is not None:
-                p[~v] = bd[1]
-        return probs
+            todo = [torch.zeros(len(v), dtype=torch.bool) if c is None or v.all() else
+                    first_crops(torch.where(~v & (c > (c - p)[v].max()), c, -1.0), BOUND_ROUND)
+                    for v, p, c in zip(viewed, probs, bounds)]
+        return probs, viewed
 
     def blank_probs(self) -> Tensor:
         """Class probabilities ``[C]`` of the 32x32 view that is all mean colour (no evidence at
@@ -261,17 +256,19 @@ class Rescorer:
                      for f, p, (r, _) in zip(frames, whole, groups)]
         viewed = [r[~f] for (r, _), f in zip(groups, rep_frame)]  # the representatives scored by views
         reps = [b[v] for b, v in zip(boxes, viewed)]
-        bounded = [bool(x) and rescore != "crop" for x in bounded] if bounded is not None else [False] * len(boxes)
-        # a bounded row's crops end with the whole image's: its unblanked view
-        crops = self.crop_scores(images, [torch.cat([b, whole_box(img)]) if bd else b
-                                          for b, img, bd in zip(reps, images, bounded)], classes)
-        unblanked = [float(c[-1]) if bd else None for c, bd in zip(crops, bounded)]
-        crops = [c[:-1] if bd else c for c, bd in zip(crops, bounded)]
+        bounded = list(bounded) if bounded is not None else [False] * len(boxes)
+        crops = self.crop_scores(images, reps, classes)
         if rescore != "crop":
             views = [blank_in_thumbnail([img], [b], self.input_size, self.fill)[0] if given is None else given[v]
                      for img, b, given, v in zip(images, reps, blanked, viewed)]
-            kept = self.deletion_scores(views, classes, [(c.float(), u) if bd else None
-                                                         for c, u, bd in zip(crops, unblanked, bounded)])
+            kept, ran = self.deletion_scores(views, classes, [c.float() if bd else None for c, bd in zip(crops, bounded)])
+            # boxes whose blanked view never ran are taken to blank nothing: the row's unblanked view,
+            # the lowest score their crop gives where blanking only takes evidence away
+            short = [j for j, r in enumerate(ran) if not r.all()]
+            unblanked = self.crop_scores([images[j] for j in short], [whole_box(images[j]) for j in short],
+                                         [classes[j] for j in short])
+            for j, u in zip(short, unblanked):
+                kept[j][~ran[j]] = float(u[0])
         else:
             kept = [torch.zeros_like(k) for k in crops]
         base = self.blank_probs() if rescore != "crop" and any(f.any() for f in rep_frame) else None
