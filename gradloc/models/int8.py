@@ -145,11 +145,14 @@ def int8_copy(model: nn.Module) -> tuple[Int8WideResNet | None, str]:
     cached = _COPIES.get((key, str(next(model.parameters()).device)))
     if cached is not None:
         return cached, ""
-    prepared = prepared_body(model)
     try:
-        prepared.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["observers"], strict=False)
+        prepared = prepared_body(model)
+        observers = torch.load(path, map_location="cpu", weights_only=True)["observers"]
+        if set(observers) != set(observer_state(prepared)):
+            raise KeyError("observer names")
+        prepared.load_state_dict(observers, strict=False)
         copy = convert(prepared, model)
-    except Exception as exc:  # a PyTorch whose FX graph names its observers otherwise
+    except Exception as exc:  # a PyTorch whose FX graph names its observers otherwise, or cannot quantize
         return None, f"the int8 ranges in {path.name} do not fit this PyTorch's quantized graph ({type(exc).__name__})"
     _COPIES[(key, str(next(model.parameters()).device))] = copy
     return copy, ""
